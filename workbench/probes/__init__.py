@@ -1,0 +1,119 @@
+"""Quick probes of what pruning breaks. Each probe is one module in this package that registers a
+`Probe` subclass with `@PROBES.register(name)`; `run_probes` runs a list of them on a model.
+
+A probe is deterministic (fixed items or seeded generators, greedy decoding) and returns a
+`ProbeResult` with its score, item count, wall time and the tolerance `workbench replay --check` uses.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, ClassVar
+
+import torch
+
+from workbench.errors import Cancelled, WorkbenchError
+from workbench.registry import Registry
+
+SIZES = ("quick", "full")
+
+
+@dataclass
+class ProbeResult:
+    """One probe's outcome; `floor` is the score of random choice (or zero), `tolerance` absolute."""
+
+    name: str
+    score: float
+    metric: str
+    higher_is_better: bool
+    items: int
+    seconds: float
+    size: str
+    tolerance: float
+    floor: float
+    details: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ProbeResult":
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+    def differs(self, other: "ProbeResult") -> bool:
+        """True when `other` is further from this result than the tolerance allows."""
+        return abs(self.score - other.score) > self.tolerance
+
+
+@dataclass
+class ProbeContext:
+    """What a probe runs against. `cancel` is polled between batches."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    device: torch.device
+    eval_source: str = "embedded"
+    seed: int = 0
+    cancel: Callable[[], bool] | None = None
+
+    def check_cancel(self) -> None:
+        if self.cancel is not None and self.cancel():
+            raise Cancelled()
+
+
+class Probe:
+    """Base class: subclasses set the class attributes and implement `measure`."""
+
+    name: ClassVar[str]
+    metric: ClassVar[str]
+    higher_is_better: ClassVar[bool] = True
+    tolerance: ClassVar[float]
+    floor: ClassVar[float] = 0.0
+
+    def measure(self, ctx: ProbeContext, size: str) -> tuple[float, int, dict]:
+        """Return (score, number of items, details)."""
+        raise NotImplementedError
+
+    def run(self, ctx: ProbeContext, size: str = "quick") -> ProbeResult:
+        """Measure under no_grad and wrap the outcome with its timing."""
+        if size not in SIZES:
+            raise WorkbenchError("probe size", f"unknown size {size!r} (use quick or full)")
+        start = time.perf_counter()
+        with torch.no_grad():
+            score, items, details = self.measure(ctx, size)
+        return ProbeResult(
+            name=self.name,
+            score=float(score),
+            metric=self.metric,
+            higher_is_better=self.higher_is_better,
+            items=int(items),
+            seconds=time.perf_counter() - start,
+            size=size,
+            tolerance=self.tolerance,
+            floor=self.floor,
+            details=details,
+        )
+
+
+PROBES: Registry[type[Probe]] = Registry("probe", __name__)
+DEFAULT_PROBES = ("perplexity",)
+
+
+def run_probes(
+    ctx: ProbeContext,
+    names: list[str] | tuple[str, ...],
+    size: str = "quick",
+    progress: Callable[[str, float], None] | None = None,
+) -> list[ProbeResult]:
+    """Run the named probes in order; `progress(name, fraction_done)` before each."""
+    probes = [PROBES.get(n, where="--probes")() for n in names]
+    results = []
+    for i, probe in enumerate(probes):
+        ctx.check_cancel()
+        if progress:
+            progress(probe.name, i / len(probes))
+        results.append(probe.run(ctx, size))
+    if progress:
+        progress("done", 1.0)
+    return results
