@@ -1,0 +1,31 @@
+"""OWL, outlier-weighted layerwise sparsity (Yin et al., arXiv 2310.05175; luuyin/OWL).
+
+Block i's outlier ratio D_i is the share of its pooled Wanda scores |W| * ||X||_2 above M times their
+mean, measured on the dense model. Ratios are mapped linearly so blocks with more outliers are pruned
+less: r_i = (D_i - min D) / (max D - min D) * 2 * lambda, shifted to mean 1 - S, and s_i = 1 - r_i.
+The targets span [S - lambda, S + lambda]; a final rebalance makes the parameter-weighted mean exactly S.
+"""
+
+from workbench.allocators import AllocationContext, Allocator, rebalance, register
+from workbench.errors import WorkbenchError
+
+
+def allocate_owl(ctx: AllocationContext, sparsity: float, M: float = 5.0, **params) -> list[float]:
+    """Per-block targets from the dense model's outlier ratios."""
+    lam = params.get("lambda", 0.08)
+    if not 0 <= lam < 1:
+        raise WorkbenchError("allocator_params.lambda", f"must be in [0, 1), got {lam}")
+    if M <= 0:
+        raise WorkbenchError("allocator_params.M", f"must be > 0, got {M}")
+    ratios = ctx.outlier_ratios(M)
+    lo, hi = min(ratios), max(ratios)
+    if hi - lo < 1e-12:
+        return [sparsity] * len(ratios)
+    keep = [(d - lo) / (hi - lo) * 2 * lam for d in ratios]
+    mean_keep = sum(keep) / len(keep)
+    targets = [1 - (r - mean_keep + (1 - sparsity)) for r in keep]
+    return rebalance(targets, ctx.block_numels, sparsity)
+
+
+register(Allocator("owl", allocate_owl, defaults={"M": 5.0, "lambda": 0.08},
+                   description="outlier-weighted: more outliers, less pruning, within S +- lambda"))

@@ -1,0 +1,11 @@
+"""Uniform allocation: every block gets the global target."""
+
+from workbench.allocators import AllocationContext, Allocator, register
+
+
+def allocate_uniform(ctx: AllocationContext, sparsity: float) -> list[float]:
+    """The global target for every block."""
+    return [sparsity] * len(ctx.block_numels)
+
+
+register(Allocator("uniform", allocate_uniform, defaults={}, description="the same sparsity in every block"))

@@ -1,0 +1,523 @@
+"""The pruning engine shared by the app, the CLI and session replay. It never imports textual.
+
+Invariant: every linear's weight is `method.prune(dense, stats, target, pattern)` for the assignment
+recorded for it, computed from the dense weight kept aside and the committed calibration statistics
+(or the dense weight itself). Re-pruning is therefore idempotent and free of cumulative damage, and a
+session (calibration spec + the plan of the last full prune + the current plan) replays exactly.
+
+- `prune(plan)`: full calibration-aware prune; re-captures statistics (sequential or one-pass). On
+  cancel, every touched linear is put back as it was before the call.
+- `apply(plan)`: incremental; re-prunes from cached statistics only the linears whose target, method
+  or pattern changed. Cancellable between linears; each linear is replaced in one step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from workbench.allocators import ALLOCATORS, MAX_SPARSITY, AllocationContext
+from workbench.capture import MODES, ONE_PASS, SEQUENTIAL, BlockStats, capture
+from workbench.data import calibration_windows
+from workbench.errors import Cancelled, WorkbenchError
+from workbench.methods import METHODS, LinearStats, Method, Pattern, parse_pattern
+from workbench.model import INPUT_GROUPS, Loaded, LinearRef, find_linears, load_model
+from workbench.probes import ProbeContext, ProbeResult, run_probes
+from workbench.stats import (
+    DEFAULT_M,
+    WeightSummary,
+    activation_norm,
+    outlier_count,
+    pool_weight_summaries,
+    reconstruction_terms,
+    relative_error,
+    wanda_score_sum,
+    weight_summary,
+)
+
+Progress = Callable[[str, float], None]
+Cancel = Callable[[], bool]
+
+_LEADER = {kind: group[0] for group in INPUT_GROUPS for kind in group}
+
+
+@dataclass
+class CalibrationSpec:
+    """Where calibration statistics come from. `hessian=None` captures X X^T only for methods that need
+    it; True also gives reconstruction errors for the others."""
+
+    source: str = "embedded"
+    samples: int = 32
+    seqlen: int = 256
+    seed: int = 0
+    mode: str = SEQUENTIAL
+    hessian: bool | None = None
+
+
+@dataclass
+class Plan:
+    """What the user asked for: method, allocator, global target, N:M pattern, manual overrides."""
+
+    method: str = "wanda"
+    method_params: dict = field(default_factory=dict)
+    allocator: str = "uniform"
+    allocator_params: dict = field(default_factory=dict)
+    sparsity: float = 0.5
+    pattern: str | None = None
+    block_overrides: dict[int, float] = field(default_factory=dict)
+    linear_overrides: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class LinearState:
+    """One linear as plain data. |W| statistics are of the dense weight; `None` means not measured."""
+
+    name: str
+    block: int
+    kind: str
+    shape: tuple[int, int]
+    numel: int
+    target: float
+    achieved: float
+    method: str | None
+    w_mean_abs: float
+    w_std: float
+    w_max_abs: float
+    kurtosis: float
+    outlier_ratio: float | None
+    act_norm: float | None
+    act_norm_max: float | None
+    recon_error: float | None
+
+
+@dataclass
+class BlockState:
+    """One block: pooled statistics of its seven linears."""
+
+    index: int
+    numel: int
+    target: float
+    achieved: float
+    w_mean_abs: float
+    w_std: float
+    w_max_abs: float
+    kurtosis: float
+    outlier_ratio: float | None
+    act_norm: float | None
+    recon_error: float | None
+    linears: list[LinearState]
+
+
+@dataclass
+class EngineState:
+    """Everything the app, the CLI and sessions show about the model."""
+
+    model: str
+    plan: Plan | None
+    target: float
+    achieved: float
+    params_total: int
+    params_nonzero: int
+    calibrated: bool
+    blocks: list[BlockState]
+
+
+@dataclass
+class Report:
+    """Outcome of prune/apply."""
+
+    seconds: float
+    linears_pruned: int
+
+
+@dataclass(frozen=True)
+class _Assignment:
+    method: str
+    params: tuple
+    target: float
+    pattern: str | None
+
+
+def _check_fraction(value, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise WorkbenchError(where, f"must be a number, got {type(value).__name__}")
+    if not 0 <= value < 1:
+        raise WorkbenchError(where, f"sparsity must be in [0, 1), got {value}")
+    if value > MAX_SPARSITY:
+        raise WorkbenchError(where, f"sparsity above {MAX_SPARSITY} leaves a linear almost empty, got {value}")
+    return float(value)
+
+
+class Engine:
+    """A loaded model, its dense weights, cached calibration statistics, and the current pruning."""
+
+    def __init__(self, loaded: Loaded, calibration: CalibrationSpec | None = None):
+        self.loaded = loaded
+        self.calibration = calibration or CalibrationSpec()
+        if self.calibration.mode not in MODES:
+            raise WorkbenchError("calibration.mode", f"unknown mode {self.calibration.mode!r} (use {', '.join(MODES)})")
+        self.linears: list[list[LinearRef]] = find_linears(loaded.model)
+        self.refs: dict[str, LinearRef] = {r.name: r for block in self.linears for r in block}
+        self._dense = {name: ref.module.weight.detach().to("cpu", copy=True) for name, ref in self.refs.items()}
+        self._summaries: dict[str, WeightSummary] = {}
+        self._stats: list[BlockStats] | None = None
+        self._dense_stats: list[BlockStats] | None = None
+        self._assigned: dict[str, _Assignment] = {}
+        self._achieved: dict[str, float] = {}
+        self._recon: dict[str, tuple[float, float]] = {}
+        self._outliers: dict[tuple, tuple[list[float], dict[str, float]]] = {}
+        self._ids: torch.Tensor | None = None
+        self._lock = threading.RLock()
+        self.plan: Plan | None = None
+        self.calibrated_with: Plan | None = None
+        self.dense_probes: dict[str, ProbeResult] = {}
+
+    # ----- construction -------------------------------------------------------------------------
+    @classmethod
+    def load(cls, model: str = "embedded", device: str = "auto", dtype: str = "auto",
+             calibration: CalibrationSpec | None = None, progress: Progress | None = None,
+             offload: bool | None = None) -> "Engine":
+        """Load a model spec (see `workbench.model.load_model`) into a new engine."""
+        return cls(load_model(model, device=device, dtype=dtype, offload=offload, progress=progress), calibration)
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, tokenizer, calibration: CalibrationSpec | None = None,
+                   spec: str = "in-memory") -> "Engine":
+        """Wrap an already built model (tests use `workbench.model.tiny_llama`)."""
+        param = next(model.parameters())
+        loaded = Loaded(model=model, tokenizer=tokenizer, spec=spec, device=param.device, dtype=param.dtype, offload=False)
+        return cls(loaded, calibration)
+
+    # ----- plans and allocation -----------------------------------------------------------------
+    def block_numels(self) -> list[int]:
+        """Parameters in the linears of each block."""
+        return [sum(r.numel for r in block) for block in self.linears]
+
+    def check_plan(self, plan: Plan) -> Method:
+        """Refuse an invalid plan with a one-line error naming the key; return its method."""
+        method = METHODS.get(plan.method, where="method")
+        method.params(plan.method_params, where="method_params")
+        ALLOCATORS.get(plan.allocator, where="allocator").params(plan.allocator_params, where="allocator_params")
+        _check_fraction(plan.sparsity, "sparsity")
+        pattern = parse_pattern(plan.pattern)
+        if pattern is not None and (plan.block_overrides or plan.linear_overrides):
+            raise WorkbenchError("overrides", f"per-block and per-linear targets do not apply with pattern {pattern}")
+        for block, value in plan.block_overrides.items():
+            if not isinstance(block, int) or not 0 <= block < len(self.linears):
+                raise WorkbenchError(f"overrides.blocks.{block}", f"no such block (the model has blocks 0..{len(self.linears) - 1})")
+            _check_fraction(value, f"overrides.blocks.{block}")
+        for name, value in plan.linear_overrides.items():
+            if name not in self.refs:
+                raise WorkbenchError(f"overrides.linears.{name}", "no such linear (names look like layers.3.mlp.down_proj)")
+            _check_fraction(value, f"overrides.linears.{name}")
+        if self.calibration.hessian is False and method.needs_hessian:
+            raise WorkbenchError("calibration.hessian", f"method {method.name} needs the Hessian; set hessian = true or leave it unset")
+        return method
+
+    def allocate(self, plan: Plan) -> dict[str, float]:
+        """Per-linear target sparsity for `plan` (allocator, then block and linear overrides)."""
+        self.check_plan(plan)
+        pattern = parse_pattern(plan.pattern)
+        if pattern is not None:
+            return {name: pattern.sparsity for name in self.refs}
+        allocator = ALLOCATORS.get(plan.allocator)
+        ctx = AllocationContext(block_numels=self.block_numels(), outlier_ratios=lambda M: self.outlier_ratios(M, dense=True)[0])
+        per_block = allocator.allocate(ctx, plan.sparsity, **allocator.params(plan.allocator_params))
+        for block, value in plan.block_overrides.items():
+            per_block[block] = value
+        targets = {ref.name: per_block[ref.block] for ref in self.refs.values()}
+        targets.update(plan.linear_overrides)
+        return targets
+
+    def block_targets(self, plan: Plan) -> list[float]:
+        """Parameter-weighted target of each block under `plan`."""
+        targets = self.allocate(plan)
+        return [sum(targets[r.name] * r.numel for r in block) / sum(r.numel for r in block) for block in self.linears]
+
+    def _assignment(self, method: Method, params: dict, target: float, pattern: Pattern | None) -> _Assignment:
+        return _Assignment(method.name, tuple(sorted(params.items())), round(target, 9), str(pattern) if pattern else None)
+
+    # ----- statistics ---------------------------------------------------------------------------
+    def calibration_ids(self) -> torch.Tensor:
+        """The calibration token windows (computed once)."""
+        if self._ids is None:
+            c = self.calibration
+            self._ids = calibration_windows(self.loaded.tokenizer, c.source, c.samples, c.seqlen, c.seed)
+        return self._ids
+
+    def _stats_for(self, ref: LinearRef, block_stats: BlockStats) -> LinearStats:
+        return block_stats[_LEADER[ref.kind]]
+
+    def _dense_statistics(self, progress: Progress | None, cancel: Cancel | None) -> list[BlockStats]:
+        """Statistics of the dense model (for OWL); pruned blocks are swapped to dense while they run."""
+        if self._dense_stats is None:
+            stash: dict[str, torch.Tensor] = {}
+
+            def to_dense(i: int) -> None:
+                for ref in self.linears[i]:
+                    if ref.name in self._assigned:
+                        stash[ref.name] = ref.module.weight.detach().clone()
+                        ref.module.weight.data.copy_(self._dense[ref.name])
+
+            def back(i: int, _stats) -> None:
+                for ref in self.linears[i]:
+                    if ref.name in stash:
+                        ref.module.weight.data.copy_(stash.pop(ref.name))
+
+            try:
+                self._dense_stats = capture(self.loaded.model, self.calibration_ids(), self.loaded.device, ONE_PASS,
+                                            hessian=False, before_block=to_dense, on_block=back,
+                                            progress=progress, cancel=cancel)
+            finally:
+                for name, weight in stash.items():
+                    self.refs[name].module.weight.data.copy_(weight)
+        return self._dense_stats
+
+    def outlier_ratios(self, M: float = DEFAULT_M, dense: bool = False) -> tuple[list[float], dict[str, float]]:
+        """OWL outlier ratios of the dense weights: per block (scores pooled over its linears) and per
+        linear, from the dense model's statistics (`dense=True`) or the cached calibration statistics."""
+        stats = self._dense_statistics(None, None) if dense else self._stats
+        if stats is None:
+            raise WorkbenchError("outlier ratio", "no calibration statistics yet: prune or calibrate first")
+        key = (M, id(stats))
+        if key not in self._outliers:
+            per_block, per_linear = [], {}
+            for block, block_stats in zip(self.linears, stats):
+                dense = {r.name: self._dense[r.name].to(torch.float32) for r in block}
+                total = sum(wanda_score_sum(dense[r.name], self._stats_for(r, block_stats)) for r in block)
+                numel = sum(r.numel for r in block)
+                threshold = M * total / numel
+                count = 0
+                for r in block:
+                    s = self._stats_for(r, block_stats)
+                    count += outlier_count(dense[r.name], s, threshold)
+                    own = M * wanda_score_sum(dense[r.name], s) / r.numel
+                    per_linear[r.name] = outlier_count(dense[r.name], s, own) / r.numel
+                per_block.append(count / numel)
+            self._outliers = {k: v for k, v in self._outliers.items() if k[1] in (id(self._stats), id(self._dense_stats))}
+            self._outliers[key] = (per_block, per_linear)
+        return self._outliers[key]
+
+    # ----- pruning ------------------------------------------------------------------------------
+    def _put(self, ref: LinearRef, weight: torch.Tensor) -> None:
+        ref.module.weight.data.copy_(weight.to(ref.module.weight.dtype))
+
+    def _prune_linear(self, ref: LinearRef, stats: LinearStats | None, method: Method, params: dict,
+                      target: float, pattern: Pattern | None) -> None:
+        """Re-prune one linear from its dense weight and record what it now holds."""
+        dense = self._dense[ref.name].to(self.loaded.device, torch.float32)
+        if pattern is None and target == 0:
+            pruned = dense
+        else:
+            pruned = method.prune(dense, stats, target, pattern, **params)
+        self._put(ref, pruned)
+        self._assigned[ref.name] = self._assignment(method, params, target, pattern)
+        self._achieved[ref.name] = (pruned == 0).sum().item() / ref.numel
+        if stats is not None and stats.hessian is not None:
+            self._recon[ref.name] = reconstruction_terms(dense, pruned, stats.hessian)
+        else:
+            self._recon.pop(ref.name, None)
+
+    def _restore(self, names, stats: list[BlockStats] | None, assigned: dict[str, _Assignment]) -> None:
+        """Put linears back to a recorded state (assignment + statistics), or dense if they had none."""
+        for name in names:
+            ref = self.refs[name]
+            a = assigned.get(name)
+            if a is None or stats is None:
+                self._put(ref, self._dense[name])
+                self._assigned.pop(name, None)
+                self._achieved.pop(name, None)
+                self._recon.pop(name, None)
+            else:
+                method = METHODS.get(a.method)
+                self._prune_linear(ref, self._stats_for(ref, stats[ref.block]), method, dict(a.params), a.target,
+                                   parse_pattern(a.pattern))
+
+    def prune(self, plan: Plan, progress: Progress | None = None, cancel: Cancel | None = None) -> Report:
+        """Full calibration-aware prune: capture statistics block by block (sequential: from the blocks
+        before, as pruned; one-pass: from the dense model) and prune each block as its statistics land."""
+        with self._lock:
+            start = time.perf_counter()
+            method = self.check_plan(plan)
+            params = method.params(plan.method_params)
+            pattern = parse_pattern(plan.pattern)
+            hessian = method.needs_hessian or bool(self.calibration.hessian)
+            targets = self.allocate(plan)
+            old_stats, old_assigned = self._stats, dict(self._assigned)
+            touched: list[str] = []
+
+            def to_dense(i: int) -> None:
+                for ref in self.linears[i]:
+                    if ref.name in self._assigned:
+                        touched.append(ref.name)
+                        self._put(ref, self._dense[ref.name])
+
+            def prune_block(i: int, block_stats: BlockStats) -> None:
+                for ref in self.linears[i]:
+                    if cancel is not None and cancel():
+                        raise Cancelled()
+                    touched.append(ref.name)
+                    self._prune_linear(ref, self._stats_for(ref, block_stats), method, params, targets[ref.name], pattern)
+
+            try:
+                stats = capture(self.loaded.model, self.calibration_ids(), self.loaded.device, self.calibration.mode,
+                                hessian, before_block=to_dense, on_block=prune_block, progress=progress, cancel=cancel)
+            except BaseException:
+                self._restore(dict.fromkeys(touched), old_stats, old_assigned)
+                raise
+            self._stats = stats
+            if self.calibration.mode == ONE_PASS:
+                self._dense_stats = stats
+            self.plan = plan
+            self.calibrated_with = plan
+            return Report(seconds=time.perf_counter() - start, linears_pruned=len(self.refs))
+
+    def apply(self, plan: Plan, progress: Progress | None = None, cancel: Cancel | None = None) -> Report:
+        """Incremental prune from cached statistics: only linears whose assignment changed are redone.
+        Falls back to a full `prune` when there are no statistics yet or the method needs a Hessian
+        that was not captured."""
+        with self._lock:
+            method = self.check_plan(plan)
+            has_hessian = self._stats is not None and self._stats[0]["q"].hessian is not None
+            if self._stats is None or (method.needs_hessian and not has_hessian):
+                return self.prune(plan, progress, cancel)
+            start = time.perf_counter()
+            params = method.params(plan.method_params)
+            pattern = parse_pattern(plan.pattern)
+            targets = self.allocate(plan)
+            todo = [ref for ref in self.refs.values()
+                    if self._assigned.get(ref.name) != self._assignment(method, params, targets[ref.name], pattern)]
+            for n, ref in enumerate(todo):
+                if cancel is not None and cancel():
+                    raise Cancelled()
+                if progress:
+                    progress(f"pruning {ref.name}", n / len(todo))
+                self._prune_linear(ref, self._stats_for(ref, self._stats[ref.block]), method, params, targets[ref.name], pattern)
+            if progress:
+                progress("pruned", 1.0)
+            self.plan = plan
+            return Report(seconds=time.perf_counter() - start, linears_pruned=len(todo))
+
+    def restore_dense(self) -> None:
+        """Every linear back to its dense weight (statistics stay cached)."""
+        with self._lock:
+            self._restore(list(self._assigned), None, {})
+            self.plan = None
+
+    @contextlib.contextmanager
+    def dense_weights(self) -> Iterator[None]:
+        """Temporarily run the dense model (for dense reference probes); the pruning comes back after."""
+        with self._lock:
+            stash = {name: self.refs[name].module.weight.detach().clone() for name in self._assigned}
+            try:
+                for name in stash:
+                    self._put(self.refs[name], self._dense[name])
+                yield
+            finally:
+                for name, weight in stash.items():
+                    self._put(self.refs[name], weight)
+
+    # ----- reading --------------------------------------------------------------------------------
+    def _summary(self, name: str) -> WeightSummary:
+        if name not in self._summaries:
+            self._summaries[name] = weight_summary(self._dense[name])
+        return self._summaries[name]
+
+    def state(self) -> EngineState:
+        """A snapshot of every block and linear as plain dataclasses."""
+        with self._lock:
+            M = float(self.plan.allocator_params.get("M", DEFAULT_M)) if self.plan and self.plan.allocator == "owl" else DEFAULT_M
+            block_ratios, linear_ratios = self.outlier_ratios(M) if self._stats is not None else (None, {})
+            blocks = []
+            for block in self.linears:
+                linears = []
+                for ref in block:
+                    s = self._summary(ref.name)
+                    a = self._assigned.get(ref.name)
+                    act = activation_norm(self._stats_for(ref, self._stats[ref.block])) if self._stats else (None, None)
+                    recon = self._recon.get(ref.name)
+                    linears.append(LinearState(
+                        name=ref.name, block=ref.block, kind=ref.kind, shape=tuple(ref.module.weight.shape), numel=ref.numel,
+                        target=a.target if a else 0.0, achieved=self._achieved.get(ref.name, 0.0),
+                        method=a.method if a else None, w_mean_abs=s.mean_abs, w_std=s.std, w_max_abs=s.max_abs,
+                        kurtosis=s.kurtosis, outlier_ratio=linear_ratios.get(ref.name), act_norm=act[0],
+                        act_norm_max=act[1], recon_error=relative_error(*recon) if recon else None,
+                    ))
+                numel = sum(x.numel for x in linears)
+                pooled = pool_weight_summaries([self._summary(r.name) for r in block])
+                recons = [self._recon[r.name] for r in block if r.name in self._recon]
+                i = block[0].block
+                blocks.append(BlockState(
+                    index=i, numel=numel,
+                    target=sum(x.target * x.numel for x in linears) / numel,
+                    achieved=sum(x.achieved * x.numel for x in linears) / numel,
+                    w_mean_abs=pooled.mean_abs, w_std=pooled.std, w_max_abs=pooled.max_abs, kurtosis=pooled.kurtosis,
+                    outlier_ratio=block_ratios[i] if block_ratios else None,
+                    act_norm=sum(x.act_norm for x in linears) / len(linears) if self._stats else None,
+                    recon_error=relative_error(sum(r[0] for r in recons), sum(r[1] for r in recons)) if len(recons) == len(block) else None,
+                    linears=linears,
+                ))
+            total = sum(b.numel for b in blocks)
+            nonzero = sum(round(x.numel * (1 - x.achieved)) for b in blocks for x in b.linears)
+            return EngineState(
+                model=self.loaded.spec, plan=self.plan,
+                target=sum(b.target * b.numel for b in blocks) / total,
+                achieved=1 - nonzero / total, params_total=total, params_nonzero=nonzero,
+                calibrated=self._stats is not None, blocks=blocks,
+            )
+
+    def histogram(self, name: str, bins: int = 40) -> tuple[list[float], list[int], list[int]]:
+        """|W| histograms of one linear: (bin edges, dense counts, current non-zero counts)."""
+        if name not in self.refs:
+            raise WorkbenchError(f"linear {name!r}", "no such linear")
+        dense = self._dense[name].abs().to(torch.float32).flatten()
+        current = self.refs[name].module.weight.detach().abs().to("cpu", torch.float32).flatten()
+        top = dense.max().item() or 1.0
+        edges = torch.linspace(0, top, bins + 1)
+        dense_counts = torch.histc(dense, bins=bins, min=0, max=top)
+        current_counts = torch.histc(current[current > 0], bins=bins, min=0, max=top)
+        return edges.tolist(), [int(c) for c in dense_counts], [int(c) for c in current_counts]
+
+    # ----- probes and export ----------------------------------------------------------------------
+    def probe(self, names=("perplexity",), size: str = "quick", progress: Progress | None = None,
+              cancel: Cancel | None = None) -> list[ProbeResult]:
+        """Run probes on the current model; dense reference results are measured once and kept."""
+        with self._lock:
+            ctx = ProbeContext(self.loaded.model, self.loaded.tokenizer, self.loaded.device,
+                               eval_source=self.calibration.source, seed=self.calibration.seed, cancel=cancel)
+            missing = [n for n in names if n not in self.dense_probes or self.dense_probes[n].size != size]
+            if missing:
+                with self.dense_weights():
+                    for result in run_probes(ctx, missing, size):
+                        self.dense_probes[result.name] = result
+            if not self._assigned:
+                return [self.dense_probes[n] for n in names]
+            return run_probes(ctx, names, size, progress)
+
+    def export(self, directory: str | os.PathLike) -> Path:
+        """Save the pruned model and tokenizer with save_pretrained (safetensors), atomically."""
+        with self._lock:
+            target = Path(directory).expanduser().resolve()
+            if target.exists() and any(target.iterdir()):
+                raise WorkbenchError(f"--export {target}", "directory exists and is not empty")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+            try:
+                self.loaded.model.save_pretrained(tmp)
+                self.loaded.tokenizer.save_pretrained(tmp)
+                if target.exists():
+                    target.rmdir()
+                os.replace(tmp, target)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            return target

@@ -1,0 +1,123 @@
+"""Pruning methods. Each is one module here that registers a `Method` with `@METHODS.register(name)`.
+
+A method maps one dense weight `W (out, in)` plus its calibration statistics to a pruned copy, for a
+target sparsity (unstructured) or an N:M pattern. Methods are pure: same inputs, same output, so the
+engine can always re-prune a linear from its dense weight with no cumulative damage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from workbench.errors import WorkbenchError
+from workbench.registry import Registry
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """N:M semi-structured sparsity: in every group of `m` consecutive inputs, `n` weights are zero."""
+
+    n: int
+    m: int
+
+    @property
+    def sparsity(self) -> float:
+        return self.n / self.m
+
+    def __str__(self) -> str:
+        return f"{self.n}:{self.m}"
+
+
+def parse_pattern(text: str | None, where: str = "pattern") -> Pattern | None:
+    """`None`/"" for unstructured, else "N:M" with 0 < N < M."""
+    if not text:
+        return None
+    try:
+        n, m = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise WorkbenchError(where, f"{text!r} is not N:M (e.g. 2:4)") from None
+    if not 0 < n < m:
+        raise WorkbenchError(where, f"{text!r} needs 0 < N < M")
+    return Pattern(n, m)
+
+
+@dataclass(frozen=True)
+class LinearStats:
+    """Calibration statistics of one linear's input: squared L2 norm per input channel, token count,
+    and the (unscaled) Hessian `X X^T` when captured."""
+
+    sq_norm: torch.Tensor
+    tokens: int
+    hessian: torch.Tensor | None = None
+
+
+PruneFn = Callable[..., torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered method: `prune(weight, stats, sparsity, pattern, **params) -> pruned weight`."""
+
+    name: str
+    prune: PruneFn
+    needs_hessian: bool
+    defaults: dict
+    description: str
+
+    def params(self, given: dict, where: str = "method_params") -> dict:
+        """`given` completed with defaults; unknown keys are refused."""
+        unknown = set(given) - set(self.defaults)
+        if unknown:
+            raise WorkbenchError(where, f"unknown parameter(s) {', '.join(sorted(unknown))} for method {self.name} (known: {', '.join(self.defaults) or 'none'})")
+        return {**self.defaults, **given}
+
+
+METHODS: Registry[Method] = Registry("method", __name__)
+
+
+def register(method: Method) -> Method:
+    """Register a method under its name."""
+    METHODS.register(method.name)(method)
+    return method
+
+
+def prune_count(numel: int, sparsity: float) -> int:
+    """How many of `numel` weights a target sparsity removes (rounded to nearest)."""
+    return int(round(numel * sparsity))
+
+
+def lowest_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Boolean mask (True = pruned) of the `round(in * sparsity)` lowest scores of every row."""
+    k = prune_count(scores.shape[1], sparsity)
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    if k > 0:
+        mask.scatter_(1, torch.topk(scores, k, dim=1, largest=False, sorted=False).indices, True)
+    return mask
+
+
+def lowest_mask_matrix(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Boolean mask (True = pruned) of the `round(numel * sparsity)` lowest scores of the whole matrix."""
+    k = prune_count(scores.numel(), sparsity)
+    mask = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
+    if k > 0:
+        mask[torch.topk(scores.flatten(), k, largest=False, sorted=False).indices] = True
+    return mask.view_as(scores)
+
+
+def nm_mask(scores: torch.Tensor, pattern: Pattern) -> torch.Tensor:
+    """Boolean mask (True = pruned) of the `n` lowest scores in every group of `m` consecutive inputs."""
+    out, cols = scores.shape
+    if cols % pattern.m:
+        raise WorkbenchError("pattern", f"{pattern} needs the input size to be a multiple of {pattern.m} (got {cols})")
+    grouped = scores.reshape(out, cols // pattern.m, pattern.m)
+    mask = torch.zeros_like(grouped, dtype=torch.bool)
+    mask.scatter_(2, torch.topk(grouped, pattern.n, dim=2, largest=False, sorted=False).indices, True)
+    return mask.view(out, cols)
+
+
+def apply_mask(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A copy of `weight` with the masked entries set to zero."""
+    return weight.masked_fill(mask, 0)
