@@ -282,6 +282,13 @@ class Engine:
                     self.refs[name].module.weight.data.copy_(weight)
         return self._dense_stats
 
+    def calibrate(self, progress: Progress | None = None, cancel: Cancel | None = None) -> None:
+        """Capture statistics of the dense model without pruning (for `workbench stats`)."""
+        with self._lock:
+            stats = self._dense_statistics(progress, cancel)
+            if self._stats is None:
+                self._stats = stats
+
     def outlier_ratios(self, M: float = DEFAULT_M, dense: bool = False) -> tuple[list[float], dict[str, float]]:
         """OWL outlier ratios of the dense weights: per block (scores pooled over its linears) and per
         linear, from the dense model's statistics (`dense=True`) or the cached calibration statistics."""
@@ -388,7 +395,7 @@ class Engine:
         with self._lock:
             method = self.check_plan(plan)
             has_hessian = self._stats is not None and self._stats[0]["q"].hessian is not None
-            if self._stats is None or (method.needs_hessian and not has_hessian):
+            if self._stats is None or self.calibrated_with is None or (method.needs_hessian and not has_hessian):
                 return self.prune(plan, progress, cancel)
             start = time.perf_counter()
             params = method.params(plan.method_params)

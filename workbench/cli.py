@@ -1,0 +1,324 @@
+"""The `workbench` command: the app (no arguments, or `tui`) and the headless commands
+`stats`, `prune`, `replay`, `probe`, `eval` and `bench`. Never imports textual at module level.
+
+Every user error is one line on stderr (`workbench: error: WHERE: WHAT`) with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from dataclasses import asdict
+
+from workbench.errors import Cancelled, WorkbenchError
+
+EXIT_USAGE = 2
+EXIT_CHECK_FAILED = 1
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="embedded", help="embedded (default), a hub id, a local HF directory or a .gguf file")
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda:N")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+
+
+def _add_calibration_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--calibration", default="embedded", help="embedded, hf:NAME[:CONFIG[:SPLIT]], or a .txt/.jsonl file")
+    p.add_argument("--samples", type=int, default=32)
+    p.add_argument("--seqlen", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mode", default="sequential", choices=["sequential", "one-pass"],
+                   help="sequential: block i calibrates on the pruned blocks before it; one-pass: statistics of the dense model")
+    p.add_argument("--hessian", action="store_true", help="also capture X X^T (reconstruction errors for every method)")
+
+
+def _key_values(items: list[str], where: str, key_type=str) -> dict:
+    """Parse repeated KEY=VALUE options; values become int/float/bool when they look like one."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise WorkbenchError(where, f"expected KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            key = key_type(key)
+        except ValueError:
+            raise WorkbenchError(where, f"bad key {key!r} in {item!r}") from None
+        out[key] = _scalar(value)
+    return out
+
+
+def _scalar(text: str):
+    if text in ("true", "false"):
+        return text == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _progress(quiet: bool):
+    if quiet or not sys.stderr.isatty():
+        return None
+
+    def show(message: str, fraction: float) -> None:
+        sys.stderr.write(f"\r\033[K{fraction:4.0%} {message}")
+        if fraction >= 1:
+            sys.stderr.write("\r\033[K")
+        sys.stderr.flush()
+
+    return show
+
+
+def _calibration(args):
+    from workbench.engine import CalibrationSpec
+
+    return CalibrationSpec(source=args.calibration, samples=args.samples, seqlen=args.seqlen, seed=args.seed,
+                           mode=args.mode, hessian=True if args.hessian else None)
+
+
+def _fmt(value, spec: str = ".3f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _print(data: dict) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def block_table(state) -> str:
+    """The per-block table of `workbench stats` and `workbench prune`."""
+    head = f"{'block':>5} {'params':>9} {'target':>7} {'achieved':>8} {'mean|W|':>8} {'max|W|':>7} {'kurt':>7} {'outlier%':>8} {'act':>7} {'recon':>7}"
+    rows = [head, "-" * len(head)]
+    for b in state.blocks:
+        rows.append(
+            f"{b.index:>5} {b.numel:>9,} {b.target:>7.1%} {b.achieved:>8.1%} {b.w_mean_abs:>8.4f} {b.w_max_abs:>7.3f} "
+            f"{b.kurtosis:>7.1f} {_fmt(None if b.outlier_ratio is None else 100 * b.outlier_ratio, '.2f'):>8} "
+            f"{_fmt(b.act_norm):>7} {_fmt(b.recon_error):>7}"
+        )
+    return "\n".join(rows)
+
+
+# ----- commands -------------------------------------------------------------------------------------
+def cmd_stats(args) -> int:
+    from workbench.engine import Engine
+
+    engine = Engine.load(args.model, args.device, args.dtype, _calibration(args), progress=_progress(args.json))
+    if not args.no_calibration:
+        engine.calibrate(progress=_progress(args.json))
+    state = engine.state()
+    if args.json:
+        _print(asdict(state))
+    else:
+        print(f"model {state.model}: {len(state.blocks)} blocks, {state.params_total:,} parameters in their linears")
+        print(block_table(state))
+    return 0
+
+
+def _plan(args):
+    from workbench.engine import Plan
+
+    return Plan(
+        method=args.method, method_params=_key_values(args.method_param, "--method-param"),
+        allocator=args.allocator, allocator_params=_key_values(args.allocator_param, "--allocator-param"),
+        sparsity=args.sparsity, pattern=args.pattern,
+        block_overrides=_key_values(args.block_sparsity, "--block-sparsity", int),
+        linear_overrides=_key_values(args.linear_sparsity, "--linear-sparsity"),
+    )
+
+
+def _probe_pairs(dense: list, pruned: list) -> list[dict]:
+    return [{"name": d.name, "metric": d.metric, "dense": d.score, "pruned": p.score, "items": p.items}
+            for d, p in zip(dense, pruned)]
+
+
+def cmd_prune(args) -> int:
+    from workbench.engine import Engine
+    from workbench.session import save_session, session_from_engine
+
+    plan = _plan(args)
+    progress = _progress(args.json)
+    t0 = time.perf_counter()
+    engine = Engine.load(args.model, args.device, args.dtype, _calibration(args), progress=progress)
+    engine.check_plan(plan)
+    t_load = time.perf_counter() - t0
+    names = [n for n in args.probes.split(",") if n]
+    size = "full" if args.full else "quick"
+    report = engine.prune(plan, progress=progress)
+    t1 = time.perf_counter()
+    pruned = engine.probe(names, size) if names else []
+    dense = [engine.dense_probes[n] for n in names]
+    t_probe = time.perf_counter() - t1
+    state = engine.state()
+    if args.save_session:
+        save_session(session_from_engine(engine, probes=pruned, device=args.device, dtype=args.dtype), args.save_session)
+    exported = str(engine.export(args.export)) if args.export else None
+    summary = {
+        "model": state.model, "plan": asdict(plan), "target": state.target, "achieved": state.achieved,
+        "params_total": state.params_total, "params_nonzero": state.params_nonzero,
+        "probes": _probe_pairs(dense, pruned),
+        "seconds": {"load": t_load, "prune": report.seconds, "probes": t_probe},
+        "session": args.save_session, "export": exported,
+    }
+    if args.json:
+        _print(summary)
+        return 0
+    pattern = plan.pattern or "unstructured"
+    print(f"{state.model}: {plan.method} / {plan.allocator} / {pattern}, target {plan.sparsity:.1%}, "
+          f"achieved {state.achieved:.2%} ({state.params_nonzero:,} of {state.params_total:,} linear weights remain)")
+    for row in summary["probes"]:
+        print(f"  {row['name']:<12} dense {row['dense']:>10.3f}   pruned {row['pruned']:>10.3f}  ({row['metric']}, {row['items']} items)")
+    print(f"  time: load {t_load:.1f} s, prune {report.seconds:.1f} s, probes {t_probe:.1f} s")
+    if args.save_session:
+        print(f"  session saved to {args.save_session}")
+    if exported:
+        print(f"  model exported to {exported}")
+    return 0
+
+
+def cmd_replay(args) -> int:
+    from workbench.session import load_session, replay_engine
+
+    session = load_session(args.file)
+    engine = replay_engine(session, progress=_progress(args.json), path=args.file, device=args.device, dtype=args.dtype)
+    state = engine.state()
+    names = [p.name for p in session.probes]
+    sizes = {p.size for p in session.probes}
+    now = []
+    for size in sorted(sizes):
+        now += engine.probe([p.name for p in session.probes if p.size == size], size)
+    by_name = {p.name: p for p in now}
+    rows, failed = [], False
+    for recorded in session.probes:
+        current = by_name[recorded.name]
+        differs = recorded.differs(current)
+        failed |= differs
+        rows.append({"name": recorded.name, "recorded": recorded.score, "now": current.score,
+                     "tolerance": recorded.tolerance, "ok": not differs})
+    result = {"file": str(args.file), "achieved": state.achieved, "target": state.target, "probes": rows,
+              "ok": not failed}
+    if args.json:
+        _print(result)
+    else:
+        plan = session.plan
+        print(f"{args.file}: {session.model}, {plan.method} / {plan.allocator} / {plan.pattern or 'unstructured'}, "
+              f"target {state.target:.2%}, achieved {state.achieved:.2%}")
+        for row in rows:
+            mark = "ok" if row["ok"] else "DIFFERS"
+            print(f"  {row['name']:<12} recorded {row['recorded']:>10.4f}   now {row['now']:>10.4f}   "
+                  f"(tolerance {row['tolerance']}) {mark}")
+        if not names:
+            print("  no probes recorded in this session")
+    return EXIT_CHECK_FAILED if (args.check and failed) else 0
+
+
+def cmd_tui(args) -> int:
+    from workbench.tui.app import run_app
+
+    return run_app(model=args.model, session=args.session, theme=args.theme, device=args.device, dtype=args.dtype)
+
+
+def cmd_bench(args) -> int:
+    from workbench.bench import run_bench
+
+    return run_bench(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `workbench` command."""
+    from workbench.allocators import ALLOCATORS
+    from workbench.methods import METHODS
+
+    parser = argparse.ArgumentParser(prog="workbench", description="A terminal workbench for pruning LLMs.")
+    sub = parser.add_subparsers(dest="command")
+
+    p = sub.add_parser("tui", help="open the app (the default without arguments)")
+    _add_model_args(p)
+    p.add_argument("--session", help="open this session file")
+    p.add_argument("--theme", help="dark, light, mono, or any theme in themes/")
+    p.set_defaults(func=cmd_tui)
+
+    p = sub.add_parser("stats", help="per-block weight, outlier and activation statistics")
+    _add_model_args(p)
+    _add_calibration_args(p)
+    p.add_argument("--no-calibration", action="store_true", help="weights only: skip the calibration pass")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("prune", help="prune headlessly and report sparsity, probes and times")
+    _add_model_args(p)
+    _add_calibration_args(p)
+    p.add_argument("--method", default="wanda", choices=METHODS.names())
+    p.add_argument("--method-param", action="append", metavar="KEY=VALUE", help="e.g. scope=matrix for magnitude")
+    p.add_argument("--allocator", default="uniform", choices=ALLOCATORS.names())
+    p.add_argument("--allocator-param", action="append", metavar="KEY=VALUE", help="e.g. M=5 or lambda=0.08 for owl")
+    p.add_argument("--sparsity", type=float, default=0.5, help="global target in [0, 1)")
+    p.add_argument("--pattern", default=None, help="N:M semi-structured pattern, e.g. 2:4")
+    p.add_argument("--block-sparsity", action="append", metavar="BLOCK=VALUE", help="manual block target, e.g. 3=0.6")
+    p.add_argument("--linear-sparsity", action="append", metavar="NAME=VALUE", help="e.g. layers.3.mlp.down_proj=0.7")
+    p.add_argument("--probes", default="perplexity", help="comma-separated probes to run dense and pruned ('' for none)")
+    p.add_argument("--full", action="store_true", help="full-size probes instead of quick ones")
+    p.add_argument("--save-session", metavar="FILE")
+    p.add_argument("--export", metavar="DIR", help="save the pruned model and tokenizer (save_pretrained, safetensors)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("replay", help="rebuild a saved session headlessly and re-run its probes")
+    p.add_argument("file")
+    p.add_argument("--device", default=None, help="override the session's device")
+    p.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--check", action="store_true", help="exit 1 if a probe differs beyond its tolerance")
+    p.set_defaults(func=cmd_replay)
+
+    try:
+        from workbench.probing import add_eval_parser, add_probe_parser
+    except ImportError:
+        pass
+    else:
+        add_probe_parser(sub)
+        add_eval_parser(sub)
+
+    p = sub.add_parser("bench", help="time and memory of load, calibration, each method, re-pruning and probes")
+    _add_model_args(p)
+    _add_calibration_args(p)
+    p.add_argument("--only", default="", help="comma-separated stages to run (default: all)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `workbench` console script."""
+    signal.signal(signal.SIGHUP, lambda *_: sys.exit(129))
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        argv = ["tui"]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return args.func(args)
+    except WorkbenchError as exc:
+        print(f"workbench: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (Cancelled, KeyboardInterrupt):
+        print("workbench: cancelled; nothing was written", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("workbench: error: out of memory (CPU): try fewer --samples, a shorter --seqlen or a smaller model", file=sys.stderr)
+        return EXIT_USAGE
+    except RuntimeError as exc:
+        if "out of memory" in str(exc).lower():
+            print("workbench: error: out of memory on the device: try --samples/--seqlen smaller, or --device cpu", file=sys.stderr)
+            return EXIT_USAGE
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

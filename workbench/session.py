@@ -1,0 +1,338 @@
+"""Sessions: everything needed to rebuild a pruning state, as TOML. Never imports textual.
+
+Schema (version 1); every key but `version`, `[model]` and `[plan]` is optional:
+
+    version = 1
+    theme = "dark"                      # the app's theme
+    [versions]                          # written for the record: workbench, torch, transformers
+    [model]
+    spec = "embedded"                   # embedded | hub id | local directory | .gguf file
+    device = "auto"                     # auto | cpu | cuda:N
+    dtype = "auto"                      # auto | float32 | bfloat16 | float16
+    [calibration]
+    source = "embedded"                 # embedded | hf:NAME[:CONFIG[:SPLIT]] | file.txt | file.jsonl
+    samples = 32
+    seqlen = 256
+    seed = 0
+    mode = "sequential"                 # sequential | one-pass
+    hessian = "auto"                    # auto | true | false
+    [plan]
+    method = "wanda"                    # magnitude | wanda | sparsegpt
+    allocator = "owl"                   # uniform | owl
+    sparsity = 0.7                      # global target in [0, 1)
+    pattern = ""                        # "" (unstructured) | "2:4" | "4:8"
+    [plan.method_params]                # e.g. scope = "matrix" for magnitude
+    [plan.allocator_params]             # e.g. M = 5.0, lambda = 0.08 for owl
+    [plan.overrides.blocks]             # "3" = 0.6: manual block targets on top of the allocator
+    [plan.overrides.linears]            # "layers.3.mlp.down_proj" = 0.7
+    [calibrated_with]                   # the plan of the last full calibration-aware prune, same keys
+                                        # as [plan]; absent = same as [plan]
+    [[history]]                         # the edit history, oldest first (free-form tables)
+    [[probes]]                          # probe results on the saved state (see workbench.probes)
+    [[dense_probes]]                    # the same probes on the dense model
+    [evaluations]                       # lm-evaluation-harness results: task -> metric -> value
+
+Replay = load the model, `prune(calibrated_with)` (which captures the same statistics), then
+`apply(plan)`: the weights are a pure function of these, so the numbers come back exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from workbench.capture import MODES
+from workbench.engine import CalibrationSpec, Engine, Plan
+from workbench.errors import WorkbenchError
+from workbench.probes import ProbeResult
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+VERSION = 1
+
+
+@dataclass
+class Session:
+    """A saved pruning state."""
+
+    model: str = "embedded"
+    device: str = "auto"
+    dtype: str = "auto"
+    calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
+    plan: Plan = field(default_factory=Plan)
+    calibrated_with: Plan | None = None
+    history: list[dict] = field(default_factory=list)
+    probes: list[ProbeResult] = field(default_factory=list)
+    dense_probes: list[ProbeResult] = field(default_factory=list)
+    evaluations: dict = field(default_factory=dict)
+    theme: str = "dark"
+    versions: dict = field(default_factory=dict)
+
+
+# ----- writing ----------------------------------------------------------------------------------------
+def plan_to_dict(plan: Plan) -> dict:
+    """A plan as TOML-ready data."""
+    return {
+        "method": plan.method,
+        "allocator": plan.allocator,
+        "sparsity": plan.sparsity,
+        "pattern": plan.pattern or "",
+        "method_params": dict(plan.method_params),
+        "allocator_params": dict(plan.allocator_params),
+        "overrides": {
+            "blocks": {str(k): v for k, v in sorted(plan.block_overrides.items())},
+            "linears": dict(sorted(plan.linear_overrides.items())),
+        },
+    }
+
+
+def current_versions() -> dict:
+    """Versions of workbench, torch and transformers in this process."""
+    import torch
+    import transformers
+
+    import workbench
+
+    return {"workbench": workbench.__version__, "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def session_to_dict(session: Session) -> dict:
+    """A session as TOML-ready data."""
+    c = session.calibration
+    data: dict[str, Any] = {
+        "version": VERSION,
+        "theme": session.theme,
+        "versions": session.versions or current_versions(),
+        "model": {"spec": session.model, "device": session.device, "dtype": session.dtype},
+        "calibration": {
+            "source": c.source, "samples": c.samples, "seqlen": c.seqlen, "seed": c.seed, "mode": c.mode,
+            "hessian": "auto" if c.hessian is None else c.hessian,
+        },
+        "plan": plan_to_dict(session.plan),
+    }
+    if session.calibrated_with is not None and session.calibrated_with != session.plan:
+        data["calibrated_with"] = plan_to_dict(session.calibrated_with)
+    if session.history:
+        data["history"] = session.history
+    if session.probes:
+        data["probes"] = [p.to_dict() for p in session.probes]
+    if session.dense_probes:
+        data["dense_probes"] = [p.to_dict() for p in session.dense_probes]
+    if session.evaluations:
+        data["evaluations"] = session.evaluations
+    return data
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write through a temporary file in the same directory and os.replace it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_session(session: Session, path: str | os.PathLike) -> None:
+    """Write `session` as TOML, atomically."""
+    atomic_write_text(path, tomli_w.dumps(session_to_dict(session)))
+
+
+def session_from_engine(engine: Engine, history: list[dict] | None = None, probes: list[ProbeResult] | None = None,
+                        theme: str = "dark", device: str = "auto", dtype: str = "auto") -> Session:
+    """The session that replays to `engine`'s current state."""
+    if engine.plan is None:
+        raise WorkbenchError("session", "nothing to save: the model has not been pruned yet")
+    return Session(
+        model=engine.loaded.spec, device=device, dtype=dtype, calibration=engine.calibration, plan=engine.plan,
+        calibrated_with=engine.calibrated_with, history=list(history or []), probes=list(probes or []),
+        dense_probes=list(engine.dense_probes.values()), theme=theme, versions=current_versions(),
+    )
+
+
+# ----- reading ----------------------------------------------------------------------------------------
+class _Reader:
+    """Typed access to a parsed TOML document; every error names the file and the key."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def fail(self, key: str, reason: str) -> WorkbenchError:
+        return WorkbenchError(f"{self.path}: {key}", reason)
+
+    def get(self, table: dict, key: str, prefix: str, kind, default=..., required: bool = False):
+        full = f"{prefix}{key}"
+        if key not in table:
+            if required or default is ...:
+                raise self.fail(full, "missing")
+            return default
+        value = table[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds:
+            raise self.fail(full, f"expected {'/'.join(k.__name__ for k in kinds)}, got bool")
+        if not isinstance(value, kinds):
+            raise self.fail(full, f"expected {'/'.join(k.__name__ for k in kinds)}, got {type(value).__name__}")
+        return value
+
+    def table(self, table: dict, key: str, prefix: str, required: bool = False) -> dict:
+        return self.get(table, key, prefix, dict, default={}, required=required)
+
+    def known(self, table: dict, prefix: str, keys: set[str]) -> None:
+        extra = sorted(set(table) - keys)
+        if extra:
+            raise self.fail(f"{prefix}{extra[0]}", f"unknown key (known: {', '.join(sorted(keys))})")
+
+    def fraction(self, value, key: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.fail(key, f"expected a number, got {type(value).__name__}")
+        if not 0 <= value < 1:
+            raise self.fail(key, f"sparsity must be in [0, 1), got {value}")
+        return float(value)
+
+    def plan(self, data: dict, prefix: str) -> Plan:
+        from workbench.allocators import ALLOCATORS
+        from workbench.methods import METHODS, parse_pattern
+
+        self.known(data, prefix, {"method", "allocator", "sparsity", "pattern", "method_params", "allocator_params", "overrides"})
+        method = self.get(data, "method", prefix, str, required=True)
+        allocator = self.get(data, "allocator", prefix, str, default="uniform")
+        for key, name, registry in (("method", method, METHODS), ("allocator", allocator, ALLOCATORS)):
+            if name not in registry.names():
+                raise self.fail(f"{prefix}{key}", f"unknown {key} {name!r} (known: {', '.join(registry.names())})")
+        pattern = self.get(data, "pattern", prefix, str, default="")
+        try:
+            parse_pattern(pattern)
+        except WorkbenchError as exc:
+            raise self.fail(f"{prefix}pattern", exc.what) from None
+        method_params = self.table(data, "method_params", prefix)
+        allocator_params = self.table(data, "allocator_params", prefix)
+        try:
+            METHODS.get(method).params(method_params)
+            ALLOCATORS.get(allocator).params(allocator_params)
+        except WorkbenchError as exc:
+            key = "method_params" if "method" in exc.what else "allocator_params"
+            raise self.fail(f"{prefix}{key}", exc.what) from None
+        overrides = self.table(data, "overrides", prefix)
+        self.known(overrides, f"{prefix}overrides.", {"blocks", "linears"})
+        blocks: dict[int, float] = {}
+        for key, value in self.table(overrides, "blocks", f"{prefix}overrides.").items():
+            full = f"{prefix}overrides.blocks.{key}"
+            if not key.isdigit():
+                raise self.fail(full, "block keys are block indices such as \"3\"")
+            blocks[int(key)] = self.fraction(value, full)
+        linears = {key: self.fraction(value, f"{prefix}overrides.linears.{key}")
+                   for key, value in self.table(overrides, "linears", f"{prefix}overrides.").items()}
+        return Plan(
+            method=method, method_params=method_params, allocator=allocator, allocator_params=allocator_params,
+            sparsity=self.fraction(self.get(data, "sparsity", prefix, (int, float), required=True), f"{prefix}sparsity"),
+            pattern=pattern or None, block_overrides=blocks, linear_overrides=linears,
+        )
+
+    def probes(self, data: dict, key: str) -> list[ProbeResult]:
+        out = []
+        for i, item in enumerate(self.get(data, key, "", list, default=[])):
+            where = f"{key}[{i}]"
+            if not isinstance(item, dict):
+                raise self.fail(where, "expected a table")
+            missing = [f for f in ("name", "score", "tolerance") if f not in item]
+            if missing:
+                raise self.fail(f"{where}.{missing[0]}", "missing")
+            for f in ("score", "tolerance"):
+                self.get(item, f, f"{where}.", (int, float))
+            defaults = {"metric": "", "higher_is_better": True, "items": 0, "seconds": 0.0, "size": "quick", "floor": 0.0}
+            out.append(ProbeResult.from_dict({**defaults, **item}))
+        return out
+
+
+def load_session(path: str | os.PathLike) -> Session:
+    """Read and validate a session file; any problem is one WorkbenchError naming file, key and reason."""
+    path = Path(path)
+    r = _Reader(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise WorkbenchError(str(path), "session file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise WorkbenchError(str(path), f"invalid TOML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise WorkbenchError(str(path), f"cannot read: {exc}") from None
+    r.known(data, "", {"version", "theme", "versions", "model", "calibration", "plan", "calibrated_with",
+                       "history", "probes", "dense_probes", "evaluations"})
+    version = r.get(data, "version", "", int, required=True)
+    if version != VERSION:
+        raise r.fail("version", f"unsupported session version {version} (this workbench reads {VERSION})")
+    model = r.table(data, "model", "", required=True)
+    r.known(model, "model.", {"spec", "device", "dtype"})
+    dtype = r.get(model, "dtype", "model.", str, default="auto")
+    if dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise r.fail("model.dtype", f"unknown dtype {dtype!r}")
+    cal = r.table(data, "calibration", "")
+    r.known(cal, "calibration.", {"source", "samples", "seqlen", "seed", "mode", "hessian"})
+    hessian = r.get(cal, "hessian", "calibration.", (str, bool), default="auto")
+    if isinstance(hessian, str) and hessian != "auto":
+        raise r.fail("calibration.hessian", f"expected auto, true or false, got {hessian!r}")
+    mode = r.get(cal, "mode", "calibration.", str, default="sequential")
+    if mode not in MODES:
+        raise r.fail("calibration.mode", f"unknown mode {mode!r} (use {', '.join(MODES)})")
+    calibration = CalibrationSpec(
+        source=r.get(cal, "source", "calibration.", str, default="embedded"),
+        samples=r.get(cal, "samples", "calibration.", int, default=32),
+        seqlen=r.get(cal, "seqlen", "calibration.", int, default=256),
+        seed=r.get(cal, "seed", "calibration.", int, default=0),
+        mode=mode,
+        hessian=None if hessian == "auto" else hessian,
+    )
+    if calibration.samples < 1 or calibration.seqlen < 2:
+        raise r.fail("calibration.samples", "samples must be >= 1 and seqlen >= 2")
+    plan = r.plan(r.table(data, "plan", "", required=True), "plan.")
+    calibrated_with = r.plan(data["calibrated_with"], "calibrated_with.") if "calibrated_with" in data else None
+    history = r.get(data, "history", "", list, default=[])
+    for i, item in enumerate(history):
+        if not isinstance(item, dict):
+            raise r.fail(f"history[{i}]", "expected a table")
+    return Session(
+        model=r.get(model, "spec", "model.", str, required=True),
+        device=r.get(model, "device", "model.", str, default="auto"),
+        dtype=dtype, calibration=calibration, plan=plan, calibrated_with=calibrated_with, history=history,
+        probes=r.probes(data, "probes"), dense_probes=r.probes(data, "dense_probes"),
+        evaluations=r.table(data, "evaluations", ""), theme=r.get(data, "theme", "", str, default="dark"),
+        versions=r.table(data, "versions", ""),
+    )
+
+
+def check_against_model(session: Session, engine: Engine, path: str | os.PathLike) -> None:
+    """Refuse plans naming blocks or linears this model does not have (one line naming file and key)."""
+    for prefix, plan in (("plan.", session.plan), ("calibrated_with.", session.calibrated_with)):
+        if plan is None:
+            continue
+        try:
+            engine.check_plan(plan)
+        except WorkbenchError as exc:
+            raise WorkbenchError(f"{path}: {prefix}{exc.where}", exc.what) from None
+
+
+def replay_engine(session: Session, progress=None, cancel=None, path: str | os.PathLike = "session",
+                  device: str | None = None, dtype: str | None = None) -> Engine:
+    """Rebuild the saved state headlessly: load, full prune with `calibrated_with`, apply `plan`."""
+    engine = Engine.load(session.model, device=device or session.device, dtype=dtype or session.dtype,
+                         calibration=session.calibration, progress=progress)
+    check_against_model(session, engine, path)
+    engine.prune(session.calibrated_with or session.plan, progress=progress, cancel=cancel)
+    engine.apply(session.plan, progress=progress, cancel=cancel)
+    return engine
