@@ -1,0 +1,36 @@
+"""What runs in the background: a label and a progress bar, shown only while something runs."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal
+from textual.widgets import Label, ProgressBar
+
+
+class Activity(Horizontal):
+    """`show(kind, message, fraction)` while working, `hide()` after."""
+
+    DEFAULT_CSS = """
+    Activity { height: 1; display: none; background: $boost; }
+    Activity.-busy { display: block; }
+    Activity > Label { width: 1fr; padding-left: 1; text-wrap: nowrap; text-overflow: ellipsis; }
+    Activity > ProgressBar { width: 30; }
+    Activity > ProgressBar > Bar { width: 20; }
+    """
+
+    def compose(self) -> ComposeResult:
+        yield Label("")
+        yield ProgressBar(total=1.0, show_eta=False)
+
+    def show(self, message: str, fraction: float | None) -> None:
+        """Show a message; `fraction` None means the length of the work is unknown."""
+        self.add_class("-busy")
+        self.query_one(Label).update(message + "  (esc cancels)")
+        bar = self.query_one(ProgressBar)
+        if fraction is None:
+            bar.update(total=None)
+        else:
+            bar.update(total=1.0, progress=min(max(fraction, 0.0), 1.0))
+
+    def hide(self) -> None:
+        self.remove_class("-busy")

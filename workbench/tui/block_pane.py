@@ -1,0 +1,98 @@
+"""One transformer block: its row, and its seven linears underneath when expanded."""
+
+from __future__ import annotations
+
+from textual import events
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.reactive import reactive
+
+from workbench.tui.format import Scale
+from workbench.tui.slider import Slider
+from workbench.tui.stat_row import StatRow
+
+
+class BlockPane(Vertical):
+    """A block row with a slider and statistics; enter (or a click on its number) shows its linears, each
+    with a slider of its own. Linear rows are built on first expansion."""
+
+    BINDINGS = [Binding("enter,space", "toggle", "Expand/collapse block", id="block.toggle", show=False)]
+
+    DEFAULT_CSS = """
+    BlockPane { height: auto; }
+    BlockPane > .linears { height: auto; display: none; }
+    BlockPane.-expanded > .linears { display: block; }
+    BlockPane.-expanded > .block-row { background: $boost; }
+    BlockPane .linear-row > .row-label { color: $foreground 60%; }
+    """
+
+    expanded: reactive[bool] = reactive(False)
+
+    def __init__(self, index: int):
+        super().__init__(id=f"block-{index}")
+        self.index = index
+        self._last: tuple | None = None
+
+    def compose(self) -> ComposeResult:
+        yield StatRow(("block", self.index), self._label(), f"block {self.index}", classes="block-row")
+        yield Vertical(classes="linears")
+
+    def _label(self) -> str:
+        return f"{'▾' if self.expanded else '▸'} {self.index:>3}"
+
+    @property
+    def row(self) -> StatRow:
+        return self.query_one(".block-row", StatRow)
+
+    def watch_expanded(self, expanded: bool) -> None:
+        self.set_class(expanded, "-expanded")
+        if not self.is_mounted:
+            return
+        self.row.set_label(self._label())
+        holder = self.query_one(".linears", Vertical)
+        if expanded and not holder.children and self._last is not None:
+            block, _, targets, overridden, locked = self._last
+            rows = [StatRow(("linear", x.name), f" {x.kind:<4}", x.name, targets.get(x.name, x.target),
+                            classes="linear-row") for x in block.linears]
+            holder.mount_all(rows)
+            self.call_after_refresh(self._show_linears)
+
+    def action_toggle(self) -> None:
+        """Show or hide the linears; focus goes back to the block slider when they hide."""
+        focused = self.screen.focused
+        self.expanded = not self.expanded
+        if not self.expanded and focused is not None and focused in self.query(".linears Slider"):
+            self.row.slider.focus()
+
+    def on_click(self, event: events.Click) -> None:
+        if event.widget is not None and event.widget.has_class("row-label"):
+            self.action_toggle()
+
+    def show(self, block, scale: Scale, targets: dict[str, float] | None, overridden: set[str], locked: bool) -> None:
+        """Show a `BlockState`; with `targets` (per-linear targets of the plan shown) the sliders move too.
+        `overridden` holds "block" and/or linear names with manual values."""
+        known_targets = targets if targets is not None else (self._last[2] if self._last else {})
+        self._last = (block, scale, known_targets, overridden, locked)
+        self.row.show(block, scale)
+        if targets is not None:
+            value = sum(targets[x.name] * x.numel for x in block.linears) / block.numel
+            self.row.show_target(value, "block" in overridden, locked)
+        self._show_linears(move=targets is not None)
+
+    def _show_linears(self, move: bool = True) -> None:
+        if self._last is None:
+            return
+        block, _, targets, overridden, locked = self._last
+        rows = list(self.query(".linear-row").results(StatRow))
+        if not rows:
+            return
+        scale = Scale.of(block.linears)
+        for row, linear in zip(rows, block.linears):
+            row.show(linear, scale)
+            if move and linear.name in targets:
+                row.show_target(targets[linear.name], linear.name in overridden, locked)
+
+    def sliders(self) -> list[Slider]:
+        """The block slider and the linear sliders that exist."""
+        return list(self.query(Slider))

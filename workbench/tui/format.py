@@ -1,0 +1,209 @@
+"""Number formatting, statistic columns and visual cues for the app. UI-free: it returns plain strings
+and `Cell`s (text plus a tone name) that the widgets style with the theme."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+LEVELS = "▁▂▃▄▅▆▇█"
+MAX_PERCENT = 99.0
+
+# (heading, width): the statistic columns right of a slider; the extra ones show on wide terminals.
+CORE_COLUMNS = (("achvd", 6), ("mean|W|", 7), ("outlier", 8), ("act", 6), ("recon", 7))
+EXTRA_COLUMNS = (("std|W|", 7), ("max|W|", 7), ("kurt", 6), ("params", 7))
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One formatted column: `tone` is "" (plain), "dim", "warning" (outlier-heavy) or "error" (badly
+    reconstructed)."""
+
+    text: str
+    tone: str = ""
+
+
+_TONES = {"warning": "$warning", "error": "$error", "dim": "dim", "success": "$success"}
+
+
+def cells_markup(cells: Sequence[Cell]) -> str:
+    """Cells joined by spaces as Textual content markup, toned with theme variables."""
+    return " ".join(f"[{_TONES[c.tone]}]{escape(c.text)}[/]" if c.tone else escape(c.text) for c in cells)
+
+
+def escape(text: str) -> str:
+    """Text shown literally in Textual markup."""
+    return text.replace("[", "\\[")
+
+
+def pct(value: float | None, digits: int = 1) -> str:
+    """0.5 -> "50.0%"; None -> "-"."""
+    return "-" if value is None else f"{100 * value:.{digits}f}%"
+
+
+def short(value: float | None) -> str:
+    """A number in at most 5 characters: 0.718, 12.3, 512, 5e-05; None -> "-"."""
+    if value is None:
+        return "-"
+    size = abs(value)
+    if size == 0:
+        return "0"
+    if size >= 1e4 or size < 0.001:
+        return f"{value:.0e}"
+    if size >= 100:
+        return f"{value:.0f}"
+    if size >= 10:
+        return f"{value:.1f}"
+    return f"{value:.3f}"
+
+
+def params(count: int) -> str:
+    """134515008 -> "134.5M", 172032 -> "172.0K"."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.1f}{unit}"
+    return str(count)
+
+
+def level(value: float | None, top: float) -> str:
+    """A one-cell bar for `value` relative to `top`: ▁ (small) to █ (the largest); blank for None."""
+    if value is None:
+        return " "
+    if top <= 0:
+        return LEVELS[0]
+    index = round(min(max(value / top, 0.0), 1.0) * (len(LEVELS) - 1))
+    return LEVELS[index]
+
+
+def flag_threshold(values: Iterable[float | None]) -> float:
+    """Values at or above mean + one standard deviation (and above zero) stand out."""
+    known = [v for v in values if v is not None]
+    if len(known) < 2:
+        return float("inf")
+    return max(statistics.fmean(known) + statistics.pstdev(known), 1e-12)
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Reference values among siblings (all blocks, or one block's linears) for the cues."""
+
+    outlier_top: float = 0.0
+    outlier_flag: float = float("inf")
+    recon_top: float = 0.0
+    recon_flag: float = float("inf")
+
+    @classmethod
+    def of(cls, rows: Sequence) -> "Scale":
+        """The scale of rows that have `outlier_ratio` and `recon_error` attributes."""
+        outliers = [r.outlier_ratio for r in rows]
+        recons = [r.recon_error for r in rows]
+        return cls(
+            outlier_top=max((v for v in outliers if v is not None), default=0.0),
+            outlier_flag=flag_threshold(outliers),
+            recon_top=max((v for v in recons if v is not None), default=0.0),
+            recon_flag=flag_threshold(recons),
+        )
+
+
+def _tone(value: float | None, threshold: float, tone: str) -> str:
+    if value is None:
+        return "dim"
+    return tone if value >= threshold else ""
+
+
+def core_cells(row, scale: Scale) -> list[Cell]:
+    """The always-visible statistics of a block or linear state: achieved, mean |W|, outlier ratio
+    (with a bar), activation norm, reconstruction error (with a bar)."""
+    outlier = "-" if row.outlier_ratio is None else f"{100 * row.outlier_ratio:.2f}%"
+    return [
+        Cell(f"{pct(row.achieved):>6}"),
+        Cell(f"{row.w_mean_abs:>7.4f}"),
+        Cell(f"{outlier:>6} {level(row.outlier_ratio, scale.outlier_top)}",
+             _tone(row.outlier_ratio, scale.outlier_flag, "warning")),
+        Cell(f"{short(row.act_norm):>6}", "" if row.act_norm is not None else "dim"),
+        Cell(f"{short(row.recon_error):>5} {level(row.recon_error, scale.recon_top)}",
+             _tone(row.recon_error, scale.recon_flag, "error")),
+    ]
+
+
+def extra_cells(row) -> list[Cell]:
+    """The statistics shown on wide terminals: std and max of |W|, kurtosis, parameter count."""
+    return [
+        Cell(f"{short(row.w_std):>7}"),
+        Cell(f"{short(row.w_max_abs):>7}"),
+        Cell(f"{short(row.kurtosis):>6}"),
+        Cell(f"{params(row.numel):>7}"),
+    ]
+
+
+def headings(columns: Sequence[tuple[str, int]]) -> str:
+    """Column headings, right-aligned to the column widths and separated by one space."""
+    return " ".join(f"{name:>{width}}" for name, width in columns)
+
+
+def columns_width(columns: Sequence[tuple[str, int]]) -> int:
+    """Characters taken by `columns` joined with single spaces."""
+    return sum(width for _, width in columns) + len(columns) - 1
+
+
+def parse_percent(text: str) -> float:
+    """A typed sparsity in percent ("62.5" or "62.5%") as a fraction; ValueError with a short reason."""
+    cleaned = text.strip().removesuffix("%").strip()
+    try:
+        value = float(cleaned)
+    except ValueError:
+        raise ValueError(f"not a number: {text.strip()!r}") from None
+    if not 0 <= value <= MAX_PERCENT:
+        raise ValueError(f"must be between 0 and {MAX_PERCENT:g} percent")
+    return round(value / 100, 6)
+
+
+def probe_summary(result, dense) -> Cell:
+    """"ppl 512.3 (+11.6)": a probe's score and its change against the dense model; the tone is "error"
+    when it is worse than dense by more than its tolerance."""
+    text = f"{result.name} {result.score:.4g}"
+    if dense is None:
+        return Cell(text)
+    change = result.score - dense.score
+    worse = (change < 0) if result.higher_is_better else (change > 0)
+    tone = "error" if worse and abs(change) > result.tolerance else ""
+    return Cell(f"{text} ({change:+.3g})", tone)
+
+
+def plan_line(model: str, plan, session: str | None, dirty: bool) -> str:
+    """"tiny · wanda · owl M=5 λ=0.08 · unstructured · run.toml*": what is being pruned, and how."""
+    allocator = plan.allocator
+    if plan.allocator_params:
+        shown = {"lambda": "λ"}
+        allocator += " " + " ".join(f"{shown.get(k, k)}={v:g}" for k, v in sorted(plan.allocator_params.items()))
+    parts = [model, plan.method, allocator, plan.pattern or "unstructured"]
+    if session:
+        parts.append(session + ("*" if dirty else ""))
+    elif dirty:
+        parts.append("unsaved")
+    return " · ".join(parts)
+
+
+def sparsity_line(state, plan, pending: bool) -> list[Cell]:
+    """Global target against achieved sparsity and the weights left; `pending` marks edits not yet applied."""
+    cells = [Cell(f"target {pct(plan.sparsity)}")]
+    if state is None:
+        return cells + [Cell("· loading model", "dim")]
+    if abs(state.target - plan.sparsity) > 5e-4 and state.plan is not None:
+        cells.append(Cell(f"(blocks {pct(state.target)})", "dim"))
+    cells.append(Cell(f"achieved {pct(state.achieved)}", "warning" if pending else ""))
+    cells.append(Cell(f"· {params(state.params_nonzero)} of {params(state.params_total)} weights left"))
+    if pending:
+        cells.append(Cell("· re-pruning", "dim"))
+    return cells
+
+
+def probes_line(results: list, dense: dict, stale: bool) -> list[Cell]:
+    """The latest probe results with their change against dense, or a hint to run them."""
+    if not results:
+        return [Cell("probes: none yet (t runs the quick probes)", "dim")]
+    cells = [Cell("probes:")] + [probe_summary(r, dense.get(r.name)) for r in results]
+    if stale:
+        cells.append(Cell("(before the last edit)", "dim"))
+    return cells

@@ -1,0 +1,28 @@
+"""The column headings above the block list, aligned with `StatRow`."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal
+from textual.widgets import Static
+
+from workbench.tui.format import CORE_COLUMNS, EXTRA_COLUMNS, columns_width, headings
+from workbench.tui.stat_row import LABEL_WIDTH
+
+
+class HeadingsRow(Horizontal):
+    """blk, target sparsity, and the statistic columns (extra ones on wide terminals)."""
+
+    DEFAULT_CSS = f"""
+    HeadingsRow {{ height: 1; color: $foreground 60%; text-style: bold; }}
+    HeadingsRow > .row-label {{ width: {LABEL_WIDTH}; }}
+    HeadingsRow > .heading-target {{ width: 1fr; min-width: 12; }}
+    HeadingsRow > .stats {{ width: {columns_width(CORE_COLUMNS) + 1}; padding-left: 1; }}
+    HeadingsRow > .stats-extra {{ width: {columns_width(EXTRA_COLUMNS) + 1}; padding-left: 1; display: none; }}
+    """
+
+    def compose(self) -> ComposeResult:
+        yield Static("blk", classes="row-label")
+        yield Static("target sparsity", classes="heading-target")
+        yield Static(headings(CORE_COLUMNS), classes="stats")
+        yield Static(headings(EXTRA_COLUMNS), classes="stats-extra")
