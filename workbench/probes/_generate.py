@@ -1,0 +1,243 @@
+"""Batched greedy generation and multiple-choice log-likelihood scoring shared by the probes.
+
+Both functions work on token-id lists and find the longest token prefix that all prompts share (a
+few-shot header, a chat template's system turn). That prefix runs once with batch size 1 and its
+key/value cache is broadcast to every batch, so the per-item work is only the item's own tokens.
+
+Padding sits between the shared prefix and an item's own tokens. Explicit position ids count real
+tokens only and the attention mask hides the padding, so every sequence sees exactly the positions
+and attention it would see alone (checked against `model.generate` in the tests).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from transformers import DynamicCache
+
+BATCH = 32  # sequences per forward pass
+State = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values) of the shared prefix
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    """Token ids of `text` without special tokens."""
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def chat_prompt(tokenizer, message: str) -> str:
+    """`message` as one user turn in the tokenizer's chat template, ready for the assistant's reply.
+
+    Tokenizers without a template (base models, the test tokenizer) get the message unchanged.
+    """
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": message}], tokenize=False, add_generation_prompt=True
+        )
+    return message
+
+
+def common_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the token prefix shared by all `seqs`, leaving at least one token of the shortest."""
+    limit = min(len(s) for s in seqs) - 1
+    n = 0
+    while n < limit and all(s[n] == seqs[0][n] for s in seqs):
+        n += 1
+    return n
+
+
+def _prefix_state(model, prefix: Sequence[int], device: torch.device) -> State:
+    """Key/value states of every layer after running `prefix` alone (empty for no prefix)."""
+    if not prefix:
+        return []
+    cache = DynamicCache()
+    model(torch.tensor([list(prefix)], device=device), past_key_values=cache, use_cache=True, logits_to_keep=1)
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _cache(state: State, rows: int) -> DynamicCache:
+    """A fresh cache holding the shared-prefix state broadcast to `rows` rows."""
+    return DynamicCache([(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in state])
+
+
+def _pad(tails: Sequence[Sequence[int]], pad: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad token lists to one width (on the left or the right); return ids and the 0/1 mask."""
+    width = max(len(t) for t in tails)
+    ids = torch.full((len(tails), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(tails), width), dtype=torch.long)
+    for row, tail in enumerate(tails):
+        cols = slice(width - len(tail), width) if left else slice(0, len(tail))
+        ids[row, cols] = torch.tensor(tail, dtype=torch.long)
+        mask[row, cols] = 1
+    return ids, mask
+
+
+def _pad_id(tokenizer) -> int:
+    pad = getattr(tokenizer, "pad_token_id", None)
+    return pad if pad is not None else tokenizer.eos_token_id
+
+
+# ----- generation --------------------------------------------------------------------------------
+def greedy_generate(
+    model,
+    tokenizer,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    device: torch.device,
+    stop: Sequence[str] = (),
+    stop_at_eos: bool = True,
+    cancel: Callable[[], None] | None = None,
+    batch_size: int = BATCH,
+) -> list[str]:
+    """Greedy continuations of the token-id `prompts`, decoded, each cut before its first `stop` string.
+
+    A sequence ends at the end-of-sequence token (unless `stop_at_eos` is False), at a stop string or
+    after `max_new_tokens`; finished rows leave the batch. `cancel()` runs before every step.
+    """
+    shared = common_prefix_length(prompts)
+    state = _prefix_state(model, prompts[0][:shared], device)
+    texts: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        tails = [list(p[shared:]) for p in prompts[start : start + batch_size]]
+        texts += _generate_batch(model, tokenizer, state, shared, tails, max_new_tokens, device, stop, stop_at_eos, cancel)
+    return texts
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """`text` up to its first stop string, and whether one occurred."""
+    hits = [text.index(s) for s in stop if s in text]
+    return (text[: min(hits)], True) if hits else (text, False)
+
+
+def _generate_batch(model, tokenizer, state, shared, tails, max_new_tokens, device, stop, stop_at_eos, cancel) -> list[str]:
+    rows = len(tails)
+    ids, tail_mask = _pad(tails, _pad_id(tokenizer), left=True)
+    mask = torch.cat([torch.ones((rows, shared), dtype=torch.long), tail_mask], dim=1).to(device)
+    ids = ids.to(device)
+    positions = (mask.cumsum(1) - 1).clamp(min=0)[:, shared:]
+    cache = _cache(state, rows)
+    generated: list[list[int]] = [[] for _ in range(rows)]
+    texts = [""] * rows
+    active = list(range(rows))  # original row of each row still in the batch
+    for _ in range(max_new_tokens):
+        if cancel is not None:
+            cancel()
+        logits = model(ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
+                       logits_to_keep=1).logits
+        next_ids = logits[:, -1].argmax(-1)
+        keep = []
+        for i, row in enumerate(active):
+            token = int(next_ids[i])
+            if stop_at_eos and token == tokenizer.eos_token_id:
+                continue
+            generated[row].append(token)
+            texts[row], stopped = cut_at_stop(tokenizer.decode(generated[row], skip_special_tokens=True), stop)
+            if not stopped:
+                keep.append(i)
+        if not keep:
+            break
+        if len(keep) < len(active):
+            index = torch.tensor(keep, device=device)
+            cache.batch_select_indices(index)
+            next_ids, mask, positions = next_ids[index], mask[index], positions[index]
+            active = [active[i] for i in keep]
+        ids = next_ids[:, None]
+        mask = torch.cat([mask, torch.ones((len(active), 1), dtype=mask.dtype, device=device)], dim=1)
+        positions = positions[:, -1:] + 1
+    return texts
+
+
+# ----- multiple-choice scoring ---------------------------------------------------------------------
+@dataclass
+class ChoiceScore:
+    """Log-likelihood of one choice given its context."""
+
+    logprob: float  # summed over the choice's tokens (nats)
+    tokens: int
+    greedy: bool  # every token is the argmax given the ones before it: greedy decoding produces this choice
+
+
+def score_choices(
+    model,
+    tokenizer,
+    items: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]],
+    device: torch.device,
+    cancel: Callable[[], None] | None = None,
+    batch_size: int = BATCH,
+) -> list[list[ChoiceScore]]:
+    """Score the choices of each (context ids, [choice ids, ...]) item; one list of scores per item.
+
+    Each context runs once; its cache is repeated for its choices, which then run side by side.
+    `greedy` is exact: greedy decoding from the context reproduces a choice token for token if and
+    only if each of its tokens is the argmax given the ones before it.
+    """
+    contexts = [list(c) for c, _ in items]
+    if any(not c for c in contexts) or any(not ch for _, choices in items for ch in choices) or any(not choices for _, choices in items):
+        raise ValueError("every item needs a non-empty context and non-empty choices")
+    shared = common_prefix_length(contexts)
+    state = _prefix_state(model, contexts[0][:shared], device)
+    out: list[list[ChoiceScore]] = []
+    start = 0
+    while start < len(items):
+        if cancel is not None:
+            cancel()
+        end, rows = start, 0
+        while end < len(items) and (end == start or rows + len(items[end][1]) <= batch_size):
+            rows += len(items[end][1])
+            end += 1
+        out += _score_batch(model, tokenizer, state, shared, items[start:end], device)
+        start = end
+    return out
+
+
+def _score_batch(model, tokenizer, state, shared, items, device) -> list[list[ChoiceScore]]:
+    pad = _pad_id(tokenizer)
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    # Stage 1: every context once (after the shared prefix); its last position predicts each choice's first token.
+    tails = [list(c[shared:]) for c, _ in items]
+    ids, ctx_mask = _pad(tails, pad, left=False)
+    mask = torch.cat([torch.ones((len(items), shared), dtype=torch.long), ctx_mask], dim=1)
+    lengths = ctx_mask.sum(1)
+    positions = shared + torch.arange(ids.shape[1]).expand(len(items), -1)
+    cache = _cache(state, len(items))
+    hidden = decoder(ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                     past_key_values=cache, use_cache=True).last_hidden_state
+    last = hidden[torch.arange(len(items)), lengths - 1]  # (items, hidden)
+    # Stage 2: repeat each context's cache once per choice and run all choices side by side.
+    counts = torch.tensor([len(choices) for _, choices in items])
+    choices = [list(ch) for _, chs in items for ch in chs]
+    _repeat_rows(cache, counts, device)
+    ch_ids, ch_mask = _pad(choices, pad, left=False)
+    row_of = torch.repeat_interleave(torch.arange(len(items)), counts)
+    mask2 = torch.cat([mask[row_of], ch_mask], dim=1)
+    positions2 = (shared + lengths[row_of])[:, None] + torch.arange(ch_ids.shape[1])
+    hidden2 = decoder(ch_ids.to(device), attention_mask=mask2.to(device), position_ids=positions2.to(device),
+                      past_key_values=cache, use_cache=True).last_hidden_state
+    # Gather the states that predict each choice token: the context's last state, then the choice's own.
+    states, targets, sizes = [], [], []
+    for row, choice in enumerate(choices):
+        states.append(last[row_of[row]][None])
+        if len(choice) > 1:
+            states.append(hidden2[row, : len(choice) - 1])
+        targets += choice
+        sizes.append(len(choice))
+    logprobs = torch.log_softmax(head(torch.cat(states)).float(), dim=-1)
+    target = torch.tensor(targets, device=logprobs.device)
+    picked = logprobs.gather(1, target[:, None])[:, 0].tolist()
+    hits = (logprobs.argmax(-1) == target).tolist()
+    scores, at = [], 0
+    for n in sizes:
+        scores.append(ChoiceScore(logprob=sum(picked[at : at + n]), tokens=n, greedy=all(hits[at : at + n])))
+        at += n
+    out, at = [], 0
+    for count in counts.tolist():
+        out.append(scores[at : at + count])
+        at += count
+    return out
+
+
+def _repeat_rows(cache: DynamicCache, counts: torch.Tensor, device: torch.device) -> None:
+    """Repeat row i of every cached layer `counts[i]` times (items -> one row per choice)."""
+    index = torch.repeat_interleave(torch.arange(len(counts)), counts).to(device)
+    cache.batch_select_indices(index)
