@@ -10,8 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from workbench.errors import WorkbenchError
-from workbench.registry import Registry
+from workbench.registry import Registry, complete_params
 
 MAX_SPARSITY = 0.99
 
@@ -35,10 +34,7 @@ class Allocator:
 
     def params(self, given: dict, where: str = "allocator_params") -> dict:
         """`given` completed with defaults; unknown keys are refused."""
-        unknown = set(given) - set(self.defaults)
-        if unknown:
-            raise WorkbenchError(where, f"unknown parameter(s) {', '.join(sorted(unknown))} for allocator {self.name} (known: {', '.join(self.defaults) or 'none'})")
-        return {**self.defaults, **given}
+        return complete_params("allocator", self.name, self.defaults, given, where)
 
 
 ALLOCATORS: Registry[Allocator] = Registry("allocator", __name__)

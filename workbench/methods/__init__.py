@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from workbench.errors import WorkbenchError
-from workbench.registry import Registry
+from workbench.registry import Registry, complete_params
 
 
 @dataclass(frozen=True)
@@ -69,10 +69,7 @@ class Method:
 
     def params(self, given: dict, where: str = "method_params") -> dict:
         """`given` completed with defaults; unknown keys are refused."""
-        unknown = set(given) - set(self.defaults)
-        if unknown:
-            raise WorkbenchError(where, f"unknown parameter(s) {', '.join(sorted(unknown))} for method {self.name} (known: {', '.join(self.defaults) or 'none'})")
-        return {**self.defaults, **given}
+        return complete_params("method", self.name, self.defaults, given, where)
 
 
 METHODS: Registry[Method] = Registry("method", __name__)
