@@ -1,0 +1,328 @@
+"""Probes on the tiny random Llama: batched generation and scoring against unbatched references,
+determinism, seeded item generators, the scoring functions on hand-made strings, cancellation and
+the `workbench probe` / `workbench eval` parsers."""
+
+import argparse
+import json
+import random
+
+import pytest
+import tomli_w
+import torch
+
+from workbench.errors import Cancelled, WorkbenchError
+from workbench.model import tiny_llama
+from workbench.probes import PROBES, ProbeContext, run_probes
+from workbench.probes import arithmetic, brackets, facts, instructions
+from workbench.probes._generate import common_prefix_length, cut_at_stop, greedy_generate, score_choices
+from workbench.probes.efficiency import parameter_counts
+from workbench.probing import SUITE, add_eval_parser, add_probe_parser, cmd_probe, probe_table
+
+GENERATIVE = ("arithmetic", "brackets", "facts", "instructions")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_llama(seed=0)
+
+
+@pytest.fixture
+def ctx(tiny):
+    model, tokenizer = tiny
+    return ProbeContext(model, tokenizer, torch.device("cpu"))
+
+
+# ----- shared generation and scoring ------------------------------------------------------------
+def reference_greedy(model, prompt: list[int], steps: int) -> list[int]:
+    """Greedy decoding without cache, batching or padding."""
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(steps):
+            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+    return ids[len(prompt):]
+
+
+def test_batched_generation_matches_unbatched_reference(tiny):
+    model, tokenizer = tiny
+    header = tokenizer.encode("shared few-shot header\n")
+    prompts = [header + tokenizer.encode(tail) for tail in ("a", "a longer prompt", "mid size", "zz")]
+    with torch.no_grad():
+        texts = greedy_generate(model, tokenizer, prompts, 6, torch.device("cpu"), stop_at_eos=False, batch_size=3)
+    assert texts == [tokenizer.decode(reference_greedy(model, p, 6)) for p in prompts]
+
+
+def test_generation_stops_at_stop_string():
+    assert cut_at_stop("12\nmore", ("\n",)) == ("12", True)
+    assert cut_at_stop("ab;cd|e", ("|", ";")) == ("ab", True)
+    assert cut_at_stop("abc", ("\n",)) == ("abc", False)
+
+
+def test_common_prefix_keeps_one_token_of_the_shortest():
+    assert common_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5]]) == 3
+    assert common_prefix_length([[1, 2, 3], [1, 2, 3, 4]]) == 2
+    assert common_prefix_length([[7, 1], [8, 1]]) == 0
+
+
+def test_choice_scores_match_full_forward(tiny):
+    model, tokenizer = tiny
+    header = tokenizer.encode("Q: shared\n")
+    items = [
+        (header + tokenizer.encode("first?"), [tokenizer.encode(" yes"), tokenizer.encode(" no way"), tokenizer.encode("!")]),
+        (header + tokenizer.encode("second one?"), [tokenizer.encode(" a"), tokenizer.encode(" bcd")]),
+        (header + tokenizer.encode("3?"), [tokenizer.encode(" xyz")]),
+    ]
+    with torch.no_grad():
+        for batch_size in (32, 2):
+            scores = score_choices(model, tokenizer, items, torch.device("cpu"), batch_size=batch_size)
+            for (context, choices), item_scores in zip(items, scores):
+                assert len(item_scores) == len(choices)
+                for choice, score in zip(choices, item_scores):
+                    logprobs = torch.log_softmax(model(torch.tensor([context + choice])).logits[0], -1)
+                    rows = range(len(context) - 1, len(context) + len(choice) - 1)
+                    expected = sum(float(logprobs[r, t]) for r, t in zip(rows, choice))
+                    assert score.logprob == pytest.approx(expected, abs=1e-4)
+                    assert score.tokens == len(choice)
+                    assert score.greedy == all(int(logprobs[r].argmax()) == t for r, t in zip(rows, choice))
+
+
+def test_greedy_flag_is_what_greedy_decoding_produces(tiny):
+    model, tokenizer = tiny
+    context = tokenizer.encode("abc")
+    produced = reference_greedy(model, context, 3)
+    other = [(produced[0] + 1) % 256] + produced[1:]
+    with torch.no_grad():
+        [[hit, miss]] = score_choices(model, tokenizer, [(context, [produced, other])], torch.device("cpu"))
+    assert hit.greedy and not miss.greedy
+
+
+# ----- item generators -----------------------------------------------------------------------------
+def test_arithmetic_problems_are_reproducible_and_grow():
+    first = arithmetic.make_problems(0, (1, 2, 3), 5)
+    assert first == arithmetic.make_problems(0, (1, 2, 3), 5)
+    assert first != arithmetic.make_problems(1, (1, 2, 3), 5)
+    assert len(first) == 3 * 3 * 5
+    for p in first:
+        assert len(str(p.a)) == p.digits or (p.digits == 1 and p.a < 10)
+        assert p.answer >= 0
+        if p.op == "*":
+            assert 2 <= p.b <= 9
+    assert arithmetic.Problem(12, "-", 5, 2).answer == 7
+    assert arithmetic.Problem(12, "*", 5, 2).text == "12 * 5 ="
+
+
+def test_bracket_items_are_reproducible_and_well_formed():
+    items = brackets.make_items(0, (1, 2, 5), 4)
+    assert items == brackets.make_items(0, (1, 2, 5), 4)
+    assert items != brackets.make_items(1, (1, 2, 5), 4)
+    for prefix, choices in items:
+        correct = choices[0]
+        assert brackets.closing(prefix) == correct
+        assert brackets.closing(prefix + correct) == []
+        assert len(choices) == 1 + brackets.DISTRACTORS
+        assert all(len(c) == len(correct) and c != correct for c in choices[1:])
+        assert len({tuple(c) for c in choices}) == len(choices)
+    assert [len(choices[0]) for _, choices in items] == [1] * 4 + [2] * 4 + [5] * 4
+
+
+def test_fact_set_and_distractors():
+    all_facts = facts.load_facts()
+    assert 150 <= len(all_facts) <= 300
+    assert len({f.question for f in all_facts}) == len(all_facts)
+    for fact in all_facts:
+        wrong = facts.distractors(all_facts, fact, seed=0)
+        assert len(set(wrong)) == facts.DISTRACTORS and fact.answer not in wrong
+        assert wrong == facts.distractors(all_facts, fact, seed=0)
+    assert len(facts.select(all_facts, "quick")) == 35
+    assert facts.select(all_facts, "full") == all_facts
+
+
+def test_quick_instructions_cover_every_constraint_once():
+    quick = instructions.select("quick")
+    assert [i.kind for i in quick] == list(instructions.CHECKS)
+    assert len(instructions.select("full")) == len(instructions.INSTRUCTIONS)
+
+
+# ----- scoring on hand-made strings ----------------------------------------------------------------
+@pytest.mark.parametrize("text, number", [
+    (" 42", 42), ("-7\n", -7), ("The answer is 1,234.", 1234), (" 12 apples and 3", 12), ("none", None), ("", None),
+])
+def test_extract_number(text, number):
+    assert arithmetic.extract_number(text) == number
+
+
+@pytest.mark.parametrize("prefix, expected", [
+    ("( [", ["]", ")"]),
+    ("{ < > (", [")", "}"]),
+    ("( ) [ ]", []),
+    ("<", [">"]),
+    ("[ ( { } ) <", [">", "]"]),
+])
+def test_bracket_closing(prefix, expected):
+    assert brackets.closing(prefix.split()) == expected
+
+
+@pytest.mark.parametrize("prefix", ["( ]", ")", "[ ( ] )", "( x"])
+def test_bracket_closing_rejects_bad_prefixes(prefix):
+    with pytest.raises(ValueError):
+        brackets.closing(prefix.split())
+
+
+@pytest.mark.parametrize("kind, args, good, bad", [
+    ("lowercase", {}, "the sea is wide.", "The sea is wide."),
+    ("uppercase", {}, "RAIN FALLS, SOFTLY.", "RAIN falls."),
+    ("fewer_words", {"limit": 5}, "A small grey cat.", "A small grey cat sleeps all day."),
+    ("keywords", {"words": ["bridge", "river"]}, "Bridges cross the River.", "A bridge over the road."),
+    ("forbidden_words", {"words": ["green"]}, "Trees are greenish and tall.", "Trees are Green."),
+    ("bullets", {"count": 3}, "* apple\n* pear\n- plum", "* apple\n* pear"),
+    ("json", {}, '```json\n{"name": "Ana", "age": 30}\n```', '{"name": "Ana", age: 30}'),
+    ("ends_with", {"phrase": "Is there anything else?"}, "Dogs are loyal. Is there anything else?", "Is there anything else? Dogs."),
+    ("no_commas", {}, "The sun is bright today.", "The sun, bright today."),
+    ("starts_with", {"word": "Welcome"}, "Welcome, new student!", "Hello and welcome."),
+    ("title", {}, "<<Moonlight>>\nA poem.", "<Moonlight>"),
+    ("quoted", {}, '"Hello there!"', 'Hello "there"'),
+])
+def test_instruction_checks(kind, args, good, bad):
+    assert instructions.follows(kind, good, args)
+    assert not instructions.follows(kind, bad, args)
+
+
+@pytest.mark.parametrize("kind", ["lowercase", "no_commas", "forbidden_words", "fewer_words"])
+def test_reply_without_letters_fails_every_constraint(kind):
+    args = {"words": ["x"]} if kind == "forbidden_words" else {"limit": 5} if kind == "fewer_words" else {}
+    assert not instructions.follows(kind, "", args)
+    assert not instructions.follows(kind, " ... 123 ", args)
+
+
+# ----- probes end to end on the tiny model -------------------------------------------------------------
+def test_suite_is_registered():
+    assert set(SUITE) <= set(PROBES.names())
+
+
+@pytest.mark.parametrize("name", GENERATIVE + ("perplexity",))
+def test_probe_is_deterministic_and_serializable(ctx, name):
+    first = run_probes(ctx, [name])[0]
+    second = run_probes(ctx, [name])[0]
+    assert first.score == second.score and first.details == second.details
+    assert first.items > 0 and first.seconds > 0 and first.size == "quick"
+    assert not first.differs(second)
+    tomli_w.dumps({"details": first.details})  # plain TOML data: no None, no tensors
+    json.dumps(first.to_dict())
+
+
+@pytest.mark.parametrize("name", GENERATIVE)
+def test_random_model_scores_at_its_floor(ctx, name):
+    result = run_probes(ctx, [name])[0]
+    assert result.score <= result.floor + 0.1
+    assert 0.0 <= result.score <= 1.0
+
+
+def test_items_follow_the_seed(tiny):
+    model, tokenizer = tiny
+    base = ProbeContext(model, tokenizer, torch.device("cpu"), seed=0)
+    other = ProbeContext(model, tokenizer, torch.device("cpu"), seed=5)
+    a = run_probes(base, ["arithmetic"])[0].details["examples"]
+    b = run_probes(other, ["arithmetic"])[0].details["examples"]
+    assert a != b
+
+
+def test_efficiency_counts_zeros_and_shapes():
+    model, tokenizer = tiny_llama(seed=1)
+    dense = parameter_counts(model)
+    assert dense["model_params"] == sum(p.numel() for p in model.parameters())
+    assert dense["block_linear_nonzero"] == dense["block_linear_params"]
+    down = model.model.layers[0].mlp.down_proj.weight
+    with torch.no_grad():
+        down[:, : down.shape[1] // 2] = 0
+    pruned = parameter_counts(model)
+    assert dense["block_linear_nonzero"] - pruned["block_linear_nonzero"] == down.shape[0] * (down.shape[1] // 2)
+    assert pruned["model_params"] == dense["model_params"]
+    result = run_probes(ProbeContext(model, tokenizer, torch.device("cpu")), ["efficiency"])[0]
+    assert result.score == pytest.approx(pruned["model_nonzero"] / 1e6)
+    assert result.details["tokens_per_second"] > 0
+    assert result.details["energy"].startswith("not measured")
+    assert not result.higher_is_better
+    tomli_w.dumps({"details": result.details})
+
+
+@pytest.mark.parametrize("name", SUITE)
+def test_cancel_raises(tiny, name):
+    model, tokenizer = tiny
+    ctx = ProbeContext(model, tokenizer, torch.device("cpu"), cancel=lambda: True)
+    with pytest.raises(Cancelled):
+        PROBES.get(name)().run(ctx)
+
+
+def test_cancel_midway_through_generation(tiny):
+    model, tokenizer = tiny
+    calls = []
+
+    def cancel():
+        calls.append(1)
+        if len(calls) > 2:
+            raise Cancelled()
+
+    with pytest.raises(Cancelled):
+        greedy_generate(model, tokenizer, [tokenizer.encode("abc")], 10, torch.device("cpu"), cancel=cancel)
+    assert len(calls) == 3
+
+
+# ----- command line -------------------------------------------------------------------------------------
+def parser():
+    p = argparse.ArgumentParser(prog="workbench")
+    sub = p.add_subparsers(dest="command")
+    add_probe_parser(sub)
+    add_eval_parser(sub)
+    return p
+
+
+def test_probe_parser_defaults_and_flags():
+    args = parser().parse_args(["probe"])
+    assert args.probes == ",".join(SUITE) and not args.full and not args.json and args.session is None
+    args = parser().parse_args(["probe", "--model", "m", "--probes", "facts,brackets", "--full", "--json"])
+    assert (args.model, args.probes, args.full, args.json) == ("m", "facts,brackets", True, True)
+    assert args.func is cmd_probe
+
+
+def test_eval_parser():
+    args = parser().parse_args(["eval", "--tasks", "ifeval,gsm8k", "--limit", "20", "--session", "s.toml"])
+    assert (args.tasks, args.limit, args.session, args.batch_size) == ("ifeval,gsm8k", 20.0, "s.toml", 8)
+    with pytest.raises(SystemExit):
+        parser().parse_args(["eval"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["probe", "--probes", "nope"], "unknown probe 'nope'"),
+    (["probe", "--probes", ","], "no probe given"),
+    (["probe", "--model", "m", "--session", "s.toml", "--probes", "facts"], "not both"),
+])
+def test_probe_command_errors(argv, message):
+    args = parser().parse_args(argv)
+    with pytest.raises(WorkbenchError, match=message):
+        args.func(args)
+
+
+def test_probe_command_on_local_model(tiny_model_dir, capsys):
+    args = parser().parse_args(["probe", "--model", str(tiny_model_dir), "--probes", "arithmetic,efficiency", "--json"])
+    assert args.func(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in out] == ["arithmetic", "efficiency"]
+    assert out[0]["items"] == 48 and out[0]["tolerance"] > 0
+    args = parser().parse_args(["probe", "--model", str(tiny_model_dir), "--probes", "brackets"])
+    assert args.func(args) == 0
+    table = capsys.readouterr().out
+    assert "brackets" in table and "exact match" in table and "total" in table
+
+
+def test_probe_table_lists_every_result(ctx):
+    results = run_probes(ctx, ["brackets", "efficiency"])
+    lines = probe_table(results).splitlines()
+    assert lines[0].split()[:3] == ["probe", "score", "metric"]
+    assert lines[2].startswith("brackets") and lines[3].startswith("efficiency")
+
+
+def test_seeded_generators_do_not_touch_global_random_state(ctx):
+    random.seed(123)
+    expected = random.random()
+    random.seed(123)
+    run_probes(ctx, ["arithmetic", "brackets", "facts"])
+    assert random.random() == expected
