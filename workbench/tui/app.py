@@ -140,6 +140,7 @@ class WorkbenchApp(App):
         self._debounce: Timer | None = None
         self._after_prune: list[Callable[[], None]] = []
         self._user_cancelled = False
+        self._loading_path: Path | None = None
 
     # ----- layout -----------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -200,6 +201,7 @@ class WorkbenchApp(App):
         return progress
 
     def _start_loading(self, path: Path | None = None) -> None:
+        self._loading_path = path
         self.query_one(Activity).show(f"reading {path}" if path else f"loading {self.model_spec}", None)
         self._load_worker(self.model_spec, path)
 
@@ -318,7 +320,7 @@ class WorkbenchApp(App):
         if current:
             self.targets = message.targets
         self._show_state(move_sliders=current)
-        if message.final and current and not self._busy(("prune",)):
+        if message.final and current:
             actions, self._after_prune = self._after_prune, []
             for action in actions:
                 action()
@@ -377,6 +379,9 @@ class WorkbenchApp(App):
             if worker.group == "prune":
                 self._after_prune.clear()
             if worker.group == "engine" and self.engine is None:
+                if self._loading_path is not None:
+                    self._start_loading()
+                    return
                 self.query_one(WorkbenchHeader).show_message("no model loaded: ctrl+o opens a session, q quits")
                 self.query_one("#blocks .placeholder", Static).update(
                     "No model loaded. ctrl+o opens a session file; q quits.")

@@ -9,7 +9,6 @@ from textual.containers import Vertical
 from textual.reactive import reactive
 
 from workbench.tui.format import Scale
-from workbench.tui.slider import Slider
 from workbench.tui.stat_row import StatRow
 
 
@@ -74,11 +73,20 @@ class BlockPane(Vertical):
         `overridden` holds "block" and/or linear names with manual values."""
         known_targets = targets if targets is not None else (self._last[2] if self._last else {})
         self._last = (block, scale, known_targets, overridden, locked)
+        if self.is_mounted:
+            self._show_block(move=targets is not None)
+
+    def on_mount(self) -> None:
+        if self._last is not None:
+            self._show_block(move=True)
+
+    def _show_block(self, move: bool) -> None:
+        block, scale, targets, overridden, locked = self._last
         self.row.show(block, scale)
-        if targets is not None:
+        if move and targets:
             value = sum(targets[x.name] * x.numel for x in block.linears) / block.numel
             self.row.show_target(value, "block" in overridden, locked)
-        self._show_linears(move=targets is not None)
+        self._show_linears(move)
 
     def _show_linears(self, move: bool = True) -> None:
         if self._last is None:
@@ -92,7 +100,3 @@ class BlockPane(Vertical):
             row.show(linear, scale)
             if move and linear.name in targets:
                 row.show_target(targets[linear.name], linear.name in overridden, locked)
-
-    def sliders(self) -> list[Slider]:
-        """The block slider and the linear sliders that exist."""
-        return list(self.query(Slider))

@@ -42,7 +42,7 @@ class PathPrompt(ModalScreen[Path | None]):
         if not text:
             self.query_one("#error", Label).update("type a file name")
             return
-        path = Path(text).expanduser()
+        path = Path(text).expanduser().absolute()
         if self.must_exist and not path.is_file():
             self.query_one("#error", Label).update(f"no such file: {path}")
             return

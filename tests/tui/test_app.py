@@ -1,0 +1,245 @@
+"""Pilot tests: keys in, engine numbers out. The app runs on the tiny random Llama (4 blocks)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.tui.conftest import settle
+from workbench.tui.block_pane import BlockPane
+from workbench.tui.confirm_screen import ConfirmScreen
+from workbench.tui.help_screen import HelpScreen
+from workbench.tui.picker_screen import PickerScreen
+from workbench.tui.slider import Slider
+
+
+async def test_slider_changes_block_achieved_sparsity_and_undo_redo(make_app):
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        assert app.state.blocks[1].achieved == pytest.approx(0.5, abs=0.01)
+        assert app.focused.key == ("block", 0)
+        await pilot.press("down", "right", "right", "right", "shift+right")
+        assert app.focused.key == ("block", 1)
+        assert app.focused.value == pytest.approx(0.58)
+        await settle(pilot)
+        assert app.plan.block_overrides == {1: pytest.approx(0.58)}
+        assert app.state.blocks[1].achieved == pytest.approx(0.58, abs=0.01)
+        assert app.state.blocks[0].achieved == pytest.approx(0.5, abs=0.01)
+        await pilot.press("pageup")
+        await settle(pilot)
+        assert app.state.blocks[1].achieved == pytest.approx(0.53, abs=0.01)
+        await pilot.press("u")
+        await settle(pilot)
+        assert app.state.blocks[1].achieved == pytest.approx(0.58, abs=0.01)
+        await pilot.press("u", "u", "u", "u", "u")
+        await settle(pilot)
+        assert app.plan.block_overrides == {}
+        assert app.state.blocks[1].achieved == pytest.approx(0.5, abs=0.01)
+        assert "nothing to undo" in app.notices
+        await pilot.press("ctrl+y")
+        await settle(pilot)
+        assert app.plan.block_overrides == {1: pytest.approx(0.51)}
+        assert len(app.history.entries) == 6
+
+
+async def test_linear_slider_and_typed_value(make_app):
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("down", "down", "enter")
+        pane = app.query_one("#block-2", BlockPane)
+        assert pane.expanded
+        await pilot.pause()
+        await pilot.press("down")
+        assert app.focused.key == ("linear", "layers.2.self_attn.q_proj")
+        await pilot.press("e")
+        await pilot.press(*"70.5", "enter")
+        await settle(pilot)
+        linear = app.state.blocks[2].linears[0]
+        assert linear.target == pytest.approx(0.705)
+        assert linear.achieved == pytest.approx(0.705, abs=0.01)
+        assert app.state.blocks[2].achieved > 0.5
+        assert app.state.blocks[3].achieved == pytest.approx(0.5, abs=0.01)
+        await pilot.press("enter")
+        assert not pane.expanded
+        assert app.focused.key == ("block", 2)
+        await pilot.press("backspace")
+        await settle(pilot)
+        assert app.plan.linear_overrides == {}
+        assert app.state.blocks[2].achieved == pytest.approx(0.5, abs=0.01)
+
+
+async def test_probe_run_shows_results(make_app):
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("t")
+        await settle(pilot)
+        assert [p.name for p in app.probes] == ["perplexity"]
+        assert "perplexity" in app.dense_probes
+        line = str(app.query_one("#probes-line").render())
+        assert "perplexity" in line and "(" in line
+        assert app.history.current.probes["perplexity"] == app.probes[0].score
+
+
+async def test_pickers_allocator_resets_overrides_and_pattern_locks_sliders(make_app):
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("right", "right")
+        await settle(pilot)
+        assert app.plan.block_overrides
+        await pilot.press("a")
+        assert isinstance(app.screen, PickerScreen)
+        await pilot.press("up", "enter")  # uniform -> owl (the list is sorted: owl, uniform)
+        await settle(pilot)
+        assert app.plan.allocator == "owl" and app.plan.block_overrides == {}
+        targets = [b.target for b in app.state.blocks]
+        assert max(targets) - min(targets) > 0.01
+        assert app.state.achieved == pytest.approx(0.5, abs=0.01)
+        await pilot.press("o")
+        await pilot.press("3", "enter")
+        await settle(pilot)
+        assert app.plan.allocator_params["M"] == 3.0
+        await pilot.press("n", "down", "enter")
+        await settle(pilot)
+        assert app.plan.pattern == "2:4"
+        assert all(s.locked for s in app.query(Slider))
+        assert all(b.achieved == pytest.approx(0.5) for b in app.state.blocks)
+        await pilot.press("right")
+        assert any("pattern 2:4" in n for n in app.notices)
+        assert app.plan.pattern == "2:4"
+
+
+async def test_invalid_session_file_shows_error_and_app_keeps_running(make_app, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "bad.toml"
+    bad.write_text('version = 1\n[model]\nspec = "tiny"\n[plan]\nmethod = "nosuch"\nsparsity = 0.5\n')
+    app = make_app(session=bad)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        assert any("nosuch" in n and "bad.toml" in n for n in app.notices)
+        assert app.engine is not None and app.session_path is None
+        await pilot.press("ctrl+o")
+        await pilot.press(*"missing.toml", "enter")
+        assert "no such file" in str(app.screen.query_one("#error").render())
+        await pilot.press("escape")
+        broken = tmp_path / "broken.toml"
+        broken.write_text("version = 1\n[model\n")
+        await pilot.press("ctrl+o", *"broken.toml", "enter")
+        await settle(pilot)
+        assert any("invalid TOML" in n for n in app.notices)
+        await pilot.press("right")
+        await settle(pilot)
+        assert app.state.blocks[0].achieved == pytest.approx(0.51, abs=0.01)
+
+
+async def test_worker_error_becomes_a_notification(make_app):
+    def broken(**_):
+        raise RuntimeError("disk on fire")
+
+    app = make_app(engine_factory=broken)
+    async with app.run_test(size=(80, 24)) as pilot:
+        for _ in range(100):
+            await pilot.pause(0.05)
+            if app.notices:
+                break
+        assert any("disk on fire" in n for n in app.notices)
+        assert app.is_running
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+
+
+async def test_autosave_recovery_is_offered_and_restores(make_app, tmp_path):
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("down", "down", "right", "right", "right")
+        await settle(pilot)
+        await pilot.pause(0.2)
+        achieved = [b.achieved for b in app.state.blocks]
+    assert (tmp_path / "recovery.toml").exists()
+
+    again = make_app()
+    async with again.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        assert isinstance(again.screen, ConfirmScreen)
+        await pilot.press("y")
+        await settle(pilot)
+        assert again.plan.block_overrides == {2: pytest.approx(0.53)}
+        assert [b.achieved for b in again.state.blocks] == achieved
+        assert again.dirty and again.session_path is None
+        assert [e.label for e in again.history.entries][-1] == "block 2 53.0%"
+        await pilot.press("q")
+    assert (tmp_path / "recovery.toml").exists()
+
+
+async def test_quit_without_edits_removes_recovery_and_help_lists_bindings(make_app, tmp_path):
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        text = " ".join(str(w.render()) for w in app.screen.query(".what"))
+        for words in ("Undo", "Save the session", "Run the quick probes", "-5 points", "Type a value"):
+            assert words in text
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
+        await pilot.press("T")
+        await pilot.press("down", "enter")
+        assert app.theme == "light"
+        await pilot.press("q")
+    assert not (tmp_path / "recovery.toml").exists()
+    assert app.return_code == 0
+
+
+async def test_layout_fits_80x24(make_app):
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("enter")
+        await pilot.pause()
+        for widget in app.screen.query("*"):
+            if widget.display and widget.region.width:
+                assert widget.region.right <= 80, widget
+        header = [str(w.render()) for w in app.query("WorkbenchHeader Static")]
+        assert all(len(line) <= 78 for line in header)
+
+
+async def test_save_writes_toml_that_replays_to_the_numbers_shown(make_app, tiny_model_dir, tmp_path, monkeypatch,
+                                                                   capsys):
+    from workbench import cli
+    from workbench.engine import CalibrationSpec
+    from workbench.session import load_session, replay_engine
+    from workbench.tui.app import load_engine
+
+    monkeypatch.chdir(tmp_path)
+    app = make_app(model=str(tiny_model_dir), engine_factory=load_engine,
+                   calibration=CalibrationSpec(samples=4, seqlen=32))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("down", "right", "right", "right", "enter", "down", "down", "down", "e", *"65", "enter")
+        await pilot.press("T", "down", "enter")
+        await pilot.press("t")
+        await settle(pilot)
+        await pilot.press("ctrl+s")
+        await pilot.press(*"run.toml", "enter")
+        await settle(pilot)
+        await pilot.pause(0.2)
+        shown = app.state
+        assert app.session_path == tmp_path / "run.toml" and not app.dirty
+        assert "run.toml" in str(app.query_one("#plan-line").render())
+    session = load_session(tmp_path / "run.toml")
+    assert session.theme == "light"
+    assert session.plan.block_overrides == {1: pytest.approx(0.53)}
+    assert session.plan.linear_overrides == {"layers.1.self_attn.v_proj": pytest.approx(0.65)}
+    assert [p.name for p in session.probes] == ["perplexity"]
+    assert [h["label"] for h in session.history][-2:] == ["block 1 53.0%", "layers.1.self_attn.v_proj 65.0%"]
+    replayed = replay_engine(session).state()
+    assert replayed.achieved == shown.achieved
+    for a, b in zip(replayed.blocks, shown.blocks):
+        assert [x.achieved for x in a.linears] == [x.achieved for x in b.linears]
+        assert a.outlier_ratio == pytest.approx(b.outlier_ratio)
+    capsys.readouterr()
+    assert cli.main(["replay", str(tmp_path / "run.toml"), "--check", "--json"]) == 0
+    assert '"ok": true' in capsys.readouterr().out
