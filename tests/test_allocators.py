@@ -24,8 +24,8 @@ def test_owl_mean_and_range(sparsity, lam):
     ratios = [0.010, 0.030, 0.020, 0.050, 0.012, 0.041]
     targets = ALLOCATORS.get("owl").allocate(_ctx(ratios), sparsity, M=5.0, **{"lambda": lam})
     assert _mean(targets, [100] * 6) == pytest.approx(sparsity, abs=1e-9)
-    assert min(targets) >= sparsity - lam - 1e-9 and max(targets) <= sparsity + lam + 1e-9
-    assert max(abs(t - sparsity) for t in targets) == pytest.approx(lam)  # the interval is used
+    assert max(targets) - min(targets) == pytest.approx(2 * lam)
+    assert min(targets) >= sparsity - 2 * lam - 1e-9 and max(targets) <= sparsity + 2 * lam + 1e-9
     # more outliers, less pruning
     order = sorted(range(6), key=lambda i: ratios[i])
     assert [targets[i] for i in order] == sorted(targets, reverse=True)

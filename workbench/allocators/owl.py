@@ -3,9 +3,10 @@
 Block i's outlier ratio D_i is the share of its pooled Wanda scores |W| * ||X||_2 above M times their
 mean, measured on the dense model. Ratios are mapped linearly so blocks with more outliers are pruned
 less: r_i = (D_i - min D) / (max D - min D) * 2 * lambda, shifted to mean 1 - S, and s_i = 1 - r_i.
-That map has width 2 * lambda around its mean; when the ratios are skewed it can reach past S + lambda or
-S - lambda, so deviations from S are then scaled down (still linear in D, mean and order kept) until every
-target lies in [S - lambda, S + lambda]. A final rebalance makes the parameter-weighted mean exactly S.
+As in the OWL code, the targets span exactly 2 * lambda with mean S: symmetric ratios fill
+[S - lambda, S + lambda]; skewed ones (a few outlier-heavy blocks) shift the span, e.g. a single
+outlier-heavy block sits near S - 2 * lambda. A final rebalance makes the parameter-weighted mean exactly
+S (it only matters when blocks differ in size or a target is clipped to [0, 0.99]).
 """
 
 from workbench.allocators import AllocationContext, Allocator, rebalance, register
@@ -26,9 +27,6 @@ def allocate_owl(ctx: AllocationContext, sparsity: float, M: float = 5.0, **para
     keep = [(d - lo) / (hi - lo) * 2 * lam for d in ratios]
     mean_keep = sum(keep) / len(keep)
     targets = [1 - (r - mean_keep + (1 - sparsity)) for r in keep]
-    widest = max(abs(t - sparsity) for t in targets)
-    if widest > lam:
-        targets = [sparsity + (t - sparsity) * lam / widest for t in targets]
     return rebalance(targets, ctx.block_numels, sparsity)
 
 
