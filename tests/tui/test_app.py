@@ -243,3 +243,21 @@ async def test_save_writes_toml_that_replays_to_the_numbers_shown(make_app, tiny
     capsys.readouterr()
     assert cli.main(["replay", str(tmp_path / "run.toml"), "--check", "--json"]) == 0
     assert '"ok": true' in capsys.readouterr().out
+
+
+async def test_mouse_click_and_drag_move_a_slider(make_app):
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        slider = app.query_one("#block-3 Slider", Slider)
+        bar = slider.content_size.width - 7
+        await pilot.click(slider, offset=(0, 0))
+        assert slider.value == 0.0 and app.focused is slider
+        await pilot.mouse_down(slider, offset=(bar // 4, 0))
+        await pilot.hover(slider, offset=(bar // 2, 0))
+        await pilot.mouse_up(slider, offset=(bar // 2, 0))
+        expected = round((bar // 2) / (bar - 1) * 0.99, 2)
+        assert slider.value == pytest.approx(expected)
+        await settle(pilot)
+        assert app.plan.block_overrides == {3: pytest.approx(expected)}
+        assert app.state.blocks[3].achieved == pytest.approx(expected, abs=0.01)

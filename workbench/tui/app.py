@@ -350,9 +350,11 @@ class WorkbenchApp(App):
     def _refresh_header(self) -> None:
         if self.plan is None or self.engine is None:
             return
+        from workbench.allocators import ALLOCATORS
+
         pending = self.applied_plan != self.plan
         self.query_one(WorkbenchHeader).show(
-            self.engine.loaded.spec, self.plan, self.state, pending,
+            self.engine.loaded.spec, self.plan, ALLOCATORS.get(self.plan.allocator).defaults, self.state, pending,
             self.session_path.name if self.session_path else None, self.dirty,
             self.probes, self.dense_probes, self.probes_plan != self.plan,
         )

@@ -171,12 +171,14 @@ def probe_summary(result, dense) -> Cell:
     return Cell(f"{text} ({change:+.3g})", tone)
 
 
-def plan_line(model: str, plan, session: str | None, dirty: bool) -> str:
-    """"tiny · wanda · owl M=5 λ=0.08 · unstructured · run.toml*": what is being pruned, and how."""
+def plan_line(model: str, plan, session: str | None, dirty: bool, allocator_defaults: dict | None = None) -> str:
+    """"tiny · wanda · owl M=5 λ=0.08 · unstructured · run.toml*": what is being pruned, and how (the
+    allocator's parameters completed with its defaults)."""
     allocator = plan.allocator
-    if plan.allocator_params:
+    values = {**(allocator_defaults or {}), **plan.allocator_params}
+    if values:
         shown = {"lambda": "λ"}
-        allocator += " " + " ".join(f"{shown.get(k, k)}={v:g}" for k, v in sorted(plan.allocator_params.items()))
+        allocator += " " + " ".join(f"{shown.get(k, k)}={v:g}" for k, v in sorted(values.items()))
     parts = [model, plan.method, allocator, plan.pattern or "unstructured"]
     if session:
         parts.append(session + ("*" if dirty else ""))

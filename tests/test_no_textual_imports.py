@@ -1,0 +1,64 @@
+"""The engine, sessions, CLI and every other non-UI module must work without textual: importing them
+(and discovering every method, allocator and probe) must not load it, and none of them may import it
+anywhere, not even inside a function. Inside workbench/tui only the UI-free helpers are held to this."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import workbench
+
+PACKAGE = Path(workbench.__file__).resolve().parent
+UI_FREE_TUI = ("history", "edits", "format", "themes", "recovery")
+CORE = ("engine", "session", "cli", "model", "data", "capture", "stats", "methods", "allocators", "probes",
+        "registry", "errors", "bench")
+FORBIDDEN = ("textual", "textual_plotext")
+
+
+def _module_files() -> list[Path]:
+    files = [p for p in PACKAGE.rglob("*.py") if "tui" not in p.relative_to(PACKAGE).parts]
+    files += [PACKAGE / "tui" / f"{name}.py" for name in UI_FREE_TUI] + [PACKAGE / "tui" / "__init__.py"]
+    return sorted(files)
+
+
+def _imports(tree: ast.AST) -> list[str]:
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+    return names
+
+
+def test_no_module_outside_the_ui_imports_textual():
+    offenders = []
+    for path in _module_files():
+        for name in _imports(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            if name.split(".")[0] in FORBIDDEN:
+                offenders.append(f"{path.relative_to(PACKAGE.parent)} imports {name}")
+    assert offenders == []
+    assert len(_module_files()) > len(CORE)
+
+
+def test_importing_core_modules_does_not_load_textual():
+    modules = [f"workbench.{name}" for name in CORE] + [f"workbench.tui.{name}" for name in UI_FREE_TUI]
+    code = "\n".join([
+        "import importlib, sys",
+        *[f"importlib.import_module({m!r})" for m in modules],
+        "from workbench.methods import METHODS",
+        "from workbench.allocators import ALLOCATORS",
+        "from workbench.probes import PROBES",
+        "METHODS.names(); ALLOCATORS.names(); PROBES.names()",
+        "from workbench.cli import build_parser",
+        "build_parser()",
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('textual', 'textual_plotext'))",
+        "print(','.join(loaded))",
+    ])
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=PACKAGE.parent)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ""

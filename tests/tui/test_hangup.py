@@ -1,0 +1,76 @@
+"""A lost terminal ends the app cleanly: the app runs on a real pseudo-terminal, the terminal side is
+closed (the kernel sends SIGHUP, as when an SSH connection drops), and the process must exit on its own
+with status 129, keeping the last edit in the recovery file."""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from workbench.session import load_session
+
+ROOT = Path(__file__).resolve().parents[2]
+CHILD = """
+import sys, torch
+from pathlib import Path
+torch.set_num_threads(1)
+from tests.conftest import make_engine
+from workbench.tui.app import WorkbenchApp
+app = WorkbenchApp(engine_factory=lambda **_: make_engine(), recovery_path=Path(sys.argv[1]))
+app.run()
+sys.exit(app.return_code or 0)
+"""
+
+
+def _read_until(fd: int, needle: bytes, timeout: float) -> bytes:
+    seen = b""
+    end = time.monotonic() + timeout
+    while needle not in seen and time.monotonic() < end:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                seen += os.read(fd, 65536)
+            except OSError:
+                break
+    return seen
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
+def test_hangup_exits_cleanly_and_keeps_the_last_edit(tmp_path):
+    recovery = tmp_path / "recovery.toml"
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the pty is its controlling terminal
+        os.chdir(ROOT)
+        env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "80", "LINES": "24"}
+        env.pop("NO_COLOR", None)
+        os.execvpe(sys.executable, [sys.executable, "-c", CHILD, str(recovery)], env)
+    try:
+        assert b"weights left" in _read_until(fd, b"weights left", 60)
+        time.sleep(0.5)
+        os.write(fd, b"\x1b[C")  # right arrow: block 0 to 51%
+        end = time.monotonic() + 20
+        while not recovery.exists() and time.monotonic() < end:
+            _read_until(fd, b"\x00", 0.2)
+    finally:
+        os.close(fd)  # the terminal goes away: SIGHUP to the app
+    end = time.monotonic() + 30
+    status = None
+    while time.monotonic() < end:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the app did not exit after SIGHUP")
+    assert os.WIFEXITED(status), f"killed by signal {os.WTERMSIG(status)}"
+    assert os.WEXITSTATUS(status) == 129
+    assert load_session(recovery).plan.block_overrides == {0: pytest.approx(0.51)}

@@ -1,0 +1,165 @@
+"""The UI-free parts of the app: formatting, plan edits, undo/redo history, theme files, recovery."""
+
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+import pytest
+
+from workbench.engine import Plan
+from workbench.errors import WorkbenchError
+from workbench.tui import edits
+from workbench.tui.format import (
+    CORE_COLUMNS,
+    Cell,
+    Scale,
+    cells_markup,
+    columns_width,
+    core_cells,
+    level,
+    params,
+    parse_percent,
+    pct,
+    plan_line,
+    probe_summary,
+    short,
+)
+from workbench.tui.history import EditHistory, plan_from_dict
+from workbench.tui.recovery import clear_recovery, describe_recovery
+from workbench.tui.themes import default_theme_name, load_themes, parse_theme, themes_dir
+
+
+def test_numbers_fit_their_columns():
+    assert pct(0.5) == "50.0%" and pct(None) == "-"
+    assert [short(v) for v in (0.718, 12.34, 512.0, 0.00005, 0, None, 123456.0)] == \
+        ["0.718", "12.3", "512", "5e-05", "0", "-", "1e+05"]
+    assert params(134_515_008) == "134.5M" and params(172_032) == "172.0K" and params(12) == "12"
+    assert level(None, 1) == " " and level(1, 1) == "█" and level(0, 1) == "▁" and level(3, 0) == "▁"
+
+
+def test_core_cells_flag_outlier_heavy_and_badly_reconstructed_rows():
+    rows = [SimpleNamespace(achieved=0.5, w_mean_abs=0.0159, outlier_ratio=r, act_norm=0.7, recon_error=e)
+            for r, e in ((0.001, 0.01), (0.001, 0.01), (0.001, 0.01), (0.02, 0.2))]
+    scale = Scale.of(rows)
+    plain, heavy = core_cells(rows[0], scale), core_cells(rows[3], scale)
+    assert [c.tone for c in plain] == ["", "", "", "", ""]
+    assert heavy[2].tone == "warning" and heavy[2].text.endswith("█")
+    assert heavy[4].tone == "error"
+    width = columns_width(CORE_COLUMNS)
+    assert len(" ".join(c.text for c in heavy)) == width
+    missing = core_cells(SimpleNamespace(achieved=0.0, w_mean_abs=0.01, outlier_ratio=None, act_norm=None,
+                                         recon_error=None), scale)
+    assert len(" ".join(c.text for c in missing)) == width and missing[4].tone == "dim"
+
+
+def test_markup_escapes_brackets():
+    assert cells_markup([Cell("a[b]"), Cell("x", "error")]) == "a\\[b] [$error]x[/]"
+
+
+def test_parse_percent():
+    assert parse_percent(" 62.5% ") == 0.625
+    assert parse_percent("0") == 0.0
+    for bad in ("abc", "-1", "100"):
+        with pytest.raises(ValueError):
+            parse_percent(bad)
+
+
+def test_probe_summary_marks_worse_than_dense():
+    def result(score, higher=False):
+        return SimpleNamespace(name="perplexity", score=score, higher_is_better=higher, tolerance=0.05)
+
+    assert probe_summary(result(20.0), result(18.0)) == Cell("perplexity 20 (+2)", "error")
+    assert probe_summary(result(18.01), result(18.0)).tone == ""
+    assert probe_summary(result(0.3, True), result(0.5, True)).tone == "error"
+    assert probe_summary(result(20.0), None) == Cell("perplexity 20")
+
+
+def test_plan_line_shows_allocator_parameters_and_session():
+    plan = Plan(allocator="owl", allocator_params={"M": 3.0}, pattern="2:4")
+    assert plan_line("tiny", plan, "run.toml", True, {"M": 5.0, "lambda": 0.08}) == \
+        "tiny · wanda · owl M=3 λ=0.08 · 2:4 · run.toml*"
+    assert plan_line("tiny", Plan(), None, False) == "tiny · wanda · uniform · unstructured"
+
+
+def test_edits_never_modify_the_old_plan():
+    plan = Plan(block_overrides={1: 0.6}, linear_overrides={"layers.1.mlp.up_proj": 0.7, "layers.2.mlp.up_proj": 0.4})
+    new, label = edits.set_block(plan, 1, 0.55)
+    assert new.block_overrides == {1: 0.55} and new.linear_overrides == {"layers.2.mlp.up_proj": 0.4}
+    assert plan.block_overrides == {1: 0.6} and len(plan.linear_overrides) == 2
+    assert label == "block 1 55.0%"
+    assert edits.set_linear(plan, "layers.3.mlp.down_proj", 0.8)[0].linear_overrides["layers.3.mlp.down_proj"] == 0.8
+    assert edits.reset_block(plan, 1)[0].block_overrides == {}
+    assert edits.reset_linear(plan, "layers.2.mlp.up_proj")[0].linear_overrides == {"layers.1.mlp.up_proj": 0.7}
+    assert edits.set_global(plan, 0.6)[0].sparsity == 0.6
+    patterned, _ = edits.choose_pattern(plan, "2:4")
+    assert patterned.pattern == "2:4" and not patterned.block_overrides and not patterned.linear_overrides
+    assert edits.choose_pattern(patterned, None)[0].pattern is None
+    owl, _ = edits.choose_allocator(plan, "owl")
+    assert owl.allocator == "owl" and not owl.block_overrides and not owl.linear_overrides
+    tuned, label = edits.set_allocator_params(owl, {"M": 3.0, "lambda": 0.1})
+    assert tuned.allocator_params == {"M": 3.0, "lambda": 0.1} and label == "owl M=3, lambda=0.1"
+    assert edits.choose_method(tuned, "sparsegpt")[0].method == "sparsegpt"
+
+
+def test_allocator_parameters_are_checked():
+    assert edits.parse_allocator_params({"M": "3", "lambda": "0.1"}) == {"M": 3.0, "lambda": 0.1}
+    for bad in ({"M": "0"}, {"lambda": "1"}, {"M": "x"}):
+        with pytest.raises(ValueError):
+            edits.parse_allocator_params(bad)
+
+
+def test_history_undo_redo_and_round_trip():
+    history = EditHistory(Plan())
+    assert history.undo() is None
+    history.push("block 0 60.0%", edits.set_block(Plan(), 0, 0.6)[0])
+    history.push("global 70.0%", edits.set_global(history.current.plan, 0.7)[0])
+    history.record_probes({"perplexity": 30.0})
+    assert history.undo().label == "block 0 60.0%"
+    history.record_probes({"perplexity": 20.0})
+    records = history.to_records()
+    assert records[-1]["undone"] is True and "undone" not in records[1]
+    restored = EditHistory.from_records(records, history.current.plan)
+    assert restored.position == 1 and restored.current.plan == history.current.plan
+    assert restored.redo().plan.sparsity == 0.7
+    assert restored.probe_series() == ([0, 1, 2], {"perplexity": [None, 20.0, 30.0]})
+    history.push("global 55.0%", edits.set_global(history.current.plan, 0.55)[0])
+    assert not history.can_redo() and len(history.entries) == 3
+    assert plan_from_dict(records[1]["plan"]) == edits.set_block(Plan(), 0, 0.6)[0]
+
+
+def test_history_ignores_foreign_tables():
+    restored = EditHistory.from_records([{"note": "written by hand"}], Plan(sparsity=0.3))
+    assert len(restored.entries) == 1 and restored.current.plan.sparsity == 0.3
+
+
+def test_shipped_themes_and_theme_errors(tmp_path, monkeypatch):
+    specs, errors = load_themes()
+    assert errors == [] and {"dark", "light", "mono"} <= {s.name for s in specs}
+    assert themes_dir().name == "themes" and (themes_dir().parent / "workbench").is_dir()
+    (tmp_path / "ok.toml").write_text('dark = false\n[colors]\nprimary = "#123456"\n')
+    (tmp_path / "bad.toml").write_text('[colors]\nprimary = "blue-ish"\n')
+    (tmp_path / "odd.toml").write_text('[colors]\nprimary = "#000000"\nsparkle = "#ffffff"\n')
+    specs, errors = load_themes(tmp_path)
+    assert [s.name for s in specs] == ["ok"] and not specs[0].dark
+    assert len(errors) == 2 and any("colors.primary" in e for e in errors) and any("colors.sparkle" in e for e in errors)
+    with pytest.raises(WorkbenchError, match="invalid TOML"):
+        parse_theme("[colors", tmp_path / "x.toml")
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert default_theme_name() == "mono"
+    monkeypatch.delenv("NO_COLOR")
+    assert default_theme_name() == "dark"
+
+
+def test_recovery_description(tmp_path):
+    path = tmp_path / "recovery.toml"
+    assert describe_recovery(path) is None
+    path.write_text("x")
+    now = os.stat(path).st_mtime
+    assert describe_recovery(path, now + 10) == "autosaved moments ago"
+    assert describe_recovery(path, now + 600) == "autosaved 10 minutes ago"
+    assert describe_recovery(path, now + 5 * 3600) == "autosaved 5 hours ago"
+    assert describe_recovery(path, now + 3 * 86400) == "autosaved 3 days ago"
+    clear_recovery(path)
+    clear_recovery(path)
+    assert not path.exists()
