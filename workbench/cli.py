@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import time
 from dataclasses import asdict
@@ -293,7 +292,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `workbench` console script."""
-    signal.signal(signal.SIGHUP, lambda *_: sys.exit(129))
     argv = sys.argv[1:] if argv is None else argv
     if not argv:
         argv = ["tui"]
