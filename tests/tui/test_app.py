@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
-from tests.tui.conftest import settle
+from tests.tui.conftest import settle, tiny_factory
+from workbench.errors import Cancelled
 from workbench.tui.block_pane import BlockPane
 from workbench.tui.confirm_screen import ConfirmScreen
 from workbench.tui.help_screen import HelpScreen
@@ -261,3 +264,41 @@ async def test_mouse_click_and_drag_move_a_slider(make_app):
         await settle(pilot)
         assert app.plan.block_overrides == {3: pytest.approx(expected)}
         assert app.state.blocks[3].achieved == pytest.approx(expected, abs=0.01)
+
+
+async def test_edits_during_a_full_prune_wait_for_it_then_apply(make_app):
+    gate = threading.Event()
+
+    def gated_engine(**_):
+        engine = tiny_factory()
+        full_prune = engine.prune
+
+        def prune(plan, progress=None, cancel=None):
+            if engine.plan is not None:  # the first prune (at start) runs at once, later ones wait for the gate
+                while not gate.wait(0.02):
+                    if cancel is not None and cancel():
+                        raise Cancelled()
+            return full_prune(plan, progress, cancel)
+
+        engine.prune = prune
+        return engine
+
+    app = make_app(engine_factory=gated_engine)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("p", "right", "right")
+        await pilot.pause(0.6)
+        assert app._busy(("calibrate",)) and not app._busy(("prune",))
+        assert "re-pruning" in str(app.query_one("#sparsity-line").render())
+        gate.set()
+        await settle(pilot)
+        assert app.plan.block_overrides == {0: pytest.approx(0.52)}
+        assert app.state.blocks[0].achieved == pytest.approx(0.52, abs=0.01)
+        assert app.engine.calibrated_with.block_overrides == {}
+        gate.clear()
+        await pilot.press("p")
+        await pilot.pause(0.2)
+        await pilot.press("escape")
+        await settle(pilot)
+        assert "pruning cancelled" in app.notices
+        assert app.state.blocks[0].achieved == pytest.approx(0.52, abs=0.01)

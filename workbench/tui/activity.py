@@ -22,10 +22,10 @@ class Activity(Horizontal):
         yield Label("")
         yield ProgressBar(total=1.0, show_eta=False)
 
-    def show(self, message: str, fraction: float | None) -> None:
+    def show(self, message: str, fraction: float | None, cancellable: bool = False) -> None:
         """Show a message; `fraction` None means the length of the work is unknown."""
         self.add_class("-busy")
-        self.query_one(Label).update(message + "  (esc cancels)")
+        self.query_one(Label).update(message + ("  (esc cancels)" if cancellable else ""))
         bar = self.query_one(ProgressBar)
         if fraction is None:
             bar.update(total=None)

@@ -52,7 +52,9 @@ DEBOUNCE_S = 0.3
 REFRESH_S = 0.25
 EDITING_ACTIONS = {"save_as", "open", "prune", "pick_method", "pick_pattern", "pick_allocator", "allocator_params",
                    "focus_global", "plots", "change_theme"}
-ENGINE_GROUPS = ("engine", "prune", "probe", "save")
+PRUNING = ("prune", "calibrate")
+CANCELLABLE = ("prune", "calibrate", "probe")
+ENGINE_GROUPS = ("engine", "prune", "calibrate", "probe", "save")
 PATTERNS = [("unstructured", "any weight may go; sliders set each block and linear"),
             ("2:4", "2 of every 4 consecutive inputs are zero (50%, fixed)"),
             ("4:8", "4 of every 8 consecutive inputs are zero (50%, fixed)")]
@@ -269,23 +271,41 @@ class WorkbenchApp(App):
 
     def _focus_first_block(self) -> None:
         panes = list(self.query(BlockPane))
-        if panes and isinstance(self.screen, Screen) and self.screen is self.screen_stack[0]:
+        if panes and self.screen is self.screen_stack[0]:
             panes[0].row.slider.focus()
 
     def _run_prune(self, plan, calibrate=None) -> None:
-        """Re-prune in the background: incremental (`calibrate` None) or full with `calibrate`, then `plan`."""
+        """Re-prune in the background: incremental from cached statistics (`calibrate` None; a newer edit
+        cancels it), or the full calibration-aware prune of `calibrate` and then `plan`. Edits made while a
+        full prune runs are applied incrementally when it is done."""
         if self._debounce is not None:
             self._debounce.stop()
             self._debounce = None
         self._user_cancelled = False
-        self.query_one(Activity).show("re-pruning", 0.0)
-        self._prune_worker(plan, calibrate)
+        if calibrate is not None:
+            self.workers.cancel_group(self, "prune")
+            self.query_one(Activity).show("calibrating", 0.0, cancellable=True)
+            self._full_prune_worker(plan, calibrate)
+        elif not self._busy(("calibrate",)):
+            self._start_incremental(plan)
+
+    def _start_incremental(self, plan) -> None:
+        self.query_one(Activity).show("re-pruning", 0.0, cancellable=True)
+        self._prune_worker(plan)
+
+    @work(thread=True, exclusive=True, group="calibrate", exit_on_error=False)
+    def _full_prune_worker(self, plan, calibrate) -> None:
+        self._prune_in_worker(plan, calibrate)
 
     @work(thread=True, exclusive=True, group="prune", exit_on_error=False)
-    def _prune_worker(self, plan, calibrate) -> None:
+    def _prune_worker(self, plan) -> None:
+        self._prune_in_worker(plan, None)
+
+    def _prune_in_worker(self, plan, calibrate) -> None:
+        """The body of both prune workers (runs in the worker's thread)."""
         worker = get_current_worker()
         cancel = lambda: worker.is_cancelled  # noqa: E731
-        post = self._poster("prune", worker)
+        post = self._poster(worker.group, worker)
         with self._engine_lock:
             if worker.is_cancelled:
                 return
@@ -293,7 +313,7 @@ class WorkbenchApp(App):
             if plan.allocator != "uniform" and not plan.pattern:
                 post(f"allocating with {plan.allocator}", None)
             targets = engine.allocate(plan)
-            self.post_message(StateChanged(engine.state(), plan, targets, final=False))
+            self.post_message(StateChanged(engine.state(), plan, targets, final=False, full=False))
             last = time.monotonic()
 
             def progress(message: str, fraction: float) -> None:
@@ -301,14 +321,14 @@ class WorkbenchApp(App):
                 post(message, fraction)
                 if not worker.is_cancelled and time.monotonic() - last >= REFRESH_S:
                     last = time.monotonic()
-                    self.post_message(StateChanged(engine.state(), plan, targets, final=False))
+                    self.post_message(StateChanged(engine.state(), plan, targets, final=False, full=False))
 
             if calibrate is not None:
                 engine.prune(calibrate, progress, cancel)
             engine.apply(plan, progress, cancel)
             state = engine.state()
         if not worker.is_cancelled:
-            self.post_message(StateChanged(state, plan, targets, final=True))
+            self.post_message(StateChanged(state, plan, targets, final=True, full=calibrate is not None))
 
     def on_state_changed(self, message: StateChanged) -> None:
         if self.engine is None:
@@ -324,6 +344,8 @@ class WorkbenchApp(App):
             actions, self._after_prune = self._after_prune, []
             for action in actions:
                 action()
+        elif message.final and message.full:
+            self._start_incremental(self.plan)
         if isinstance(self.screen, PlotsScreen):
             self._draw_allocation(self.screen)
             if message.final:
@@ -352,16 +374,19 @@ class WorkbenchApp(App):
             return
         from workbench.allocators import ALLOCATORS
 
-        pending = self.applied_plan != self.plan
+        note = None
+        if self.applied_plan != self.plan:
+            running = self._debounce is not None or self._busy(PRUNING) or bool(self._after_prune)
+            note = "re-pruning" if running else "not applied (p prunes)"
         self.query_one(WorkbenchHeader).show(
-            self.engine.loaded.spec, self.plan, ALLOCATORS.get(self.plan.allocator).defaults, self.state, pending,
+            self.engine.loaded.spec, self.plan, ALLOCATORS.get(self.plan.allocator).defaults, self.state, note,
             self.session_path.name if self.session_path else None, self.dirty,
             self.probes, self.dense_probes, self.probes_plan != self.plan,
         )
 
     def on_work_progress(self, message: WorkProgress) -> None:
         if self._busy((message.kind,)):
-            self.query_one(Activity).show(message.message, message.fraction)
+            self.query_one(Activity).show(message.message, message.fraction, message.kind in CANCELLABLE)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """The one place worker outcomes land: errors become notifications, never a crash."""
@@ -378,7 +403,7 @@ class WorkbenchApp(App):
             else:
                 self.notify(f"{type(error).__name__}: {error}", title=f"{worker.group} failed", severity="error",
                             timeout=10)
-            if worker.group == "prune":
+            if worker.group in PRUNING:
                 self._after_prune.clear()
             if worker.group == "engine" and self.engine is None:
                 if self._loading_path is not None:
@@ -387,8 +412,8 @@ class WorkbenchApp(App):
                 self.query_one(WorkbenchHeader).show_message("no model loaded: ctrl+o opens a session, q quits")
                 self.query_one("#blocks .placeholder", Static).update(
                     "No model loaded. ctrl+o opens a session file; q quits.")
-        if worker.state == WorkerState.CANCELLED and worker.group in ("prune", "probe") and self._user_cancelled:
-            self.notify(f"{'re-pruning' if worker.group == 'prune' else 'probes'} cancelled")
+        if worker.state == WorkerState.CANCELLED and worker.group in CANCELLABLE and self._user_cancelled:
+            self.notify(f"{'probes' if worker.group == 'probe' else 'pruning'} cancelled")
         if worker.state in (WorkerState.SUCCESS, WorkerState.ERROR, WorkerState.CANCELLED) and not self._busy():
             self.query_one(Activity).hide()
             self._refresh_header()
@@ -478,15 +503,15 @@ class WorkbenchApp(App):
 
     def action_cancel(self) -> None:
         """Cancel re-pruning and probes; every linear is left fully old or fully new."""
-        if not self._busy(("prune", "probe")) and self._debounce is None:
+        if not self._busy(CANCELLABLE) and self._debounce is None:
             return
         if self._debounce is not None:
             self._debounce.stop()
             self._debounce = None
         self._user_cancelled = True
         self._after_prune.clear()
-        self.workers.cancel_group(self, "prune")
-        self.workers.cancel_group(self, "probe")
+        for group in CANCELLABLE:
+            self.workers.cancel_group(self, group)
         self._refresh_after_cancel()
 
     @work(thread=True, exclusive=True, group="refresh", exit_on_error=False)
@@ -496,7 +521,7 @@ class WorkbenchApp(App):
             engine = self.engine
             plan, state = engine.plan, engine.state()
             targets = engine.allocate(plan) if plan is not None else {}
-        self.post_message(StateChanged(state, plan, targets, final=True))
+        self.post_message(StateChanged(state, plan, targets, final=True, full=False))
 
     # ----- pickers ----------------------------------------------------------------------------------
     def action_pick_method(self) -> None:
@@ -570,9 +595,9 @@ class WorkbenchApp(App):
         """Run `action` now if the current plan is applied and nothing re-prunes, else once it is."""
         if self._debounce is not None:
             self._run_prune(self.plan)
-        if self._busy(("prune",)) or self.applied_plan != self.plan:
+        if self._busy(PRUNING) or self.applied_plan != self.plan:
             self._after_prune.append(action)
-            if not self._busy(("prune",)):
+            if not self._busy(PRUNING):
                 self._run_prune(self.plan)
         else:
             action()
@@ -587,7 +612,7 @@ class WorkbenchApp(App):
 
         names = self.probe_names if self.probe_names is not None else tuple(PROBES.names())
         self._user_cancelled = False
-        self.query_one(Activity).show(f"probes: {', '.join(names)}", None)
+        self.query_one(Activity).show(f"probes: {', '.join(names)}", None, cancellable=True)
         self._probe_worker(names)
 
     @work(thread=True, exclusive=True, group="probe", exit_on_error=False)
@@ -663,8 +688,8 @@ class WorkbenchApp(App):
     def action_open(self) -> None:
         def chosen(path: Path | None) -> None:
             if path is not None:
-                self.workers.cancel_group(self, "prune")
-                self.workers.cancel_group(self, "probe")
+                for group in CANCELLABLE:
+                    self.workers.cancel_group(self, group)
                 self._start_loading(path=path)
 
         self.push_screen(PathPrompt("Open a session file", str(self.session_path or ""), must_exist=True), chosen)

@@ -187,17 +187,18 @@ def plan_line(model: str, plan, session: str | None, dirty: bool, allocator_defa
     return " · ".join(parts)
 
 
-def sparsity_line(state, plan, pending: bool) -> list[Cell]:
-    """Global target against achieved sparsity and the weights left; `pending` marks edits not yet applied."""
+def sparsity_line(state, plan, note: str | None) -> list[Cell]:
+    """Global target against achieved sparsity and the weights left; `note` says why the state shown is
+    not (yet) the plan's, e.g. "re-pruning"."""
     cells = [Cell(f"target {pct(plan.sparsity)}")]
     if state is None:
         return cells + [Cell("· loading model", "dim")]
     if abs(state.target - plan.sparsity) > 5e-4 and state.plan is not None:
         cells.append(Cell(f"(blocks {pct(state.target)})", "dim"))
-    cells.append(Cell(f"achieved {pct(state.achieved)}", "warning" if pending else ""))
+    cells.append(Cell(f"achieved {pct(state.achieved)}", "warning" if note else ""))
     cells.append(Cell(f"· {params(state.params_nonzero)} of {params(state.params_total)} weights left"))
-    if pending:
-        cells.append(Cell("· re-pruning", "dim"))
+    if note:
+        cells.append(Cell(f"· {note}", "dim"))
     return cells
 
 

@@ -24,12 +24,12 @@ class WorkbenchHeader(Vertical):
         yield Static("loading…", id="sparsity-line")
         yield Static("", id="probes-line")
 
-    def show(self, model: str, plan, allocator_defaults: dict, state, pending: bool, session: str | None,
+    def show(self, model: str, plan, allocator_defaults: dict, state, note: str | None, session: str | None,
              dirty: bool, probes: list, dense: dict, probes_stale: bool) -> None:
         """Refresh all three lines."""
         line = plan_line(model, plan, session, dirty, allocator_defaults)
         self.query_one("#plan-line", Static).update(escape(line))
-        self.query_one("#sparsity-line", Static).update(cells_markup(sparsity_line(state, plan, pending)))
+        self.query_one("#sparsity-line", Static).update(cells_markup(sparsity_line(state, plan, note)))
         self.query_one("#probes-line", Static).update(cells_markup(probes_line(probes, dense, probes_stale)))
 
     def show_message(self, text: str) -> None:

@@ -29,12 +29,14 @@ class EngineReady(Message):
 @dataclass
 class StateChanged(Message):
     """A new engine state. `plan` is what the state was computed for, `targets` its per-linear targets;
-    `final` is False for refreshes while a prune is still running."""
+    `final` is False for refreshes while a prune is still running; `full` marks the end of a full
+    calibration-aware prune."""
 
     state: object
     plan: object
     targets: dict
     final: bool
+    full: bool
 
 
 @dataclass
