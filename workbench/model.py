@@ -7,6 +7,7 @@ let transformers dequantize it, and cache the dense result as safetensors so the
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import shutil
@@ -14,6 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+from unittest import mock
 
 import torch
 
@@ -125,6 +127,26 @@ def _gguf_cache_dir(gguf: Path) -> Path:
     return cache_root() / "models" / f"{gguf.stem}-{stat.st_size}"
 
 
+@contextlib.contextmanager
+def _gguf_progress(name: str, progress: Progress | None):
+    """Route transformers' GGUF dequantization progress bar (plain tqdm on stderr, which would tear a
+    full-screen app) into `progress`."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    def report(iterable, desc: str = "", **_):
+        items = list(iterable)
+        for i, item in enumerate(items):
+            if progress:
+                progress(f"dequantizing {name} (first start only): tensor {i + 1}/{len(items)}", 0.05 + 0.4 * i / len(items))
+            yield item
+
+    if not hasattr(gguf_utils, "tqdm"):
+        yield
+        return
+    with mock.patch.object(gguf_utils, "tqdm", report):
+        yield
+
+
 def _load_gguf(gguf: Path, progress: Progress | None) -> Path:
     """Dequantize a GGUF file once and cache it as a safetensors checkpoint; return the cache dir."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -132,9 +154,8 @@ def _load_gguf(gguf: Path, progress: Progress | None) -> Path:
     target = _gguf_cache_dir(gguf)
     if (target / "config.json").is_file():
         return target
-    if progress:
-        progress(f"dequantizing {gguf.name} (first start only)", 0.1)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    with _gguf_progress(gguf.name, progress):
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     # The weights are dense now: drop the GGUF quantizer so the checkpoint saves as plain safetensors.
     model.hf_quantizer = None
