@@ -70,6 +70,7 @@ def test_choice_scores_match_full_forward(tiny):
         (header + tokenizer.encode("first?"), [tokenizer.encode(" yes"), tokenizer.encode(" no way"), tokenizer.encode("!")]),
         (header + tokenizer.encode("second one?"), [tokenizer.encode(" a"), tokenizer.encode(" bcd")]),
         (header + tokenizer.encode("3?"), [tokenizer.encode(" xyz")]),
+        (header + tokenizer.encode("single tokens only?"), [tokenizer.encode("y"), tokenizer.encode("n")]),
     ]
     with torch.no_grad():
         for batch_size in (32, 2):
@@ -326,3 +327,26 @@ def test_seeded_generators_do_not_touch_global_random_state(ctx):
     random.seed(123)
     run_probes(ctx, ["arithmetic", "brackets", "facts"])
     assert random.random() == expected
+
+
+def test_nvml_energy_reader_with_a_fake_gpu(monkeypatch):
+    import sys
+    import types
+
+    from workbench.probes import efficiency
+
+    counter = iter([5000, 5000, 7500])  # millijoules
+    fake = types.SimpleNamespace(
+        nvmlInit=lambda: None,
+        nvmlDeviceGetHandleByUUID=lambda uuid: uuid,
+        nvmlDeviceGetTotalEnergyConsumption=lambda handle: next(counter),
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: types.SimpleNamespace(uuid="1234-abcd"))
+    read = efficiency._nvml_energy_reader(torch.device("cuda:0"))
+    assert callable(read)
+    assert read() == 5.0 and read() == 7.5
+    assert efficiency._nvml_energy_reader(torch.device("cpu")).startswith("not measured")
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+    assert "pynvml" in efficiency._nvml_energy_reader(torch.device("cuda:0"))

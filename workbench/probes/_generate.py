@@ -164,39 +164,41 @@ def score_choices(
     items: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]],
     device: torch.device,
     cancel: Callable[[], None] | None = None,
-    batch_size: int = BATCH,
+    batch_size: int = 2 * BATCH,
 ) -> list[list[ChoiceScore]]:
     """Score the choices of each (context ids, [choice ids, ...]) item; one list of scores per item.
 
-    Each context runs once; its cache is repeated for its choices, which then run side by side.
+    Each context runs once; its cache is repeated for its choices, which then run side by side (at
+    most `batch_size` choices per pass, items of similar length together to save padding).
     `greedy` is exact: greedy decoding from the context reproduces a choice token for token if and
     only if each of its tokens is the argmax given the ones before it.
     """
-    contexts = [list(c) for c, _ in items]
-    if any(not c for c in contexts) or any(not ch for _, choices in items for ch in choices) or any(not choices for _, choices in items):
+    if any(not c or not chs or not all(chs) for c, chs in items):
         raise ValueError("every item needs a non-empty context and non-empty choices")
+    contexts = [list(c) for c, _ in items]
     shared = common_prefix_length(contexts)
     state = _prefix_state(model, contexts[0][:shared], device)
-    out: list[list[ChoiceScore]] = []
+    order = sorted(range(len(items)), key=lambda i: (max(len(ch) for ch in items[i][1]), len(contexts[i])))
+    out: dict[int, list[ChoiceScore]] = {}
     start = 0
-    while start < len(items):
+    while start < len(order):
         if cancel is not None:
             cancel()
         end, rows = start, 0
-        while end < len(items) and (end == start or rows + len(items[end][1]) <= batch_size):
-            rows += len(items[end][1])
+        while end < len(order) and (end == start or rows + len(items[order[end]][1]) <= batch_size):
+            rows += len(items[order[end]][1])
             end += 1
-        out += _score_batch(model, tokenizer, state, shared, items[start:end], device)
+        batch = order[start:end]
+        out.update(zip(batch, _score_batch(model, tokenizer, state, shared, [items[i] for i in batch], device)))
         start = end
-    return out
+    return [out[i] for i in range(len(items))]
 
 
 def _score_batch(model, tokenizer, state, shared, items, device) -> list[list[ChoiceScore]]:
     pad = _pad_id(tokenizer)
     decoder, head = model.get_decoder(), model.get_output_embeddings()
-    # Stage 1: every context once (after the shared prefix); its last position predicts each choice's first token.
-    tails = [list(c[shared:]) for c, _ in items]
-    ids, ctx_mask = _pad(tails, pad, left=False)
+    # Stage 1: every context once (after the shared prefix); its last state predicts each choice's first token.
+    ids, ctx_mask = _pad([list(c[shared:]) for c, _ in items], pad, left=False)
     mask = torch.cat([torch.ones((len(items), shared), dtype=torch.long), ctx_mask], dim=1)
     lengths = ctx_mask.sum(1)
     positions = shared + torch.arange(ids.shape[1]).expand(len(items), -1)
@@ -204,40 +206,34 @@ def _score_batch(model, tokenizer, state, shared, items, device) -> list[list[Ch
     hidden = decoder(ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
                      past_key_values=cache, use_cache=True).last_hidden_state
     last = hidden[torch.arange(len(items)), lengths - 1]  # (items, hidden)
-    # Stage 2: repeat each context's cache once per choice and run all choices side by side.
+    # Stage 2: repeat each context's cache once per choice and feed every choice but its last token,
+    # whose states predict the choice's later tokens.
     counts = torch.tensor([len(choices) for _, choices in items])
     choices = [list(ch) for _, chs in items for ch in chs]
-    _repeat_rows(cache, counts, device)
-    ch_ids, ch_mask = _pad(choices, pad, left=False)
     row_of = torch.repeat_interleave(torch.arange(len(items)), counts)
-    mask2 = torch.cat([mask[row_of], ch_mask], dim=1)
-    positions2 = (shared + lengths[row_of])[:, None] + torch.arange(ch_ids.shape[1])
-    hidden2 = decoder(ch_ids.to(device), attention_mask=mask2.to(device), position_ids=positions2.to(device),
-                      past_key_values=cache, use_cache=True).last_hidden_state
-    # Gather the states that predict each choice token: the context's last state, then the choice's own.
-    states, targets, sizes = [], [], []
-    for row, choice in enumerate(choices):
-        states.append(last[row_of[row]][None])
-        if len(choice) > 1:
-            states.append(hidden2[row, : len(choice) - 1])
-        targets += choice
-        sizes.append(len(choice))
+    states = [last[row_of]]  # predicts token 0 of every choice
+    if any(len(ch) > 1 for ch in choices):
+        cache.batch_select_indices(row_of.to(device))
+        ch_ids, ch_mask = _pad([ch[:-1] or [pad] for ch in choices], pad, left=False)
+        ch_mask[[len(ch) == 1 for ch in choices]] = 0
+        positions2 = (shared + lengths[row_of])[:, None] + torch.arange(ch_ids.shape[1])
+        hidden2 = decoder(ch_ids.to(device), attention_mask=torch.cat([mask[row_of], ch_mask], dim=1).to(device),
+                          position_ids=positions2.to(device), past_key_values=cache, use_cache=True).last_hidden_state
+        states += [hidden2[row, : len(ch) - 1] for row, ch in enumerate(choices) if len(ch) > 1]
+    # Row r of `states[0]` predicts choice r's first token; the later blocks, in order, the rest.
+    targets = [ch[0] for ch in choices] + [t for ch in choices for t in ch[1:]]
+    owner = list(range(len(choices))) + [r for r, ch in enumerate(choices) for _ in ch[1:]]
     logprobs = torch.log_softmax(head(torch.cat(states)).float(), dim=-1)
     target = torch.tensor(targets, device=logprobs.device)
     picked = logprobs.gather(1, target[:, None])[:, 0].tolist()
     hits = (logprobs.argmax(-1) == target).tolist()
-    scores, at = [], 0
-    for n in sizes:
-        scores.append(ChoiceScore(logprob=sum(picked[at : at + n]), tokens=n, greedy=all(hits[at : at + n])))
-        at += n
+    logprob, greedy = [0.0] * len(choices), [True] * len(choices)
+    for r, lp, hit in zip(owner, picked, hits):
+        logprob[r] += lp
+        greedy[r] = greedy[r] and hit
+    scores = [ChoiceScore(logprob=logprob[r], tokens=len(ch), greedy=greedy[r]) for r, ch in enumerate(choices)]
     out, at = [], 0
     for count in counts.tolist():
         out.append(scores[at : at + count])
         at += count
     return out
-
-
-def _repeat_rows(cache: DynamicCache, counts: torch.Tensor, device: torch.device) -> None:
-    """Repeat row i of every cached layer `counts[i]` times (items -> one row per choice)."""
-    index = torch.repeat_interleave(torch.arange(len(counts)), counts).to(device)
-    cache.batch_select_indices(index)

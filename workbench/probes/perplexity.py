@@ -11,7 +11,7 @@ from workbench.data import evaluation_windows
 from workbench.probes import PROBES, Probe, ProbeContext
 
 SEQLEN = 256
-WINDOWS = {"quick": 8, "full": None}  # None: every window of the evaluation part
+WINDOWS = {"quick": 2, "full": None}  # None: every window of the evaluation part
 BATCH = 4
 
 
