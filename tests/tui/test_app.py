@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from textual import events
 
 from tests.tui.conftest import settle, tiny_factory
 from workbench.errors import Cancelled
@@ -112,6 +113,11 @@ async def test_pickers_allocator_resets_overrides_and_pattern_locks_sliders(make
         await pilot.press("right")
         assert any("pattern 2:4" in n for n in app.notices)
         assert app.plan.pattern == "2:4"
+        await pilot.press("ctrl+p", *"method: magnitude")
+        await pilot.pause(0.5)
+        await pilot.press("enter")
+        await settle(pilot)
+        assert app.plan.method == "magnitude" and app.state.blocks[0].linears[0].method == "magnitude"
 
 
 async def test_invalid_session_file_shows_error_and_app_keeps_running(make_app, tmp_path, monkeypatch):
@@ -264,6 +270,8 @@ async def test_mouse_click_and_drag_move_a_slider(make_app):
         await settle(pilot)
         assert app.plan.block_overrides == {3: pytest.approx(expected)}
         assert app.state.blocks[3].achieved == pytest.approx(expected, abs=0.01)
+        await pilot.click("#block-1 .row-label")
+        assert app.query_one("#block-1", BlockPane).expanded
 
 
 async def test_edits_during_a_full_prune_wait_for_it_then_apply(make_app):
@@ -302,3 +310,32 @@ async def test_edits_during_a_full_prune_wait_for_it_then_apply(make_app):
         await settle(pilot)
         assert "pruning cancelled" in app.notices
         assert app.state.blocks[0].achieved == pytest.approx(0.52, abs=0.01)
+
+
+async def test_fast_key_repeat_moves_one_slider_per_key(make_app):
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("g")
+        for _ in range(4):  # all queued before any is handled, as with key repeat over SSH
+            app.post_message(events.Key("down", None))
+        await pilot.pause(0.2)
+        assert app.focused.key == ("block", 3)
+        for _ in range(3):
+            app.post_message(events.Key("right", None))
+        await settle(pilot)
+        assert app.plan.block_overrides == {3: pytest.approx(0.53)}
+
+
+async def test_app_keys_are_disabled_over_dialogs(make_app):
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("m")
+        assert isinstance(app.screen, PickerScreen)
+        await pilot.press("g", "a", "p", "t", "v", "u")
+        assert isinstance(app.screen, PickerScreen) and len(app.screen_stack) == 2
+        assert not app._busy()
+        await pilot.press("escape")
+        await pilot.press("g")
+        assert app.focused.key == ("global",)

@@ -22,7 +22,7 @@ from textual import work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import VerticalScroll
-from textual.screen import Screen
+from textual.screen import ModalScreen, Screen
 from textual.theme import Theme
 from textual.timer import Timer
 from textual.widgets import Footer, Static
@@ -186,7 +186,11 @@ class WorkbenchApp(App):
         self.exit(return_code=129)
 
     def check_action(self, action: str, parameters: tuple) -> bool | None:
-        """On the plots screen only help, quit, save, probes, undo/redo and cancel stay (and show)."""
+        """Over a dialog only quit and help work; on the plots screen also save, probes, undo/redo and
+        cancel (the other app keys are disabled and hidden there)."""
+        if isinstance(self.screen, ModalScreen) and action not in ("quit", "help") and \
+                action in {b.action for b in self.BINDINGS}:
+            return False
         if isinstance(self.screen, PlotsScreen) and action in EDITING_ACTIONS:
             return False
         return True
@@ -499,7 +503,7 @@ class WorkbenchApp(App):
             self.notify(f"redid {edit.label}")
 
     def action_focus_global(self) -> None:
-        self.query_one(".global-row", StatRow).slider.focus()
+        self.screen.set_focus(self.query_one(".global-row", StatRow).slider)
 
     def action_cancel(self) -> None:
         """Cancel re-pruning and probes; every linear is left fully old or fully new."""

@@ -62,7 +62,7 @@ class BlockPane(Vertical):
         focused = self.screen.focused
         self.expanded = not self.expanded
         if not self.expanded and focused is not None and focused in self.query(".linears Slider"):
-            self.row.slider.focus()
+            self.screen.set_focus(self.row.slider)
 
     def on_click(self, event: events.Click) -> None:
         if event.widget is not None and event.widget.has_class("row-label"):

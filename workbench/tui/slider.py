@@ -124,11 +124,16 @@ class Slider(Widget, can_focus=True):
         self._user_set((start + points) / 100)
 
     def action_move(self, delta: int) -> None:
-        """Focus the previous or next visible slider (no wrap-around)."""
-        sliders = [w for w in self.screen.focus_chain if isinstance(w, Slider)]
-        index = sliders.index(self) + delta if self in sliders else 0
+        """Focus the previous or next visible slider (no wrap-around). Focus moves at once, not later as
+        with `focus()`, so fast key repeat over a slow link moves one slider per key."""
+        screen = self.screen
+        current = screen.focused if isinstance(screen.focused, Slider) else self
+        sliders = [w for w in screen.focus_chain if isinstance(w, Slider)]
+        if current not in sliders:
+            return
+        index = sliders.index(current) + delta
         if 0 <= index < len(sliders):
-            sliders[index].focus()
+            screen.set_focus(sliders[index])
 
     def action_extreme(self, end: int) -> None:
         self._user_set(self.maximum if end else 0.0)

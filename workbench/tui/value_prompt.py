@@ -19,8 +19,9 @@ class ValuePrompt(ModalScreen[float | None]):
     DEFAULT_CSS = """
     ValuePrompt { align: center middle; }
     ValuePrompt > Vertical {
-        width: 44; height: auto; border: round $primary; background: $surface; padding: 0 1;
+        width: 64; max-width: 100%; height: auto; border: round $primary; background: $surface; padding: 0 1;
     }
+    ValuePrompt Label { width: 100%; }
     ValuePrompt Input { width: 100%; }
     ValuePrompt .error { color: $error; }
     """
