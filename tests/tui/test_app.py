@@ -82,7 +82,7 @@ async def test_probe_run_shows_results(make_app):
         assert [p.name for p in app.probes] == ["perplexity"]
         assert "perplexity" in app.dense_probes
         line = str(app.query_one("#probes-line").render())
-        assert "perplexity" in line and "(" in line
+        assert "ppl" in line and "(" in line
         assert app.history.current.probes["perplexity"] == app.probes[0].score
 
 

@@ -69,10 +69,10 @@ def test_probe_summary_marks_worse_than_dense():
     def result(score, higher=False):
         return SimpleNamespace(name="perplexity", score=score, higher_is_better=higher, tolerance=0.05)
 
-    assert probe_summary(result(20.0), result(18.0)) == Cell("perplexity 20 (+2)", "error")
+    assert probe_summary(result(20.0), result(18.0)) == Cell("ppl 20.0 (+2)", "error")
     assert probe_summary(result(18.01), result(18.0)).tone == ""
-    assert probe_summary(result(0.3, True), result(0.5, True)).tone == "error"
-    assert probe_summary(result(20.0), None) == Cell("perplexity 20")
+    assert probe_summary(result(0.3, True), result(0.5, True)) == Cell("ppl 0.300 (-0.2)", "error")
+    assert probe_summary(result(512.34), None) == Cell("ppl 512")
 
 
 def test_plan_line_shows_allocator_parameters_and_session():

@@ -25,7 +25,7 @@ class Activity(Horizontal):
     def show(self, message: str, fraction: float | None, cancellable: bool = False) -> None:
         """Show a message; `fraction` None means the length of the work is unknown."""
         self.add_class("-busy")
-        self.query_one(Label).update(message + ("  (esc cancels)" if cancellable else ""))
+        self.query_one(Label).update(("esc cancels · " if cancellable else "") + message)
         bar = self.query_one(ProgressBar)
         if fraction is None:
             bar.update(total=None)

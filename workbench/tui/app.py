@@ -232,9 +232,8 @@ class WorkbenchApp(App):
                                              progress=progress)
             if session is not None:
                 check_against_model(session, engine, path)
-            state = engine.state()
         if not worker.is_cancelled:
-            self.post_message(EngineReady(engine, state, session, path))
+            self.post_message(EngineReady(engine, len(engine.linears), session, path))
 
     def on_engine_ready(self, message: EngineReady) -> None:
         from workbench.engine import Plan
@@ -242,9 +241,9 @@ class WorkbenchApp(App):
         new_engine = message.engine is not self.engine
         self.engine = message.engine
         session = message.session
-        if new_engine or len(self.query(BlockPane)) != len(message.state.blocks):
-            self._build_panes(message.state)
-        self.state = message.state
+        if new_engine or len(self.query(BlockPane)) != message.blocks:
+            self._build_panes(message.blocks)
+            self.state = None
         self.applied_plan = self.engine.plan
         if session is not None:
             plan, calibrate = session.plan, session.calibrated_with or session.plan
@@ -267,10 +266,10 @@ class WorkbenchApp(App):
         self._refresh_header()
         self._run_prune(plan, calibrate)
 
-    def _build_panes(self, state) -> None:
+    def _build_panes(self, blocks: int) -> None:
         holder = self.query_one("#blocks", VerticalScroll)
         holder.remove_children()
-        holder.mount_all([BlockPane(block.index) for block in state.blocks])
+        holder.mount_all([BlockPane(index) for index in range(blocks)])
         self.call_after_refresh(self._focus_first_block)
 
     def _focus_first_block(self) -> None:
@@ -616,7 +615,7 @@ class WorkbenchApp(App):
 
         names = self.probe_names if self.probe_names is not None else tuple(PROBES.names())
         self._user_cancelled = False
-        self.query_one(Activity).show(f"probes: {', '.join(names)}", None, cancellable=True)
+        self.query_one(Activity).show(f"{len(names)} probes", None, cancellable=True)
         self._probe_worker(names)
 
     @work(thread=True, exclusive=True, group="probe", exit_on_error=False)
@@ -629,7 +628,7 @@ class WorkbenchApp(App):
             engine = self.engine
             missing = [n for n in names if n not in engine.dense_probes]
             if missing:
-                post(f"measuring the dense model: {', '.join(missing)}", None)
+                post(f"measuring the dense model ({len(missing)} probes)", None)
             results = engine.probe(names, "quick", progress=lambda name, f: post(f"probe {name}", f),
                                    cancel=lambda: worker.is_cancelled)
             dense, plan = dict(engine.dense_probes), engine.plan

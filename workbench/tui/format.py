@@ -159,16 +159,20 @@ def parse_percent(text: str) -> float:
     return round(value / 100, 6)
 
 
+PROBE_LABELS = {"perplexity": "ppl", "arithmetic": "arith", "brackets": "brackets", "efficiency": "Mparams",
+                "instructions": "instr"}
+
+
 def probe_summary(result, dense) -> Cell:
-    """"ppl 512.3 (+11.6)": a probe's score and its change against the dense model; the tone is "error"
-    when it is worse than dense by more than its tolerance."""
-    text = f"{result.name} {result.score:.4g}"
+    """"ppl 512.3 (+11.6)": a probe's score and its change against the dense model, compactly; the tone is
+    "error" when it is worse than dense by more than its tolerance."""
+    text = f"{PROBE_LABELS.get(result.name, result.name)} {short(result.score)}"
     if dense is None:
         return Cell(text)
     change = result.score - dense.score
     worse = (change < 0) if result.higher_is_better else (change > 0)
     tone = "error" if worse and abs(change) > result.tolerance else ""
-    return Cell(f"{text} ({change:+.3g})", tone)
+    return Cell(f"{text} ({change:+.2g})", tone)
 
 
 def plan_line(model: str, plan, session: str | None, dirty: bool, allocator_defaults: dict | None = None) -> str:
@@ -192,7 +196,7 @@ def sparsity_line(state, plan, note: str | None) -> list[Cell]:
     not (yet) the plan's, e.g. "re-pruning"."""
     cells = [Cell(f"target {pct(plan.sparsity)}")]
     if state is None:
-        return cells + [Cell("· loading model", "dim")]
+        return cells + [Cell("· measuring the weights", "dim")]
     if abs(state.target - plan.sparsity) > 5e-4 and state.plan is not None:
         cells.append(Cell(f"(blocks {pct(state.target)})", "dim"))
     cells.append(Cell(f"achieved {pct(state.achieved)}", "warning" if note else ""))

@@ -11,11 +11,12 @@ from workbench.tui.format import cells_markup, escape, plan_line, probes_line, s
 
 
 class WorkbenchHeader(Vertical):
-    """Three lines that never wrap (long model names end in an ellipsis)."""
+    """Three lines (long model names end in an ellipsis); many probe results wrap onto a fourth."""
 
     DEFAULT_CSS = """
-    WorkbenchHeader { height: 3; background: $panel; padding: 0 1; dock: top; }
+    WorkbenchHeader { height: auto; background: $panel; padding: 0 1; dock: top; }
     WorkbenchHeader > Static { width: 1fr; height: 1; text-wrap: nowrap; text-overflow: ellipsis; }
+    WorkbenchHeader > #probes-line { height: auto; max-height: 2; text-wrap: wrap; }
     WorkbenchHeader > #plan-line { text-style: bold; color: $primary; }
     """
 

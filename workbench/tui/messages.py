@@ -18,10 +18,11 @@ class WorkProgress(Message):
 
 @dataclass
 class EngineReady(Message):
-    """A model is loaded (and, when opening a session, that session is read and checked)."""
+    """A model with `blocks` transformer blocks is loaded (and, when opening a session, that session is
+    read and checked)."""
 
     engine: object
-    state: object
+    blocks: int
     session: object | None
     path: object | None
 
