@@ -230,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `workbench` command."""
     from workbench.allocators import ALLOCATORS
     from workbench.methods import METHODS
+    from workbench.probing import add_eval_parser, add_probe_parser
 
     parser = argparse.ArgumentParser(prog="workbench", description="A terminal workbench for pruning LLMs.")
     sub = parser.add_subparsers(dest="command")
@@ -273,13 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="exit 1 if a probe differs beyond its tolerance")
     p.set_defaults(func=cmd_replay)
 
-    try:
-        from workbench.probing import add_eval_parser, add_probe_parser
-    except ImportError:
-        pass
-    else:
-        add_probe_parser(sub)
-        add_eval_parser(sub)
+    add_probe_parser(sub)
+    add_eval_parser(sub)
 
     p = sub.add_parser("bench", help="time and memory of load, calibration, each method, re-pruning and probes")
     _add_model_args(p)
