@@ -116,3 +116,28 @@ def test_missing_lm_eval_is_one_line_error(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_lm_eval)
     with pytest.raises(WorkbenchError, match="pip install lm-eval"):
         evalharness.task_manager()
+
+
+def write_session(path, model_dir):
+    path.write_text(
+        f"version = 1\n[model]\nspec = {json.dumps(str(model_dir))}\ndevice = \"cpu\"\n"
+        "[calibration]\nsamples = 4\nseqlen = 32\n[plan]\nmethod = \"wanda\"\nsparsity = 0.5\n"
+    )
+    return path
+
+
+def test_eval_command_stores_results_in_the_session(tiny_model_dir, tasks, tmp_path, capsys):
+    import argparse
+
+    from workbench.probing import add_eval_parser
+    from workbench.session import load_session
+
+    session = write_session(tmp_path / "s.toml", tiny_model_dir)
+    parser = argparse.ArgumentParser()
+    add_eval_parser(parser.add_subparsers())
+    args = parser.parse_args(["eval", "--session", str(session), "--tasks", "tiny_choice", "--include-path", str(tasks),
+                              "--limit", "2", "--json"])
+    assert args.func(args) == 0
+    printed = json.loads(capsys.readouterr().out)
+    stored = load_session(session).evaluations
+    assert stored == printed and stored["tiny_choice"]["samples"] == 2

@@ -49,6 +49,10 @@ def test_batched_generation_matches_unbatched_reference(tiny):
     with torch.no_grad():
         texts = greedy_generate(model, tokenizer, prompts, 6, torch.device("cpu"), stop_at_eos=False, batch_size=3)
     assert texts == [tokenizer.decode(reference_greedy(model, p, 6)) for p in prompts]
+    unrelated = [tokenizer.encode("xy"), tokenizer.encode("no shared prefix")]
+    with torch.no_grad():
+        texts = greedy_generate(model, tokenizer, unrelated, 4, torch.device("cpu"), stop_at_eos=False)
+    assert texts == [tokenizer.decode(reference_greedy(model, p, 4)) for p in unrelated]
 
 
 def test_generation_stops_at_stop_string():
@@ -350,3 +354,17 @@ def test_nvml_energy_reader_with_a_fake_gpu(monkeypatch):
     assert efficiency._nvml_energy_reader(torch.device("cpu")).startswith("not measured")
     monkeypatch.setitem(sys.modules, "pynvml", None)
     assert "pynvml" in efficiency._nvml_energy_reader(torch.device("cuda:0"))
+
+
+def test_probe_command_on_a_session(tiny_model_dir, tmp_path, capsys):
+    session = tmp_path / "s.toml"
+    session.write_text(
+        f"version = 1\n[model]\nspec = {json.dumps(str(tiny_model_dir))}\ndevice = \"cpu\"\n"
+        "[calibration]\nsamples = 4\nseqlen = 32\nseed = 3\n[plan]\nmethod = \"wanda\"\nsparsity = 0.5\n"
+    )
+    args = parser().parse_args(["probe", "--session", str(session), "--probes", "efficiency,arithmetic", "--json"])
+    assert args.func(args) == 0
+    efficiency, arith = json.loads(capsys.readouterr().out)
+    assert efficiency["details"]["block_linear_density"] == pytest.approx(0.5, abs=0.01)
+    seeded = run_probes(ProbeContext(*tiny_llama(seed=0), torch.device("cpu"), seed=3), ["arithmetic"])[0]
+    assert arith["details"]["examples"][0].split("=")[0] == seeded.details["examples"][0].split("=")[0]

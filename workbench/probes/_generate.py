@@ -6,7 +6,7 @@ key/value cache is broadcast to every batch, so the per-item work is only the it
 
 Padding sits between the shared prefix and an item's own tokens. Explicit position ids count real
 tokens only and the attention mask hides the padding, so every sequence sees exactly the positions
-and attention it would see alone (checked against `model.generate` in the tests).
+and attention it would see alone (the tests check this against unbatched, uncached decoding).
 """
 
 from __future__ import annotations
