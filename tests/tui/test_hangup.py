@@ -52,7 +52,7 @@ def test_hangup_exits_cleanly_and_keeps_the_last_edit(tmp_path):
         env.pop("NO_COLOR", None)
         os.execvpe(sys.executable, [sys.executable, "-c", CHILD, str(recovery)], env)
     try:
-        assert b"weights left" in _read_until(fd, b"weights left", 60)
+        assert b"achieved" in _read_until(fd, b"achieved", 60)
         time.sleep(0.5)
         os.write(fd, b"\x1b[C")  # right arrow: block 0 to 51%
         end = time.monotonic() + 20

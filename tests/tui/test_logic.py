@@ -163,3 +163,17 @@ def test_recovery_description(tmp_path):
     clear_recovery(path)
     clear_recovery(path)
     assert not path.exists()
+
+
+def test_header_lines_fit_80_columns():
+    from workbench.tui.format import probes_line, sparsity_line
+
+    state = SimpleNamespace(achieved=0.5174, params_nonzero=51_300_000, params_total=106_200_000)
+    for note in (None, "re-pruning", "not applied (p prunes)"):
+        assert len(" ".join(c.text for c in sparsity_line(state, Plan(sparsity=0.5), note))) <= 78
+    results = [SimpleNamespace(name=n, score=s, higher_is_better=h, tolerance=0.01)
+               for n, s, h in (("arithmetic", 0.0208, True), ("brackets", 0.1667, True), ("efficiency", 81.1, False),
+                               ("facts", 0.2, True), ("instructions", 0.25, True), ("perplexity", 20.31, False))]
+    dense = {r.name: SimpleNamespace(score=r.score * 1.5) for r in results}
+    text = " ".join(c.text for c in probes_line(results, dense, True))
+    assert len(text) <= 2 * 78

@@ -14,8 +14,8 @@ class Activity(Horizontal):
     Activity { height: 1; display: none; background: $boost; }
     Activity.-busy { display: block; }
     Activity > Label { width: 1fr; padding-left: 1; text-wrap: nowrap; text-overflow: ellipsis; }
-    Activity > ProgressBar { width: 30; }
-    Activity > ProgressBar > Bar { width: 20; }
+    Activity > ProgressBar { width: 24; }
+    Activity > ProgressBar > Bar { width: 16; }
     """
 
     def compose(self) -> ComposeResult:

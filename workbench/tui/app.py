@@ -241,9 +241,6 @@ class WorkbenchApp(App):
         new_engine = message.engine is not self.engine
         self.engine = message.engine
         session = message.session
-        if new_engine or len(self.query(BlockPane)) != message.blocks:
-            self._build_panes(message.blocks)
-            self.state = None
         self.applied_plan = self.engine.plan
         if session is not None:
             plan, calibrate = session.plan, session.calibrated_with or session.plan
@@ -263,13 +260,17 @@ class WorkbenchApp(App):
             self.history = EditHistory(plan)
             self.probes, self.probes_plan, self.dense_probes = [], None, {}
         self.plan = plan
+        if new_engine or len(self.query(BlockPane)) != message.blocks:
+            self._build_panes(message.blocks, plan.sparsity)
+            self.state = None
         self._refresh_header()
         self._run_prune(plan, calibrate)
 
-    def _build_panes(self, blocks: int) -> None:
+    def _build_panes(self, blocks: int, value: float) -> None:
+        """One pane per block; sliders start at the global target until the allocation arrives."""
         holder = self.query_one("#blocks", VerticalScroll)
         holder.remove_children()
-        holder.mount_all([BlockPane(index) for index in range(blocks)])
+        holder.mount_all([BlockPane(index, value) for index in range(blocks)])
         self.call_after_refresh(self._focus_first_block)
 
     def _focus_first_block(self) -> None:
@@ -314,7 +315,8 @@ class WorkbenchApp(App):
                 return
             engine = self.engine
             if plan.allocator != "uniform" and not plan.pattern:
-                post(f"allocating with {plan.allocator}", None)
+                post(f"{plan.allocator}: statistics of the dense model", 0.0)
+                engine.calibrate(progress=post, cancel=cancel)  # cached after the first time
             targets = engine.allocate(plan)
             self.post_message(StateChanged(engine.state(), plan, targets, final=False, full=False))
             last = time.monotonic()

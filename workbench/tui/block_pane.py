@@ -28,13 +28,14 @@ class BlockPane(Vertical):
 
     expanded: reactive[bool] = reactive(False)
 
-    def __init__(self, index: int):
+    def __init__(self, index: int, value: float = 0.0):
         super().__init__(id=f"block-{index}")
         self.index = index
+        self.initial = value
         self._last: tuple | None = None
 
     def compose(self) -> ComposeResult:
-        yield StatRow(("block", self.index), self._label(), f"block {self.index}", classes="block-row")
+        yield StatRow(("block", self.index), self._label(), f"block {self.index}", self.initial, classes="block-row")
         yield Vertical(classes="linears")
 
     def _label(self) -> str:

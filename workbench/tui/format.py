@@ -197,10 +197,8 @@ def sparsity_line(state, plan, note: str | None) -> list[Cell]:
     cells = [Cell(f"target {pct(plan.sparsity)}")]
     if state is None:
         return cells + [Cell("· measuring the weights", "dim")]
-    if abs(state.target - plan.sparsity) > 5e-4 and state.plan is not None:
-        cells.append(Cell(f"(blocks {pct(state.target)})", "dim"))
     cells.append(Cell(f"achieved {pct(state.achieved)}", "warning" if note else ""))
-    cells.append(Cell(f"· {params(state.params_nonzero)} of {params(state.params_total)} weights left"))
+    cells.append(Cell(f"· {params(state.params_nonzero)}/{params(state.params_total)} weights"))
     if note:
         cells.append(Cell(f"· {note}", "dim"))
     return cells
