@@ -132,10 +132,23 @@ def test_statistics(engine, hessian_engine):
 
 def test_sparsegpt_switch_recaptures_hessian(engine):
     engine.prune(Plan(method="wanda", sparsity=0.5))
-    assert engine._stats[0]["q"].hessian is None
+    assert not engine._has_hessian(engine._stats)
     engine.apply(Plan(method="sparsegpt", sparsity=0.5))
-    assert engine._stats[0]["q"].hessian is not None
+    assert engine._has_hessian(engine._stats)
     assert engine.state().blocks[0].recon_error is not None
+
+
+def test_hessians_are_spilled_to_disk_and_cleaned_up(engine):
+    engine.prune(Plan(method="sparsegpt", sparsity=0.5))
+    files = [path for _, path in engine._hessian_files.values()]
+    assert len(files) == 4 and all(p.is_file() for p in files)
+    assert all(s.hessian is None for block in engine._stats for s in block.values())
+    first = weights(engine)
+    engine.apply(Plan(method="sparsegpt", sparsity=0.6))
+    engine.apply(Plan(method="sparsegpt", sparsity=0.5))  # re-pruned from the spilled Hessians
+    assert all(torch.equal(w, first[n]) for n, w in weights(engine).items())
+    engine.prune(Plan(method="sparsegpt", sparsity=0.5))
+    assert not any(p.exists() for p in files) and len(engine._hessian_files) == 4
 
 
 @pytest.mark.parametrize("plan, where", [

@@ -3,9 +3,11 @@
 Stages: model load (first, from an empty cache, and cached), one dense forward pass over the calibration
 tokens (the unit every other time is divided by), calibration capture, each method's full prune at 50%
 (sequential; Wanda also one-pass), re-pruning one linear and one block from cached statistics, the
-perplexity probe and the quick probe suite. Peak memory is the process's peak resident set during the
-stage (Linux VmHWM, reset before each stage) minus its resident set before the model was loaded; on CUDA
-it is torch's peak allocated device memory. The memory budget is 2.5x the dense weight bytes plus one
+perplexity probe and the quick probe suite. The first load runs in a child process with an empty cache
+(its time includes starting Python). Peak memory is the process's peak resident set during the stage
+(Linux VmHWM, reset before each stage) minus its resident set once the libraries are imported and the
+calibration text is tokenized, before the weights are loaded; on CUDA it is torch's peak allocated
+device memory. The memory budget is 2.5x the dense weight bytes plus one
 block's calibration activations (the hidden states entering and leaving it).
 """
 
@@ -14,16 +16,21 @@ from __future__ import annotations
 import gc
 import json
 import os
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
 
 import torch
+from transformers import AutoTokenizer
 
 from workbench.capture import ONE_PASS, SEQUENTIAL, capture, dense_forward
+from workbench.data import calibration_windows
 from workbench.engine import CalibrationSpec, Engine, Plan
 from workbench.errors import WorkbenchError
-from workbench.model import load_model
+from workbench.model import load_model, resolve_source
 from workbench.probes import PROBES
 
 STAGES = ("load-first", "load-cached", "forward", "capture", "wanda", "wanda-one-pass", "sparsegpt", "magnitude",
@@ -67,6 +74,15 @@ def _peak_mib(device: torch.device, baseline_kib: int) -> float:
     return (_rss_kib("VmHWM:") - baseline_kib) / 1024
 
 
+HEADER = f"{'stage':<16} {'seconds':>8} {'x fwd':>6} {'peak MiB':>9}  {'target':<40} ok"
+
+
+def _format_row(r: Row) -> str:
+    ratio = "-" if r.ratio is None else f"{r.ratio:.2f}"
+    ok = "" if r.ok is None else ("yes" if r.ok else "NO")
+    return f"{r.stage:<16} {r.seconds:>8.3f} {ratio:>6} {r.peak_mib:>9.0f}  {r.target:<40} {ok}"
+
+
 def run_bench(args) -> int:
     """Run the selected stages on `args.model` and print the table (or JSON with --json)."""
     only = {s for s in args.only.split(",") if s}
@@ -75,9 +91,10 @@ def run_bench(args) -> int:
         raise WorkbenchError("--only", f"unknown stage(s) {', '.join(sorted(unknown))} (known: {', '.join(STAGES)})")
     wanted = lambda s: not only or s in only  # noqa: E731
     calibration = CalibrationSpec(source=args.calibration, samples=args.samples, seqlen=args.seqlen, seed=args.seed)
-    baseline = _rss_kib("VmRSS:")
     rows: list[Row] = []
     unit: list[float] = []
+    if not args.json:
+        print(HEADER, flush=True)
 
     def measure(stage: str, fn, target: str = "", limit_s: float | None = None, limit_ratio: float | None = None,
                 memory_budget_mib: float | None = None):
@@ -97,24 +114,25 @@ def run_bench(args) -> int:
             checks.append(peak <= memory_budget_mib)
             target = f"{target}, <= {memory_budget_mib:.0f} MiB".lstrip(", ")
         rows.append(Row(stage, seconds, ratio, peak, target, all(checks) if checks else None))
+        if not args.json:
+            print(_format_row(rows[-1]), flush=True)
         return out
 
     engine: Engine | None = None
     if wanted("load-first") and args.model == "embedded":
-        previous = os.environ.get("WORKBENCH_CACHE")
         with tempfile.TemporaryDirectory() as empty:
-            os.environ["WORKBENCH_CACHE"] = empty
-            try:
-                measure("load-first", lambda: load_model(args.model, args.device, args.dtype), "dequantize GGUF + cache")
-            finally:
-                if previous is None:
-                    os.environ.pop("WORKBENCH_CACHE")
-                else:
-                    os.environ["WORKBENCH_CACHE"] = previous
-        gc.collect()
-    load_model(args.model, args.device, args.dtype)  # make sure the real cache is filled
+            code = f"from workbench.model import load_model; load_model({args.model!r}, {args.device!r}, {args.dtype!r})"
+            env = {**os.environ, "WORKBENCH_CACHE": empty}
+            measure("load-first", lambda: subprocess.run([sys.executable, "-c", code], env=env, check=True),
+                    "child process, empty cache")
+            rows[-1].peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    source = resolve_source(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    calibration_windows(tokenizer, calibration.source, calibration.samples, calibration.seqlen, calibration.seed)
     gc.collect()
+    baseline = _rss_kib("VmRSS:")
     loaded = measure("load-cached", lambda: load_model(args.model, args.device, args.dtype), "<= 3 s", limit_s=3.0)
+    loaded.tokenizer = tokenizer  # the tokenized calibration text is cached per tokenizer object
     engine = Engine(loaded, calibration)
     ids = engine.calibration_ids()
     weight_mib = sum(p.numel() * p.element_size() for p in loaded.model.parameters()) / 2**20
@@ -167,10 +185,5 @@ def run_bench(args) -> int:
     else:
         print(f"{meta['model']} on {meta['device']} ({meta['dtype']}, {meta['threads']} threads), "
               f"{meta['calibration_tokens']} calibration tokens; dense weights {weight_mib:.0f} MiB, memory budget {budget:.0f} MiB")
-        print(f"{'stage':<16} {'seconds':>8} {'x fwd':>6} {'peak MiB':>9}  {'target':<34} ok")
-        for r in rows:
-            ratio = "-" if r.ratio is None else f"{r.ratio:.2f}"
-            ok = "" if r.ok is None else ("yes" if r.ok else "NO")
-            print(f"{r.stage:<16} {r.seconds:>8.3f} {ratio:>6} {r.peak_mib:>9.0f}  {r.target:<34} {ok}")
         print(json.dumps({"meta": meta, "stages": [r.__dict__ for r in rows]}))
     return 0 if all(r.ok is not False for r in rows) else 1

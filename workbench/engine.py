@@ -19,6 +19,7 @@ import shutil
 import tempfile
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -26,7 +27,7 @@ from typing import Callable, Iterator
 import torch
 
 from workbench.allocators import ALLOCATORS, MAX_SPARSITY, AllocationContext
-from workbench.capture import MODES, ONE_PASS, SEQUENTIAL, BlockStats, capture
+from workbench.capture import MODES, ONE_PASS, SEQUENTIAL, BlockStats, capture, release_freed_memory
 from workbench.data import calibration_windows
 from workbench.errors import Cancelled, WorkbenchError
 from workbench.methods import METHODS, LinearStats, Method, Pattern, parse_pattern
@@ -176,6 +177,10 @@ class Engine:
         self._recon: dict[str, tuple[float, float]] = {}
         self._outliers: dict[tuple, tuple[list[float], dict[str, float]]] = {}
         self._ids: torch.Tensor | None = None
+        self._hessian_files: dict[int, tuple[BlockStats, Path]] = {}
+        self._loaded_hessians: tuple[BlockStats | None, dict] = (None, {})
+        self._spill_dir: Path | None = None
+        self._spill_count = 0
         self._lock = threading.RLock()
         self.plan: Plan | None = None
         self.calibrated_with: Plan | None = None
@@ -255,7 +260,39 @@ class Engine:
         return self._ids
 
     def _stats_for(self, ref: LinearRef, block_stats: BlockStats) -> LinearStats:
-        return block_stats[_LEADER[ref.kind]]
+        """A linear's statistics, with its block's Hessian read back from disk if it was spilled."""
+        stats = block_stats[_LEADER[ref.kind]]
+        entry = self._hessian_files.get(id(block_stats))
+        if entry is None:
+            return stats
+        if self._loaded_hessians[0] is not block_stats:
+            self._loaded_hessians = (block_stats, torch.load(entry[1], map_location="cpu"))
+        return LinearStats(stats.sq_norm, stats.tokens, self._loaded_hessians[1][_LEADER[ref.kind]])
+
+    def _has_hessian(self, stats: list[BlockStats] | None) -> bool:
+        return bool(stats) and (id(stats[0]) in self._hessian_files or stats[0]["q"].hessian is not None)
+
+    def _spill_hessians(self, block_stats: BlockStats) -> None:
+        """Move one block's Hessians to a file, keeping only the channel norms in memory: all blocks'
+        Hessians together are as large as the model's linears (several GiB for an 8B model)."""
+        if block_stats["q"].hessian is None:
+            return
+        if self._spill_dir is None:
+            self._spill_dir = Path(tempfile.mkdtemp(prefix="workbench-hessians-"))
+            weakref.finalize(self, shutil.rmtree, self._spill_dir, True)
+        self._spill_count += 1
+        path = self._spill_dir / f"block-{self._spill_count}.pt"
+        torch.save({leader: s.hessian for leader, s in block_stats.items()}, path)
+        for leader, s in list(block_stats.items()):
+            block_stats[leader] = LinearStats(s.sq_norm, s.tokens)
+        self._hessian_files[id(block_stats)] = (block_stats, path)
+
+    def _forget_unused_hessians(self) -> None:
+        """Delete spilled Hessians of statistics that are no longer committed."""
+        keep = {id(b) for b in (self._stats or [])}
+        for key in [k for k in self._hessian_files if k not in keep]:
+            self._hessian_files.pop(key)[1].unlink(missing_ok=True)
+        self._loaded_hessians = (None, {})
 
     def _dense_statistics(self, progress: Progress | None, cancel: Cancel | None) -> list[BlockStats]:
         """Statistics of the dense model (for OWL); pruned blocks are swapped to dense while they run."""
@@ -374,14 +411,17 @@ class Engine:
                         raise Cancelled()
                     touched.append(ref.name)
                     self._prune_linear(ref, self._stats_for(ref, block_stats), method, params, targets[ref.name], pattern)
+                self._spill_hessians(block_stats)
 
             try:
                 stats = capture(self.loaded.model, self.calibration_ids(), self.loaded.device, self.calibration.mode,
                                 hessian, before_block=to_dense, on_block=prune_block, progress=progress, cancel=cancel)
             except BaseException:
                 self._restore(dict.fromkeys(touched), old_stats, old_assigned)
+                self._forget_unused_hessians()
                 raise
             self._stats = stats
+            self._forget_unused_hessians()
             if self.calibration.mode == ONE_PASS:
                 self._dense_stats = stats
             self.plan = plan
@@ -394,8 +434,7 @@ class Engine:
         that was not captured."""
         with self._lock:
             method = self.check_plan(plan)
-            has_hessian = self._stats is not None and self._stats[0]["q"].hessian is not None
-            if self._stats is None or self.calibrated_with is None or (method.needs_hessian and not has_hessian):
+            if self._stats is None or self.calibrated_with is None or (method.needs_hessian and not self._has_hessian(self._stats)):
                 return self.prune(plan, progress, cancel)
             start = time.perf_counter()
             params = method.params(plan.method_params)
@@ -409,6 +448,8 @@ class Engine:
                 if progress:
                     progress(f"pruning {ref.name}", n / len(todo))
                 self._prune_linear(ref, self._stats_for(ref, self._stats[ref.block]), method, params, targets[ref.name], pattern)
+            if todo:
+                release_freed_memory()
             if progress:
                 progress("pruned", 1.0)
             self.plan = plan

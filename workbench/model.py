@@ -174,7 +174,7 @@ def _load_gguf(gguf: Path, progress: Progress | None) -> Path:
     return target
 
 
-def _source_dir(spec: str, progress: Progress | None) -> str:
+def resolve_source(spec: str, progress: Progress | None = None) -> str:
     """Turn a model spec into something `from_pretrained` takes: a directory or a hub id."""
     if spec == EMBEDDED:
         return str(_load_gguf(embedded_gguf_path(), progress))
@@ -212,7 +212,7 @@ def load_model(
     hf_logging.set_verbosity_error()
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    source = _source_dir(spec, progress)
+    source = resolve_source(spec, progress)
     if progress:
         progress(f"loading {spec}", 0.5)
     try:
