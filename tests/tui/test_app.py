@@ -29,21 +29,26 @@ async def test_slider_changes_block_achieved_sparsity_and_undo_redo(make_app):
         assert app.plan.block_overrides == {1: pytest.approx(0.58)}
         assert app.state.blocks[1].achieved == pytest.approx(0.58, abs=0.01)
         assert app.state.blocks[0].achieved == pytest.approx(0.5, abs=0.01)
+        assert [e.label for e in app.history.entries] == ["start", "block 1 58.0%"]
+        await pilot.pause(1.1)
         await pilot.press("pageup")
         await settle(pilot)
         assert app.state.blocks[1].achieved == pytest.approx(0.53, abs=0.01)
         await pilot.press("u")
         await settle(pilot)
         assert app.state.blocks[1].achieved == pytest.approx(0.58, abs=0.01)
-        await pilot.press("u", "u", "u", "u", "u")
+        await pilot.press("u", "u")
         await settle(pilot)
         assert app.plan.block_overrides == {}
         assert app.state.blocks[1].achieved == pytest.approx(0.5, abs=0.01)
         assert "nothing to undo" in app.notices
         await pilot.press("ctrl+y")
         await settle(pilot)
-        assert app.plan.block_overrides == {1: pytest.approx(0.51)}
-        assert len(app.history.entries) == 6
+        assert app.plan.block_overrides == {1: pytest.approx(0.58)}
+        assert len(app.history.entries) == 3
+        await pilot.press("right", "left")
+        await settle(pilot)
+        assert app.history.position == 1 and len(app.history.entries) == 2
 
 
 async def test_linear_slider_and_typed_value(make_app):

@@ -128,6 +128,18 @@ def test_history_undo_redo_and_round_trip():
     assert plan_from_dict(records[1]["plan"]) == edits.set_block(Plan(), 0, 0.6)[0]
 
 
+def test_quick_edits_of_one_control_merge():
+    history = EditHistory(Plan())
+    history.push("block 0 51.0%", edits.set_block(Plan(), 0, 0.51)[0], ("block", 0), now=10.0)
+    history.push("block 0 52.0%", edits.set_block(Plan(), 0, 0.52)[0], ("block", 0), now=10.5)
+    assert [e.label for e in history.entries] == ["start", "block 0 52.0%"]
+    history.push("block 0 53.0%", edits.set_block(Plan(), 0, 0.53)[0], ("block", 0), now=12.0)
+    history.push("block 1 53.0%", edits.set_block(Plan(), 1, 0.53)[0], ("block", 1), now=12.1)
+    assert len(history.entries) == 4
+    history.push("block 1 50.0%", history.entries[2].plan, ("block", 1), now=12.2)
+    assert [e.label for e in history.entries] == ["start", "block 0 52.0%", "block 0 53.0%"]
+
+
 def test_history_ignores_foreign_tables():
     restored = EditHistory.from_records([{"note": "written by hand"}], Plan(sparsity=0.3))
     assert len(restored.entries) == 1 and restored.current.plan.sparsity == 0.3

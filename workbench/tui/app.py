@@ -430,11 +430,12 @@ class WorkbenchApp(App):
             return False
         return True
 
-    def _edit(self, plan, label: str) -> None:
-        """Record an edit and re-prune after a short pause (a newer edit restarts the pause)."""
+    def _edit(self, plan, label: str, source=None) -> None:
+        """Record an edit and re-prune after a short pause (a newer edit restarts the pause). Quick
+        repeated edits from one `source` are one step in the history."""
         if plan == self.plan:
             return
-        self.history.push(label, plan)
+        self.history.push(label, plan, source, time.monotonic())
         self._set_plan(plan)
 
     def _set_plan(self, plan) -> None:
@@ -450,13 +451,14 @@ class WorkbenchApp(App):
     def on_slider_changed(self, event: Slider.Changed) -> None:
         if not self._has_model():
             return
-        kind, *rest = event.slider.key
+        key = event.slider.key
+        kind, *rest = key
         if kind == "global":
-            self._edit(*edits.set_global(self.plan, event.value))
+            self._edit(*edits.set_global(self.plan, event.value), source=key)
         elif kind == "block":
-            self._edit(*edits.set_block(self.plan, rest[0], event.value))
+            self._edit(*edits.set_block(self.plan, rest[0], event.value), source=key)
         else:
-            self._edit(*edits.set_linear(self.plan, rest[0], event.value))
+            self._edit(*edits.set_linear(self.plan, rest[0], event.value), source=key)
 
     def on_slider_reset(self, event: Slider.Reset) -> None:
         if not self._has_model():

@@ -12,13 +12,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+MERGE_S = 1.0
+
+
 @dataclass
 class Edit:
-    """One step of the history: a label for people and the plan it led to."""
+    """One step of the history: a label for people and the plan it led to. `source` and `time` (not saved)
+    let quick repeated changes of one control merge into one step."""
 
     label: str
     plan: Any
     probes: dict[str, float] = field(default_factory=dict)
+    source: Any = None
+    time: float = 0.0
 
 
 class EditHistory:
@@ -33,10 +39,21 @@ class EditHistory:
         """The entry whose plan is (or is being) applied."""
         return self.entries[self.position]
 
-    def push(self, label: str, plan) -> Edit:
-        """Record an edit after the current entry, dropping anything that was undone."""
+    def push(self, label: str, plan, source=None, now: float = 0.0) -> Edit:
+        """Record an edit after the current entry, dropping anything that was undone. An edit of the same
+        `source` (a slider, say) within MERGE_S seconds of the last one replaces it: holding an arrow key
+        or dragging is one step to undo (and none if it ends where it began)."""
+        current = self.current
+        if (source is not None and source == current.source and not self.can_redo() and self.position > 0
+                and now - current.time < MERGE_S and not current.probes):
+            if plan == self.entries[self.position - 1].plan:  # back where it started: no step at all
+                del self.entries[self.position]
+                self.position -= 1
+            else:
+                current.label, current.plan, current.time = label, copy.deepcopy(plan), now
+            return self.current
         del self.entries[self.position + 1:]
-        self.entries.append(Edit(label, copy.deepcopy(plan)))
+        self.entries.append(Edit(label, copy.deepcopy(plan), source=source, time=now))
         self.position += 1
         return self.current
 
