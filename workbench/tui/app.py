@@ -732,12 +732,10 @@ class WorkbenchApp(App):
 
     # ----- screens ------------------------------------------------------------------------------------
     def action_help(self) -> None:
-        from workbench.tui.block_pane import BlockPane as Pane
-
         sections = [
             ("Anywhere", [b for b in self.BINDINGS if isinstance(b, Binding)]),
             ("On a slider", Slider.BINDINGS),
-            ("On a block", Pane.BINDINGS),
+            ("On a block", BlockPane.BINDINGS),
             ("Plots screen (v)", PlotsScreen.BINDINGS),
             ("Command palette", [Binding("ctrl+p", "", "Every command by name: methods, patterns, allocators, themes")]),
         ]
