@@ -123,6 +123,11 @@ async def test_pickers_allocator_resets_overrides_and_pattern_locks_sliders(make
         await pilot.press("enter")
         await settle(pilot)
         assert app.plan.method == "magnitude" and app.state.blocks[0].linears[0].method == "magnitude"
+        await pilot.press("m", "down", "enter")
+        await settle(pilot)
+        assert app.plan.method == "sparsegpt"
+        assert all(b.recon_error is not None for b in app.state.blocks)
+        assert "-" not in str(app.query_one("#block-0 .stats").render()).split()[-2]
 
 
 async def test_invalid_session_file_shows_error_and_app_keeps_running(make_app, tmp_path, monkeypatch):

@@ -772,7 +772,8 @@ class WorkbenchApp(App):
 
     @work(thread=True, exclusive=True, group="histogram", exit_on_error=False)
     def _histogram_worker(self, name: str) -> None:
-        edges, dense, pruned = self.engine.histogram(name)
+        with self._engine_lock:  # not while a probe swaps the dense weights in, nor mid-prune
+            edges, dense, pruned = self.engine.histogram(name)
         self.post_message(HistogramReady(name, edges, dense, pruned))
 
     def on_histogram_ready(self, message: HistogramReady) -> None:
