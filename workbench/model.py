@@ -208,8 +208,11 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from huggingface_hub.utils import logging as hub_logging
+
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    hub_logging.set_verbosity_error()  # no retry warnings on stderr: an unreachable hub is one error line
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     source = resolve_source(spec, progress)
