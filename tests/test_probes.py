@@ -368,3 +368,18 @@ def test_probe_command_on_a_session(tiny_model_dir, tmp_path, capsys):
     assert efficiency["details"]["block_linear_density"] == pytest.approx(0.5, abs=0.01)
     seeded = run_probes(ProbeContext(*tiny_llama(seed=0), torch.device("cpu"), seed=3), ["arithmetic"])[0]
     assert arith["details"]["examples"][0].split("=")[0] == seeded.details["examples"][0].split("=")[0]
+
+
+def test_topic_gate_rejects_off_topic_replies():
+    assert instructions.follows("no_commas", "The sun is hot today.", {}, ("sun",))
+    assert not instructions.follows("no_commas", "the the the the", {}, ("sun",))
+    assert not instructions.follows("fewer_words", "ok", {"limit": 12}, ("cat", "kitten"))
+    assert instructions.on_topic("A small Kitten.", ("cat", "kitten"))
+
+
+@pytest.mark.parametrize("instruction", instructions.INSTRUCTIONS, ids=lambda i: f"{i.kind}:{i.prompt[:24]}")
+def test_topic_is_never_what_the_constraint_forces(instruction):
+    assert instruction.topic and instruction.kind in instructions.CHECKS
+    forced = " ".join([*instruction.args.get("words", []), instruction.args.get("word", ""), instruction.args.get("phrase", "")])
+    if instruction.kind != "forbidden_words":
+        assert not instructions.on_topic(forced, instruction.topic)
