@@ -131,8 +131,11 @@ def test_statistics(engine, hessian_engine):
 
 
 def test_sparsegpt_switch_recaptures_hessian(engine):
+    assert engine.needs_full_prune(Plan(method="wanda", sparsity=0.5))
     engine.prune(Plan(method="wanda", sparsity=0.5))
     assert not engine._has_hessian(engine._stats)
+    assert not engine.needs_full_prune(Plan(method="magnitude", sparsity=0.7))
+    assert engine.needs_full_prune(Plan(method="sparsegpt", sparsity=0.5))
     engine.apply(Plan(method="sparsegpt", sparsity=0.5))
     assert engine._has_hessian(engine._stats)
     assert engine.state().blocks[0].recon_error is not None

@@ -428,13 +428,21 @@ class Engine:
             self.calibrated_with = plan
             return Report(seconds=time.perf_counter() - start, linears_pruned=len(self.refs))
 
+    def needs_full_prune(self, plan: Plan) -> bool:
+        """Whether `apply(plan)` must run a full `prune`: no statistics cached yet, or the plan's method
+        needs a Hessian that was not captured."""
+        stats = self._stats
+        if stats is None or self.calibrated_with is None:
+            return True
+        return METHODS.get(plan.method).needs_hessian and not self._has_hessian(stats)
+
     def apply(self, plan: Plan, progress: Progress | None = None, cancel: Cancel | None = None) -> Report:
         """Incremental prune from cached statistics: only linears whose assignment changed are redone.
         Falls back to a full `prune` when there are no statistics yet or the method needs a Hessian
         that was not captured."""
         with self._lock:
             method = self.check_plan(plan)
-            if self._stats is None or self.calibrated_with is None or (method.needs_hessian and not self._has_hessian(self._stats)):
+            if self.needs_full_prune(plan):
                 return self.prune(plan, progress, cancel)
             start = time.perf_counter()
             params = method.params(plan.method_params)

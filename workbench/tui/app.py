@@ -286,6 +286,8 @@ class WorkbenchApp(App):
             self._debounce.stop()
             self._debounce = None
         self._user_cancelled = False
+        if calibrate is None and self.engine.needs_full_prune(plan):  # a full prune, which edits do not cancel
+            calibrate = plan
         if calibrate is not None:
             self.workers.cancel_group(self, "prune")
             self.query_one(Activity).show("calibrating", 0.0, cancellable=True)
