@@ -137,7 +137,7 @@ def test_fact_set_and_distractors():
         wrong = facts.distractors(all_facts, fact, seed=0)
         assert len(set(wrong)) == facts.DISTRACTORS and fact.answer not in wrong
         assert wrong == facts.distractors(all_facts, fact, seed=0)
-    assert len(facts.select(all_facts, "quick")) == 35
+    assert len(facts.select(all_facts, "quick")) == 26
     assert facts.select(all_facts, "full") == all_facts
 
 

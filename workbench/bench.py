@@ -170,11 +170,13 @@ def run_bench(args) -> int:
         if wanted("reprune-block"):
             plan = Plan(method="wanda", sparsity=0.5, block_overrides={1: 0.6})
             measure("reprune-block", lambda: engine.apply(plan), "<= 0.3 s", limit_s=0.3)
+    if wanted("perplexity") or wanted("probe-suite"):
+        engine.apply(half)  # probes time the pruned model; its dense references are measured first, untimed
+        engine.probe(PROBES.names() if wanted("probe-suite") else ["perplexity"])
     if wanted("perplexity"):
-        measure("perplexity", lambda: engine.probe(["perplexity"]), "quick")
+        measure("perplexity", lambda: engine.probe(["perplexity"]), "quick, Wanda 50%")
     if wanted("probe-suite"):
         names = PROBES.names()
-        engine.probe(names)  # dense reference first, so the stage times the pruned suite alone
         measure("probe-suite", lambda: engine.probe(names), f"<= 15 s, {len(names)} probes", limit_s=15.0)
 
     meta = {"model": args.model, "device": str(loaded.device), "dtype": str(loaded.dtype).replace("torch.", ""),

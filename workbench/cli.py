@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import asdict
 
+from workbench.console import progress_line
 from workbench.errors import Cancelled, WorkbenchError
 
 EXIT_USAGE = 2
@@ -60,19 +61,6 @@ def _scalar(text: str):
     return text
 
 
-def _progress(quiet: bool):
-    if quiet or not sys.stderr.isatty():
-        return None
-
-    def show(message: str, fraction: float) -> None:
-        sys.stderr.write(f"\r\033[K{fraction:4.0%} {message}")
-        if fraction >= 1:
-            sys.stderr.write("\r\033[K")
-        sys.stderr.flush()
-
-    return show
-
-
 def _calibration(args):
     from workbench.engine import CalibrationSpec
 
@@ -105,9 +93,9 @@ def block_table(state) -> str:
 def cmd_stats(args) -> int:
     from workbench.engine import Engine
 
-    engine = Engine.load(args.model, args.device, args.dtype, _calibration(args), progress=_progress(args.json))
+    engine = Engine.load(args.model, args.device, args.dtype, _calibration(args), progress=progress_line(args.json))
     if not args.no_calibration:
-        engine.calibrate(progress=_progress(args.json))
+        engine.calibrate(progress=progress_line(args.json))
     state = engine.state()
     if args.json:
         _print(asdict(state))
@@ -139,7 +127,7 @@ def cmd_prune(args) -> int:
     from workbench.session import save_session, session_from_engine
 
     plan = _plan(args)
-    progress = _progress(args.json)
+    progress = progress_line(args.json)
     t0 = time.perf_counter()
     engine = Engine.load(args.model, args.device, args.dtype, _calibration(args), progress=progress)
     engine.check_plan(plan)
@@ -182,7 +170,7 @@ def cmd_replay(args) -> int:
     from workbench.session import load_session, replay_engine
 
     session = load_session(args.file)
-    engine = replay_engine(session, progress=_progress(args.json), path=args.file, device=args.device, dtype=args.dtype)
+    engine = replay_engine(session, progress=progress_line(args.json), path=args.file, device=args.device, dtype=args.dtype)
     state = engine.state()
     names = [p.name for p in session.probes]
     sizes = {p.size for p in session.probes}

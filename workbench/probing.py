@@ -9,25 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
+from workbench.console import progress_line
 from workbench.errors import WorkbenchError
 
 SUITE = ("perplexity", "arithmetic", "brackets", "facts", "instructions", "efficiency")
-
-
-def _progress(quiet: bool):
-    """A one-line progress display on stderr when it is a terminal (None otherwise)."""
-    if quiet or not sys.stderr.isatty():
-        return None
-
-    def show(message: str, fraction: float) -> None:
-        sys.stderr.write(f"\r\033[K{fraction:4.0%} {message}")
-        if fraction >= 1:
-            sys.stderr.write("\r\033[K")
-        sys.stderr.flush()
-
-    return show
 
 
 def _add_source_args(p: argparse.ArgumentParser) -> None:
@@ -78,7 +64,7 @@ def _source(args):
         raise WorkbenchError("--model", "give --model or --session, not both (a session names its model)")
     data = getattr(args, "data", None)
     seed = getattr(args, "seed", None)
-    progress = _progress(args.json)
+    progress = progress_line(args.json)
     if args.session:
         from workbench.session import load_session, replay_engine
 
@@ -117,7 +103,7 @@ def cmd_probe(args) -> int:
         PROBES.get(name, where="--probes")
     loaded, _, source, seed = _source(args)
     ctx = ProbeContext(loaded.model, loaded.tokenizer, loaded.device, eval_source=source, seed=seed)
-    results = run_probes(ctx, names, "full" if args.full else "quick", progress=_progress(args.json))
+    results = run_probes(ctx, names, "full" if args.full else "quick", progress=progress_line(args.json))
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
     else:

@@ -11,7 +11,8 @@ Details:
   (the weights the pruning methods touch); `model_params` / `model_nonzero`: every distinct parameter
   (tied embeddings count once). `params` is the physical size, which shrinks after structured pruning.
 - `tokens_per_second`: batched greedy generation (`BATCH` copies of one chat prompt, `NEW_TOKENS`
-  new tokens each, end-of-sequence ignored), prefill included, after one warm-up step.
+  new tokens each, end-of-sequence ignored), prefill included, after one warm-up step on CUDA (kernel
+  loading and the caching allocator's first allocations would otherwise count).
 - `joules_per_token`: on CUDA with `pynvml` importable, the GPU's energy counter
   (nvmlDeviceGetTotalEnergyConsumption) over the same generation; otherwise `energy` says why not.
 Dense matrix kernels do not skip zeros, so unstructured sparsity leaves the speed unchanged.
@@ -28,7 +29,7 @@ from workbench.probes import PROBES, Probe, ProbeContext
 from workbench.probes._generate import chat_prompt, encode, greedy_generate
 
 BATCH = {"quick": 4, "full": 8}
-NEW_TOKENS = {"quick": 8, "full": 32}
+NEW_TOKENS = {"quick": 4, "full": 32}
 PROMPT = "Write a short paragraph about the history of the bicycle."
 
 
@@ -87,8 +88,9 @@ class Efficiency(Probe):
             greedy_generate(ctx.model, ctx.tokenizer, prompts, new_tokens, ctx.device, stop_at_eos=False,
                             cancel=ctx.check_cancel, batch_size=len(prompts))
 
-        generate(1)  # warm-up: allocations and kernels, not counted
-        _synchronize(ctx.device)
+        if ctx.device.type == "cuda":
+            generate(1)  # warm-up: kernels and allocations, not counted
+            _synchronize(ctx.device)
         joules = energy() if callable(energy) else 0.0
         start = time.perf_counter()
         generate(NEW_TOKENS[size])

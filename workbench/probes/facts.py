@@ -7,7 +7,7 @@ batched pass:
   read off one teacher-forced pass (every token of " answer\\n" is the argmax given the ones before).
 - Log-likelihood (in details): " answer\\n" outscores three distractors, which are other answers
   of the same category drawn with `random.Random(f"facts:{seed}:...")`; chance is 1/4.
-The quick size asks every sixth fact of the file, the full size all of them. Unstructured pruning
+The quick size asks every eighth fact of the file, the full size all of them. Unstructured pruning
 and width pruning are reported to cost factual knowledge first.
 """
 
@@ -23,7 +23,7 @@ from workbench.errors import WorkbenchError
 from workbench.probes import PROBES, Probe, ProbeContext
 from workbench.probes._generate import encode, score_choices
 
-QUICK_EVERY = 6
+QUICK_EVERY = 8
 DISTRACTORS = 3
 HEADER = (
     "Q: What is the capital of Switzerland?\nA: Bern\n"
@@ -74,7 +74,7 @@ class Facts(Probe):
     name = "facts"
     metric = "exact match"
     higher_is_better = True
-    tolerance = 1 / 35  # one quick item
+    tolerance = 1 / 26  # one quick item
     floor = 0.0
 
     def measure(self, ctx: ProbeContext, size: str):

@@ -4,7 +4,10 @@ phrase, no commas, start with a word, a <<title>>, wrapped in quotes).
 
 Every prompt is one user turn through the tokenizer's chat template (when it has one) and the reply
 is generated greedily, in one batch, up to `MAX_NEW_TOKENS[size]` tokens; a reply still running at the
-cutoff is judged as written so far. The score is strict prompt-level accuracy: the share of replies
+cutoff is judged as written so far. Every decoding step reads all the weights, so the cutoff sets
+the cost: the quick cutoff (16 tokens) keeps the whole quick suite within 15 s on a 2-core CPU, and
+constraints that need a finished reply (valid JSON, an end phrase, quotes) show mostly in the full
+size (64 tokens). The score is strict prompt-level accuracy: the share of replies
 that satisfy their constraint. The checks follow IFEval's (keywords match as case-insensitive
 substrings, forbidden words as whole words, bullets are lines starting with "*" or "-").
 
@@ -25,7 +28,7 @@ from dataclasses import dataclass, field
 from workbench.probes import PROBES, Probe, ProbeContext
 from workbench.probes._generate import chat_prompt, encode, greedy_generate
 
-MAX_NEW_TOKENS = {"quick": 32, "full": 64}
+MAX_NEW_TOKENS = {"quick": 16, "full": 64}
 
 
 def _words(text: str) -> list[str]:
