@@ -97,13 +97,16 @@ def run_bench(args) -> int:
         print(HEADER, flush=True)
 
     def measure(stage: str, fn, target: str = "", limit_s: float | None = None, limit_ratio: float | None = None,
-                memory_budget_mib: float | None = None):
+                memory_budget_mib: float | None = None, child: bool = False):
         device = engine.loaded.device if engine else torch.device("cpu")
         _reset_peak(device)
         start = time.perf_counter()
         out = fn()
         seconds = time.perf_counter() - start
-        peak = _peak_mib(device, baseline)
+        if child:  # the stage ran in a child process: its own peak resident memory
+            peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        else:
+            peak = _peak_mib(device, baseline)
         ratio = seconds / unit[0] if unit else None
         checks = []
         if limit_s is not None:
@@ -124,8 +127,7 @@ def run_bench(args) -> int:
             code = f"from workbench.model import load_model; load_model({args.model!r}, {args.device!r}, {args.dtype!r})"
             env = {**os.environ, "WORKBENCH_CACHE": empty}
             measure("load-first", lambda: subprocess.run([sys.executable, "-c", code], env=env, check=True),
-                    "child process, empty cache")
-            rows[-1].peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+                    "child process, empty cache", child=True)
     source = resolve_source(args.model)
     tokenizer = AutoTokenizer.from_pretrained(source)
     calibration_windows(tokenizer, calibration.source, calibration.samples, calibration.seqlen, calibration.seed)
