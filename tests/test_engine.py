@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from tests.conftest import make_engine
+from workbench.capture import add_upper_gram, symmetric_from_upper
 from workbench.engine import Plan
 from workbench.errors import Cancelled, WorkbenchError
 
@@ -209,3 +210,14 @@ def test_probe_keeps_dense_reference(engine):
     dense = engine.dense_probes["perplexity"]
     assert pruned.score != dense.score and dense.score > 1
     assert all(torch.equal(w, before[n]) for n, w in weights(engine).items())
+
+
+@pytest.mark.parametrize("d", [5, 300, 700])
+def test_upper_gram_completes_to_x_transpose_x(d):
+    torch.manual_seed(d)
+    xs = [torch.randn(64, d) for _ in range(2)]
+    hessian = torch.zeros(d, d)
+    for x in xs:
+        add_upper_gram(hessian, x)
+    expected = sum(x.T @ x for x in xs)
+    assert torch.allclose(symmetric_from_upper(hessian), expected, rtol=1e-4, atol=1e-3)

@@ -105,3 +105,19 @@ def test_pattern_needs_divisible_inputs():
     W, _, stats = _layer(cols=126)
     with pytest.raises(WorkbenchError, match="multiple of 4"):
         METHODS.get("wanda").prune(W, LinearStats(stats.sq_norm[:126], 1), 0.5, Pattern(2, 4))
+
+
+def test_inverse_hessian_factor_is_the_upper_cholesky_factor_of_the_damped_inverse():
+    from workbench.methods.sparsegpt import inverse_hessian_factor
+
+    torch.manual_seed(0)
+    x = torch.randn(400, 48, dtype=torch.float64) * torch.rand(48, dtype=torch.float64)
+    hessian = (x.T @ x).float()
+    hessian[:, 7] = hessian[7, :] = 0  # a dead input channel
+    factor, dead = inverse_hessian_factor(hessian, torch.device("cpu"), 0.01)
+    damped = hessian.double().clone()
+    damped[7, 7] = 1
+    damped.diagonal().add_(0.01 * damped.diagonal().mean())
+    assert dead.nonzero().flatten().tolist() == [7]
+    assert torch.equal(factor, factor.triu())
+    assert torch.allclose(factor.double().T @ factor.double(), torch.linalg.inv(damped), rtol=1e-3, atol=1e-6)
