@@ -114,16 +114,25 @@ def _stats_hooks(block: torch.nn.Module, hessian: bool) -> tuple[dict, list]:
 
         def hook(mod, args, output, slot=acc[leader]):
             x = args[0].detach().reshape(-1, args[0].shape[-1]).to(torch.float32)
-            sq = x.pow(2).sum(0)
-            slot["sq_norm"] = sq if slot["sq_norm"] is None else slot["sq_norm"].add_(sq)
-            if hessian:
+            if hessian:  # the squared norms are its diagonal
                 if slot["hessian"] is None:
                     slot["hessian"] = torch.zeros(x.shape[1], x.shape[1], device=x.device)
                 add_upper_gram(slot["hessian"], x)
+            else:
+                sq = x.pow(2).sum(0)
+                slot["sq_norm"] = sq if slot["sq_norm"] is None else slot["sq_norm"].add_(sq)
             slot["tokens"] += x.shape[0]
 
         handles.append(module.register_forward_hook(hook))
     return acc, handles
+
+
+def _linear_stats(slot: dict) -> LinearStats:
+    """One group's accumulated statistics, on the CPU."""
+    if slot["hessian"] is None:
+        return LinearStats(sq_norm=slot["sq_norm"].cpu(), tokens=slot["tokens"])
+    hessian = symmetric_from_upper(slot["hessian"]).cpu()
+    return LinearStats(sq_norm=hessian.diagonal().clone(), tokens=slot["tokens"], hessian=hessian)
 
 
 def capture(
@@ -159,14 +168,7 @@ def capture(
             finally:
                 for h in handles:
                     h.remove()
-            stats = {
-                leader: LinearStats(
-                    sq_norm=slot["sq_norm"].cpu(),
-                    tokens=slot["tokens"],
-                    hessian=None if slot["hessian"] is None else symmetric_from_upper(slot["hessian"]).cpu(),
-                )
-                for leader, slot in acc.items()
-            }
+            stats = {leader: _linear_stats(slot) for leader, slot in acc.items()}
             all_stats.append(stats)
             if on_block is not None:
                 on_block(i, stats)

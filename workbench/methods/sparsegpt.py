@@ -78,19 +78,20 @@ def prune_sparsegpt(
         # err_i = (w_i - q_i) / d_i, with q_i = w_i where kept and 0 where pruned: w_i * (mask / d)
         gain = mask1 / d.unsqueeze(1)
         Err1 = torch.zeros_like(W1)
+        w_rows, gain_rows, err_rows = W1.unbind(0), gain.unbind(0), Err1.unbind(0)
         width = i2 - i1
         for j1 in range(0, width, sub):
             # Column by column inside a sub-block of `sub` columns, then the sub-block's errors reach the
             # rest of the block in one product: the same updates as column by column over the whole
             # block, with far less memory traffic.
             j2 = min(j1 + sub, width)
-            for i in range(j1, j2):
+            for i, h in zip(range(j1, j2), Hinv1[j1:j2, j1:j2].unbind(0)):  # h: row i of the sub-block
                 if pattern is not None and i % pattern.m == 0:
                     group = W1[i : i + pattern.m] ** 2 / d[i : i + pattern.m].unsqueeze(1) ** 2
                     mask1.scatter_(0, i + torch.topk(group, pattern.n, dim=0, largest=False).indices, True)
                     gain[i : i + pattern.m] = mask1[i : i + pattern.m] / d[i : i + pattern.m].unsqueeze(1)
-                err = torch.mul(W1[i], gain[i], out=Err1[i])
-                W1[i:j2].addr_(Hinv1[i, i:j2], err, alpha=-1)
+                err = torch.mul(w_rows[i], gain_rows[i], out=err_rows[i])
+                W1[i:j2].addr_(h[i - j1 :], err, alpha=-1)
             if j2 < width:
                 W1[j2:].sub_(Hinv1[j1:j2, j2:].t() @ Err1[j1:j2])
         W1.masked_fill_(mask1, 0)
