@@ -199,8 +199,16 @@ def test_offloaded_blocks_run_one_at_a_time():
     dense_logits = engine.loaded.model(ids).logits
     attach_offload(engine.loaded.model, torch.device("cpu"))
     torch.testing.assert_close(engine.loaded.model(ids).logits, dense_logits)
+    moves = {i: [] for i in range(len(engine.linears))}
+    for i, block in enumerate(engine.loaded.model.model.layers):
+        # the offload hooks move a block with the device object and back with the string "cpu"
+        block.to = lambda device, i=i, block=block: moves[i].append("cpu" if device == "cpu" else "device") or block
     engine.prune(Plan(sparsity=0.5))
     assert engine.state().achieved == pytest.approx(0.5, abs=1e-3)
+    # every visit to the device ends back on the CPU, also the statistics passes that stop early
+    for block, m in moves.items():
+        visits = [n for n, where in enumerate(m) if where == "device"]
+        assert visits and all(n + 1 < len(m) and m[n + 1] == "cpu" for n in visits), (block, m)
 
 
 def test_probe_keeps_dense_reference(engine):

@@ -78,10 +78,17 @@ def block0_inputs(model: torch.nn.Module, ids: torch.Tensor, device: torch.devic
     return hidden, kwargs
 
 
+class _StatsDone(Exception):
+    """Raised once the last linear's input is seen: a statistics-only pass needs nothing after it."""
+
+
 def _run_block(block: torch.nn.Module, hidden: list[torch.Tensor], kwargs: list[dict], keep_outputs: bool) -> list[torch.Tensor]:
     outputs = []
     for h, kw in zip(hidden, kwargs):
-        out = block(h, **kw)
+        try:
+            out = block(h, **kw)
+        except _StatsDone:
+            continue
         if keep_outputs:
             outputs.append(out[0] if isinstance(out, tuple) else out)
     return outputs
@@ -103,16 +110,18 @@ def symmetric_from_upper(hessian: torch.Tensor) -> torch.Tensor:
     return hessian.triu() + hessian.triu(1).T
 
 
-def _stats_hooks(block: torch.nn.Module, hessian: bool) -> tuple[dict, list]:
-    """Forward hooks that accumulate per-group input statistics on the block's group leaders."""
+def _stats_hooks(block: torch.nn.Module, hessian: bool, stop_at_last: bool) -> tuple[dict, list]:
+    """Forward pre-hooks that accumulate per-group input statistics on the block's group leaders. With
+    `stop_at_last` the last leader's hook ends the block's forward (raises `_StatsDone`) once it has
+    its input, which saves down_proj's product and everything after it."""
     acc: dict[str, dict] = {}
     handles = []
-    for group in INPUT_GROUPS:
+    for n, group in enumerate(INPUT_GROUPS):
         leader = group[0]
         module = block.get_submodule(LINEAR_PATHS[leader])
         acc[leader] = {"sq_norm": None, "hessian": None, "tokens": 0}
 
-        def hook(mod, args, output, slot=acc[leader]):
+        def hook(mod, args, slot=acc[leader], stop=stop_at_last and n == len(INPUT_GROUPS) - 1):
             x = args[0].detach().reshape(-1, args[0].shape[-1]).to(torch.float32)
             if hessian:  # the squared norms are its diagonal
                 if slot["hessian"] is None:
@@ -122,8 +131,10 @@ def _stats_hooks(block: torch.nn.Module, hessian: bool) -> tuple[dict, list]:
                 sq = x.pow(2).sum(0)
                 slot["sq_norm"] = sq if slot["sq_norm"] is None else slot["sq_norm"].add_(sq)
             slot["tokens"] += x.shape[0]
+            if stop:
+                raise _StatsDone()
 
-        handles.append(module.register_forward_hook(hook))
+        handles.append(module.register_forward_pre_hook(hook))
     return acc, handles
 
 
@@ -162,7 +173,7 @@ def capture(
                 progress(f"calibrating block {i}/{len(layers)}", i / len(layers))
             if before_block is not None:
                 before_block(i)
-            acc, handles = _stats_hooks(block, hessian)
+            acc, handles = _stats_hooks(block, hessian, stop_at_last=(mode != ONE_PASS))
             try:
                 outputs = _run_block(block, hidden, kwargs, keep_outputs=(mode == ONE_PASS))
             finally:

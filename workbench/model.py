@@ -257,7 +257,9 @@ def attach_offload(model: torch.nn.Module, device: torch.device) -> None:
     for block in layers:
         block.to("cpu")
         block.register_forward_pre_hook(lambda module, args: module.to(device) and None)
-        block.register_forward_hook(lambda module, args, output: module.to("cpu") and None)
+        # always_call: back to the CPU even when the forward stops early (a statistics-only pass ends
+        # at the last linear's input by raising)
+        block.register_forward_hook(lambda module, args, output: module.to("cpu") and None, always_call=True)
 
 
 def blocks_of(model: torch.nn.Module) -> torch.nn.ModuleList:
