@@ -79,42 +79,39 @@ class Plan:
 
 
 @dataclass
-class LinearState:
-    """One linear as plain data. |W| statistics are of the dense weight; `None` means not measured."""
+class WeightStatistics:
+    """What a linear and a block report alike. |W| statistics are of the dense weight; `None` means
+    not measured."""
+
+    numel: int
+    target: float
+    achieved: float
+    w_mean_abs: float
+    w_std: float
+    w_max_abs: float
+    kurtosis: float
+    outlier_ratio: float | None
+    act_norm: float | None
+    recon_error: float | None
+
+
+@dataclass
+class LinearState(WeightStatistics):
+    """One linear as plain data."""
 
     name: str
     block: int
     kind: str
     shape: tuple[int, int]
-    numel: int
-    target: float
-    achieved: float
     method: str | None
-    w_mean_abs: float
-    w_std: float
-    w_max_abs: float
-    kurtosis: float
-    outlier_ratio: float | None
-    act_norm: float | None
     act_norm_max: float | None
-    recon_error: float | None
 
 
 @dataclass
-class BlockState:
+class BlockState(WeightStatistics):
     """One block: pooled statistics of its seven linears."""
 
     index: int
-    numel: int
-    target: float
-    achieved: float
-    w_mean_abs: float
-    w_std: float
-    w_max_abs: float
-    kurtosis: float
-    outlier_ratio: float | None
-    act_norm: float | None
-    recon_error: float | None
     linears: list[LinearState]
 
 

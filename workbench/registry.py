@@ -38,6 +38,10 @@ class Registry(Generic[T]):
 
         return decorate
 
+    def add(self, entry: T) -> T:
+        """Register an entry that carries its own `name` (a method, an allocator)."""
+        return self.register(entry.name)(entry)
+
     def _discover(self) -> None:
         if self._discovered:
             return

@@ -1,5 +1,5 @@
 """Allocators decide how much to prune in each block. Each is one module here registering an
-`Allocator` with `@ALLOCATORS.register(name)`.
+`Allocator` with `ALLOCATORS.add(Allocator(...))`.
 
 An allocator returns one target sparsity per block whose parameter-weighted mean is the global target,
 each in [0, MAX_SPARSITY]. Manual per-block and per-linear overrides are applied on top by the engine.
@@ -38,12 +38,6 @@ class Allocator:
 
 
 ALLOCATORS: Registry[Allocator] = Registry("allocator", __name__)
-
-
-def register(allocator: Allocator) -> Allocator:
-    """Register an allocator under its name."""
-    ALLOCATORS.register(allocator.name)(allocator)
-    return allocator
 
 
 def rebalance(targets: list[float], numels: list[int], sparsity: float, high: float = MAX_SPARSITY) -> list[float]:

@@ -9,7 +9,7 @@ outlier-heavy block sits near S - 2 * lambda. A final rebalance makes the parame
 S (it only matters when blocks differ in size or a target is clipped to [0, 0.99]).
 """
 
-from workbench.allocators import AllocationContext, Allocator, rebalance, register
+from workbench.allocators import AllocationContext, Allocator, rebalance, ALLOCATORS
 from workbench.errors import WorkbenchError
 
 
@@ -30,5 +30,5 @@ def allocate_owl(ctx: AllocationContext, sparsity: float, M: float = 5.0, **para
     return rebalance(targets, ctx.block_numels, sparsity)
 
 
-register(Allocator("owl", allocate_owl, defaults={"M": 5.0, "lambda": 0.08},
+ALLOCATORS.add(Allocator("owl", allocate_owl, defaults={"M": 5.0, "lambda": 0.08},
                    description="outlier-weighted: more outliers, less pruning, within S +- lambda"))

@@ -1,6 +1,6 @@
 """Uniform allocation: every block gets the global target."""
 
-from workbench.allocators import AllocationContext, Allocator, register
+from workbench.allocators import AllocationContext, Allocator, ALLOCATORS
 
 
 def allocate_uniform(ctx: AllocationContext, sparsity: float) -> list[float]:
@@ -8,4 +8,4 @@ def allocate_uniform(ctx: AllocationContext, sparsity: float) -> list[float]:
     return [sparsity] * len(ctx.block_numels)
 
 
-register(Allocator("uniform", allocate_uniform, defaults={}, description="the same sparsity in every block"))
+ALLOCATORS.add(Allocator("uniform", allocate_uniform, defaults={}, description="the same sparsity in every block"))

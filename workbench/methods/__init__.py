@@ -1,4 +1,4 @@
-"""Pruning methods. Each is one module here that registers a `Method` with `@METHODS.register(name)`.
+"""Pruning methods. Each is one module here that registers a `Method` with `METHODS.add(Method(...))`.
 
 A method maps one dense weight `W (out, in)` plus its calibration statistics to a pruned copy, for a
 target sparsity (unstructured) or an N:M pattern. Methods are pure: same inputs, same output, so the
@@ -73,12 +73,6 @@ class Method:
 
 
 METHODS: Registry[Method] = Registry("method", __name__)
-
-
-def register(method: Method) -> Method:
-    """Register a method under its name."""
-    METHODS.register(method.name)(method)
-    return method
 
 
 def prune_count(numel: int, sparsity: float) -> int:

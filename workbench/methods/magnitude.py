@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from workbench.errors import WorkbenchError
-from workbench.methods import LinearStats, Method, Pattern, apply_mask, lowest_mask, lowest_mask_matrix, nm_mask, register
+from workbench.methods import LinearStats, Method, Pattern, apply_mask, lowest_mask, lowest_mask_matrix, nm_mask, METHODS
 
 
 def prune_magnitude(weight: torch.Tensor, stats: LinearStats | None, sparsity: float, pattern: Pattern | None, scope: str = "row") -> torch.Tensor:
@@ -22,5 +22,5 @@ def prune_magnitude(weight: torch.Tensor, stats: LinearStats | None, sparsity: f
     raise WorkbenchError("method_params.scope", f"unknown scope {scope!r} for magnitude (use row or matrix)")
 
 
-register(Method("magnitude", prune_magnitude, needs_hessian=False, defaults={"scope": "row"},
+METHODS.add(Method("magnitude", prune_magnitude, needs_hessian=False, defaults={"scope": "row"},
                 description="|W|, per-row threshold (scope=matrix: one threshold per matrix)"))

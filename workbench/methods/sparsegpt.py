@@ -14,7 +14,7 @@ import weakref
 
 import torch
 
-from workbench.methods import LinearStats, Method, Pattern, prune_count, register
+from workbench.methods import LinearStats, Method, Pattern, prune_count, METHODS
 
 
 SUB_BLOCK = 32  # columns updated one by one before their errors reach the rest of the block at once
@@ -99,5 +99,5 @@ def prune_sparsegpt(
     return Wt.t().to(weight.dtype).contiguous()
 
 
-register(Method("sparsegpt", prune_sparsegpt, needs_hessian=True, defaults={"blocksize": 128, "percdamp": 0.01},
+METHODS.add(Method("sparsegpt", prune_sparsegpt, needs_hessian=True, defaults={"blocksize": 128, "percdamp": 0.01},
                 description="OBS update with damped Hessian inverse, adaptive mask per 128-column block"))

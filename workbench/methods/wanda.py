@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from workbench.methods import LinearStats, Method, Pattern, apply_mask, lowest_mask, nm_mask, register
+from workbench.methods import LinearStats, Method, Pattern, apply_mask, lowest_mask, nm_mask, METHODS
 
 
 def wanda_scores(weight: torch.Tensor, stats: LinearStats) -> torch.Tensor:
@@ -21,5 +21,5 @@ def prune_wanda(weight: torch.Tensor, stats: LinearStats, sparsity: float, patte
     return apply_mask(weight, mask)
 
 
-register(Method("wanda", prune_wanda, needs_hessian=False, defaults={},
+METHODS.add(Method("wanda", prune_wanda, needs_hessian=False, defaults={},
                 description="|W| * ||X||_2, per output row"))
