@@ -83,3 +83,14 @@ def test_invalid_session_exit_2_and_nothing_written(tmp_path):
     result = run("replay", str(bad))
     assert result.returncode == 2 and result.stderr.strip() == f"workbench: error: {bad}: plan.sparsity: sparsity must be in [0, 1), got 2"
     assert [p.name for p in tmp_path.iterdir()] == ["bad.toml"]
+
+
+def test_app_starts_without_importing_torch():
+    """The first frame must not wait for torch (seconds on a small machine): `workbench tui` parses
+    its options and imports the app without it; the model loads in the app's worker."""
+    code = ("import sys\nfrom workbench import cli\nimport workbench.tui.app\n"
+            "try:\n    cli.main(['tui', '--help'])\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "usage: workbench tui" in result.stdout

@@ -214,6 +214,13 @@ def cmd_bench(args) -> int:
     return run_bench(args)
 
 
+def _add_tui_args(p: argparse.ArgumentParser) -> None:
+    _add_model_args(p)
+    p.add_argument("--session", help="open this session file")
+    p.add_argument("--theme", help="dark, light, mono, or any theme in themes/")
+    p.set_defaults(func=cmd_tui)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `workbench` command."""
     from workbench.allocators import ALLOCATORS
@@ -223,11 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workbench", description="A terminal workbench for pruning LLMs.")
     sub = parser.add_subparsers(dest="command")
 
-    p = sub.add_parser("tui", help="open the app (the default without arguments)")
-    _add_model_args(p)
-    p.add_argument("--session", help="open this session file")
-    p.add_argument("--theme", help="dark, light, mono, or any theme in themes/")
-    p.set_defaults(func=cmd_tui)
+    _add_tui_args(sub.add_parser("tui", help="open the app (the default without arguments)"))
 
     p = sub.add_parser("stats", help="per-block weight, outlier and activation statistics")
     _add_model_args(p)
@@ -277,13 +280,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `workbench` console script."""
     argv = sys.argv[1:] if argv is None else argv
-    if not argv:
-        argv = ["tui"]
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return EXIT_USAGE
+    if not argv or argv[0] == "tui":
+        # The app's first frame must not wait for torch, which the full parser imports (through the
+        # method and allocator registries): parse the app's options alone.
+        parser = argparse.ArgumentParser(prog="workbench tui", description="Open the app.")
+        _add_tui_args(parser)
+        args = parser.parse_args(argv[1:])
+    else:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return EXIT_USAGE
     try:
         return args.func(args)
     except WorkbenchError as exc:
