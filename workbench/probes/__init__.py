@@ -8,6 +8,7 @@ A probe is deterministic (fixed items or seeded generators, greedy decoding) and
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import Callable, ClassVar
 
@@ -62,7 +63,7 @@ class ProbeContext:
             raise Cancelled()
 
 
-class Probe:
+class Probe(ABC):
     """Base class: subclasses set the class attributes and implement `measure`."""
 
     name: ClassVar[str]
@@ -71,9 +72,9 @@ class Probe:
     tolerance: ClassVar[float]
     floor: ClassVar[float] = 0.0
 
+    @abstractmethod
     def measure(self, ctx: ProbeContext, size: str) -> tuple[float, int, dict]:
         """Return (score, number of items, details)."""
-        raise NotImplementedError
 
     def run(self, ctx: ProbeContext, size: str = "quick") -> ProbeResult:
         """Measure under no_grad and wrap the outcome with its timing."""
