@@ -22,10 +22,10 @@ import sys, torch
 from pathlib import Path
 torch.set_num_threads(1)
 from tests.conftest import make_engine
-from workbench.tui.app import WorkbenchApp
+from workbench.tui.app import WorkbenchApp, end_process
 app = WorkbenchApp(engine_factory=lambda **_: make_engine(), recovery_path=Path(sys.argv[1]))
 app.run()
-sys.exit(app.return_code or 0)
+end_process(app)
 """
 
 
@@ -74,3 +74,40 @@ def test_hangup_exits_cleanly_and_keeps_the_last_edit(tmp_path):
     assert os.WIFEXITED(status), f"killed by signal {os.WTERMSIG(status)}"
     assert os.WEXITSTATUS(status) == 129
     assert load_session(recovery).plan.block_overrides == {0: pytest.approx(0.51)}
+
+
+SLOW_LOAD = """
+import sys, time
+from pathlib import Path
+from workbench.tui.app import WorkbenchApp, end_process
+app = WorkbenchApp(engine_factory=lambda **_: time.sleep(3), recovery_path=Path(sys.argv[1]))
+app.run()
+end_process(app)
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
+def test_quit_then_hangup_during_a_load_ends_the_process(tmp_path):
+    """Quit while the model loads (a thread worker, here three seconds), then the terminal goes away:
+    the process must end once the load is done (it used to stay alive, its input thread spinning)."""
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.chdir(ROOT)
+        env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "80", "LINES": "24"}
+        os.execvpe(sys.executable, [sys.executable, "-c", SLOW_LOAD, str(tmp_path / "recovery.toml")], env)
+    try:
+        assert b"loading" in _read_until(fd, b"loading", 30)
+        os.write(fd, b"q")
+        _read_until(fd, b"\x00", 0.5)
+    finally:
+        os.close(fd)
+    end = time.monotonic() + 20
+    while time.monotonic() < end:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the app outlived quit and hangup during a load")

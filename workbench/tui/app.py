@@ -10,13 +10,14 @@ before the next one starts.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 import threading
 import time
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NoReturn
 
 from textual import work
 from textual.app import App, ComposeResult, SystemCommand
@@ -814,18 +815,31 @@ class WorkbenchApp(App):
 
 
 def run_app(model: str = "embedded", session: str | None = None, theme: str | None = None, device: str = "auto",
-            dtype: str = "auto") -> int:
-    """Run the app in this terminal; the exit status (129 after SIGHUP)."""
+            dtype: str = "auto") -> NoReturn:
+    """Run the app in this terminal, then end the process (status 129 after SIGHUP)."""
     specs, _ = load_themes()
     names = [s.name for s in specs]
     if theme is not None and theme not in names:
         raise WorkbenchError("--theme", f"unknown theme {theme!r} (known: {', '.join(names)})")
     app = WorkbenchApp(model=model or "embedded", session=session, theme=theme, device=device, dtype=dtype)
     app.run()
-    if app.dirty and app.recovery_path.exists():
-        print(f"workbench: unsaved edits are kept in {app.recovery_path}; the next start offers to restore them",
-              file=sys.stderr)
-    return app.return_code or 0
+    end_process(app)
+
+
+def end_process(app: WorkbenchApp) -> NoReturn:
+    """After the app has closed: say where unsaved edits are, then end the process at once. Textual's
+    input thread can outlive a terminal that hung up (quit during a model load, then SIGHUP, left it
+    spinning forever); every file the app writes is replaced atomically, so nothing is lost by not
+    waiting for other threads."""
+    try:  # after a hangup the terminal is gone and writing to it fails
+        if app.dirty and app.recovery_path.exists():
+            print(f"workbench: unsaved edits are kept in {app.recovery_path}; the next start offers to restore them",
+                  file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:
+        pass
+    os._exit(app.return_code or 0)
 
 
 if __name__ == "__main__":
