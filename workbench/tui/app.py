@@ -822,7 +822,16 @@ def run_app(model: str = "embedded", session: str | None = None, theme: str | No
     if theme is not None and theme not in names:
         raise WorkbenchError("--theme", f"unknown theme {theme!r} (known: {', '.join(names)})")
     app = WorkbenchApp(model=model or "embedded", session=session, theme=theme, device=device, dtype=dtype)
-    app.run()
+    run_in_terminal(app)
+
+
+def run_in_terminal(app: WorkbenchApp) -> NoReturn:
+    """Run `app` until it closes, then end the process. The app runs on its own event loop because
+    `asyncio.run` (what `App.run` uses by default) joins the worker threads on the way out: a quit
+    during a model load would wait for the load to finish."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    app.run(loop=loop)
     end_process(app)
 
 
