@@ -229,3 +229,21 @@ def test_upper_gram_completes_to_x_transpose_x(d):
         add_upper_gram(hessian, x)
     expected = sum(x.T @ x for x in xs)
     assert torch.allclose(symmetric_from_upper(hessian), expected, rtol=1e-4, atol=1e-3)
+
+
+def test_sparsegpt_prunes_linears_of_one_input_together_with_their_own_targets(engine):
+    k = "layers.0.self_attn.k_proj"
+    engine.prune(Plan(method="sparsegpt", sparsity=0.5, linear_overrides={k: 0.8}))
+    achieved = {x.name: x.achieved for b in engine.state().blocks for x in b.linears}
+    assert achieved[k] == pytest.approx(0.8, abs=1e-3)
+    assert achieved["layers.0.self_attn.q_proj"] == pytest.approx(0.5, abs=1e-3)
+    old = weights(engine)
+    calls = iter(range(100))
+    with pytest.raises(Cancelled):  # cancel between groups: every linear old or new, none half
+        engine.apply(Plan(method="sparsegpt", sparsity=0.7), cancel=lambda: next(calls) >= 2)
+    fresh = make_engine()
+    fresh.prune(Plan(method="sparsegpt", sparsity=0.5, linear_overrides={k: 0.8}))
+    fresh.apply(Plan(method="sparsegpt", sparsity=0.7))
+    new, now = weights(fresh), weights(engine)
+    kinds = ["old" if torch.equal(now[n], old[n]) else "new" if torch.equal(now[n], new[n]) else "half" for n in now]
+    assert kinds.count("half") == 0 and kinds[:4] == ["new", "new", "new", "new"] and kinds.count("new") == 4

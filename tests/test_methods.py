@@ -121,3 +121,23 @@ def test_inverse_hessian_factor_is_the_upper_cholesky_factor_of_the_damped_inver
     assert dead.nonzero().flatten().tolist() == [7]
     assert torch.equal(factor, factor.triu())
     assert torch.allclose(factor.double().T @ factor.double(), torch.linalg.inv(damped), rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("pattern", [None, "2:4"])
+def test_sparsegpt_group_gives_each_linear_what_pruning_it_alone_gives(pattern):
+    from workbench.methods import LinearStats, parse_pattern
+    from workbench.methods.sparsegpt import prune_sparsegpt, prune_sparsegpt_group
+
+    torch.manual_seed(1)
+    x = torch.randn(512, 160) * torch.rand(160)
+    stats = LinearStats(sq_norm=x.pow(2).sum(0), tokens=512, hessian=x.T @ x)
+    weights = [torch.randn(48, 160), torch.randn(16, 160), torch.randn(16, 160)]
+    sparsities = [0.5, 0.3, 0.7]
+    nm = parse_pattern(pattern) if pattern else None
+    together = prune_sparsegpt_group(weights, stats, sparsities, nm, blocksize=64)
+    for w, s, got in zip(weights, sparsities, together):
+        alone = prune_sparsegpt(w, stats, s, nm, blocksize=64)
+        assert torch.equal(got == 0, alone == 0)
+        assert torch.allclose(got, alone, atol=1e-5)
+        if nm is None:
+            assert int((got == 0).sum()) == round(w.numel() * s)

@@ -14,6 +14,7 @@ session (calibration spec + the plan of the last full prune + the current plan) 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import tempfile
@@ -49,6 +50,14 @@ Progress = Callable[[str, float], None]
 Cancel = Callable[[], bool]
 
 _LEADER = {kind: group[0] for group in INPUT_GROUPS for kind in group}
+
+
+def _prune_units(refs: list[LinearRef], method: Method) -> list[list[LinearRef]]:
+    """What is pruned (and cancellable) as one: for a method with `prune_group`, the consecutive linears
+    of `refs` that read the same input (same block, same group leader); otherwise one linear each."""
+    if method.prune_group is None:
+        return [[r] for r in refs]
+    return [list(g) for _, g in itertools.groupby(refs, key=lambda r: (r.block, _LEADER[r.kind]))]
 
 
 @dataclass
@@ -355,18 +364,29 @@ class Engine:
     def _prune_linear(self, ref: LinearRef, stats: LinearStats | None, method: Method, params: dict,
                       target: float, pattern: Pattern | None) -> None:
         """Re-prune one linear from its dense weight and record what it now holds."""
-        dense = self._dense[ref.name].to(self.loaded.device, torch.float32)
-        if pattern is None and target == 0:
-            pruned = dense
+        self._prune_group([ref], stats, method, params, {ref.name: target}, pattern)
+
+    def _prune_group(self, refs: list[LinearRef], stats: LinearStats | None, method: Method, params: dict,
+                     targets: dict[str, float], pattern: Pattern | None) -> None:
+        """Re-prune linears that read the same input (`stats`) from their dense weights, in one pass when
+        the method can (SparseGPT: one column loop for q, k and v), and record what each now holds."""
+        denses = [self._dense[r.name].to(self.loaded.device, torch.float32) for r in refs]
+        pruned = list(denses)
+        todo = [n for n, r in enumerate(refs) if pattern is not None or targets[r.name] > 0]
+        if len(todo) > 1 and method.prune_group is not None:
+            out = method.prune_group([denses[n] for n in todo], stats, [targets[refs[n].name] for n in todo], pattern, **params)
         else:
-            pruned = method.prune(dense, stats, target, pattern, **params)
-        self._put(ref, pruned)
-        self._assigned[ref.name] = self._assignment(method, params, target, pattern)
-        self._achieved[ref.name] = (pruned == 0).sum().item() / ref.numel
-        if stats is not None and stats.hessian is not None:
-            self._recon[ref.name] = reconstruction_terms(dense, pruned, stats.hessian)
-        else:
-            self._recon.pop(ref.name, None)
+            out = [method.prune(denses[n], stats, targets[refs[n].name], pattern, **params) for n in todo]
+        for n, weight in zip(todo, out):
+            pruned[n] = weight
+        for ref, dense, weight in zip(refs, denses, pruned):
+            self._put(ref, weight)
+            self._assigned[ref.name] = self._assignment(method, params, targets[ref.name], pattern)
+            self._achieved[ref.name] = (weight == 0).sum().item() / ref.numel
+            if stats is not None and stats.hessian is not None:
+                self._recon[ref.name] = reconstruction_terms(dense, weight, stats.hessian)
+            else:
+                self._recon.pop(ref.name, None)
 
     def _restore(self, names, stats: list[BlockStats] | None, assigned: dict[str, _Assignment]) -> None:
         """Put linears back to a recorded state (assignment + statistics), or dense if they had none."""
@@ -403,11 +423,11 @@ class Engine:
                         self._put(ref, self._dense[ref.name])
 
             def prune_block(i: int, block_stats: BlockStats) -> None:
-                for ref in self.linears[i]:
+                for group in _prune_units(self.linears[i], method):
                     if cancel is not None and cancel():
                         raise Cancelled()
-                    touched.append(ref.name)
-                    self._prune_linear(ref, self._stats_for(ref, block_stats), method, params, targets[ref.name], pattern)
+                    touched.extend(r.name for r in group)
+                    self._prune_group(group, self._stats_for(group[0], block_stats), method, params, targets, pattern)
                 self._spill_hessians(block_stats)
 
             try:
@@ -447,12 +467,14 @@ class Engine:
             targets = self.allocate(plan)
             todo = [ref for ref in self.refs.values()
                     if self._assigned.get(ref.name) != self._assignment(method, params, targets[ref.name], pattern)]
-            for n, ref in enumerate(todo):
+            done = 0
+            for group in _prune_units(todo, method):
                 if cancel is not None and cancel():
                     raise Cancelled()
                 if progress:
-                    progress(f"pruning {ref.name}", n / len(todo))
-                self._prune_linear(ref, self._stats_for(ref, self._stats[ref.block]), method, params, targets[ref.name], pattern)
+                    progress(f"pruning {', '.join(r.name for r in group)}", done / len(todo))
+                self._prune_group(group, self._stats_for(group[0], self._stats[group[0].block]), method, params, targets, pattern)
+                done += len(group)
             if todo:
                 release_freed_memory()
             if progress:

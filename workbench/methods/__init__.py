@@ -66,6 +66,9 @@ class Method:
     needs_hessian: bool
     defaults: dict
     description: str
+    # optional: prune several linears that read the same input in one pass,
+    # `prune_group(weights, stats, sparsities, pattern, **params) -> pruned weights`, same results as `prune`
+    prune_group: Callable[..., list[torch.Tensor]] | None = None
 
     def params(self, given: dict, where: str = "method_params") -> dict:
         """`given` completed with defaults; unknown keys are refused."""

@@ -52,13 +52,29 @@ def prune_sparsegpt(
     percdamp: float = 0.01,
 ) -> torch.Tensor:
     """Prune `weight` (out, in) with the OBS update; returns the updated, pruned copy."""
-    Hinv, dead = inverse_hessian_factor(stats.hessian, weight.device, percdamp)
+    return prune_sparsegpt_group([weight], stats, [sparsity], pattern, blocksize, percdamp)[0]
+
+
+def prune_sparsegpt_group(
+    weights: list[torch.Tensor],
+    stats: LinearStats,
+    sparsities: list[float],
+    pattern: Pattern | None,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+) -> list[torch.Tensor]:
+    """Prune linears that share one input (and so one Hessian) in one column loop: the OBS update of a
+    row depends only on that row and H^-1, so stacking rows gives each linear exactly what pruning it
+    alone gives (its mask is still chosen within its own rows, with its own count)."""
+    Hinv, dead = inverse_hessian_factor(stats.hessian, weights[0].device, percdamp)
     # Work on the transpose (in, out): a column of W is a contiguous row here, so the per-column
     # updates below stream through memory instead of striding across it.
-    Wt = weight.to(torch.float32).t().contiguous()
+    Wt = torch.cat([w.to(torch.float32).t() for w in weights], dim=1)
     Wt[dead] = 0
-    cols, rows = Wt.shape
-    total = rows * cols
+    cols = Wt.shape[0]
+    edges = [0]
+    for w in weights:
+        edges.append(edges[-1] + w.shape[0])
     # An N:M group must see every update from the columns before it: sub-blocks hold whole groups.
     sub = SUB_BLOCK if pattern is None else -(-SUB_BLOCK // pattern.m) * pattern.m
     for i1 in range(0, cols, blocksize):
@@ -66,15 +82,16 @@ def prune_sparsegpt(
         W1 = Wt[i1:i2]  # a view: updated in place
         Hinv1 = Hinv[i1:i2, i1:i2]
         d = torch.diag(Hinv1)
+        mask1 = torch.zeros_like(W1, dtype=torch.bool)
         if pattern is None:
-            k = prune_count(total, sparsity * i2 / cols) - prune_count(total, sparsity * i1 / cols)
-            mask1 = torch.zeros(W1.numel(), dtype=torch.bool, device=Wt.device)
-            if k > 0:
-                scores = (W1 ** 2 / d.unsqueeze(1) ** 2).flatten()
-                mask1[torch.topk(scores, k, largest=False, sorted=False).indices] = True
-            mask1 = mask1.view_as(W1)
-        else:
-            mask1 = torch.zeros_like(W1, dtype=torch.bool)
+            scores = W1 ** 2 / d.unsqueeze(1) ** 2
+            for a, b, sparsity in zip(edges, edges[1:], sparsities):
+                total = (b - a) * cols
+                k = prune_count(total, sparsity * i2 / cols) - prune_count(total, sparsity * i1 / cols)
+                if k > 0:
+                    own = torch.zeros((i2 - i1) * (b - a), dtype=torch.bool, device=Wt.device)
+                    own[torch.topk(scores[:, a:b].flatten(), k, largest=False, sorted=False).indices] = True
+                    mask1[:, a:b] = own.view(i2 - i1, b - a)
         # err_i = (w_i - q_i) / d_i, with q_i = w_i where kept and 0 where pruned: w_i * (mask / d)
         gain = mask1 / d.unsqueeze(1)
         Err1 = torch.zeros_like(W1)
@@ -96,8 +113,9 @@ def prune_sparsegpt(
                 W1[j2:].sub_(Hinv1[j1:j2, j2:].t() @ Err1[j1:j2])
         W1.masked_fill_(mask1, 0)
         Wt[i2:].sub_(Hinv[i1:i2, i2:].t() @ Err1)
-    return Wt.t().to(weight.dtype).contiguous()
+    return [Wt[:, a:b].t().to(w.dtype).contiguous() for a, b, w in zip(edges, edges[1:], weights)]
 
 
 METHODS.add(Method("sparsegpt", prune_sparsegpt, needs_hessian=True, defaults={"blocksize": 128, "percdamp": 0.01},
-                description="OBS update with damped Hessian inverse, adaptive mask per 128-column block"))
+                   prune_group=prune_sparsegpt_group,
+                   description="OBS update with damped Hessian inverse, adaptive mask per 128-column block"))
