@@ -141,3 +141,14 @@ def test_sparsegpt_group_gives_each_linear_what_pruning_it_alone_gives(pattern):
         assert torch.allclose(got, alone, atol=1e-5)
         if nm is None:
             assert int((got == 0).sum()) == round(w.numel() * s)
+
+
+@pytest.mark.parametrize("n", [7, 128, 300])
+def test_upper_triangular_inverse(n):
+    from workbench.methods.sparsegpt import upper_triangular_inverse
+
+    torch.manual_seed(n)
+    R = torch.randn(n, n, dtype=torch.float64).triu() + n * torch.eye(n, dtype=torch.float64)
+    inverse = upper_triangular_inverse(R, leaf=32)
+    assert torch.equal(inverse, inverse.triu())
+    assert torch.allclose(inverse @ R, torch.eye(n, dtype=torch.float64), atol=1e-10)

@@ -38,9 +38,23 @@ def inverse_hessian_factor(hessian: torch.Tensor, device: torch.device, percdamp
     # then H^-1 = R^-T R^-1, so the upper factor of H^-1 is R^-1: one factorization and one triangular
     # inverse instead of SparseGPT's cholesky, cholesky_inverse, cholesky (the same factor, half the work).
     R = torch.linalg.cholesky(H.flip(0, 1)).flip(0, 1)
-    factor = torch.linalg.solve_triangular(R, torch.eye(len(R), device=R.device), upper=True)
+    factor = upper_triangular_inverse(R)
     _last_factor = (weakref.ref(hessian), percdamp, device, factor, dead)
     return factor, dead
+
+
+def upper_triangular_inverse(R: torch.Tensor, leaf: int = 128) -> torch.Tensor:
+    """R^-1 for an upper-triangular R, by halves: [[A, B], [0, C]]^-1 = [[A^-1, -A^-1 B C^-1], [0, C^-1]].
+    The products run as matrix multiplies, a third of the work of solving against the identity."""
+    n = R.shape[0]
+    if n <= leaf:
+        return torch.linalg.solve_triangular(R, torch.eye(n, dtype=R.dtype, device=R.device), upper=True)
+    h = n // 2
+    A_inv, C_inv = upper_triangular_inverse(R[:h, :h], leaf), upper_triangular_inverse(R[h:, h:], leaf)
+    out = torch.zeros_like(R)
+    out[:h, :h], out[h:, h:] = A_inv, C_inv
+    out[:h, h:] = -(A_inv @ R[:h, h:]) @ C_inv
+    return out
 
 
 def prune_sparsegpt(
