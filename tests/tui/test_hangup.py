@@ -41,6 +41,19 @@ def _read_until(fd: int, needle: bytes, timeout: float) -> bytes:
     return seen
 
 
+def _wait_exit(pid: int, seconds: float, failure: str) -> int:
+    """The child's wait status once it exits; kill it and fail with `failure` after `seconds`."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail(failure)
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
 def test_hangup_exits_cleanly_and_keeps_the_last_edit(tmp_path):
     recovery = tmp_path / "recovery.toml"
@@ -59,17 +72,7 @@ def test_hangup_exits_cleanly_and_keeps_the_last_edit(tmp_path):
             _read_until(fd, b"\x00", 0.2)
     finally:
         os.close(fd)  # the terminal goes away: SIGHUP to the app
-    end = time.monotonic() + 30
-    status = None
-    while time.monotonic() < end:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        time.sleep(0.1)
-    else:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        pytest.fail("the app did not exit after SIGHUP")
+    status = _wait_exit(pid, 30, "the app did not exit after SIGHUP")
     assert os.WIFEXITED(status), f"killed by signal {os.WTERMSIG(status)}"
     assert os.WEXITSTATUS(status) == 129
     assert load_session(recovery).plan.block_overrides == {0: pytest.approx(0.51)}
@@ -100,13 +103,4 @@ def test_quit_during_a_load_ends_the_process_at_once(tmp_path):
         _read_until(fd, b"\x00", 0.5)
     finally:
         os.close(fd)
-    end = time.monotonic() + 10
-    while time.monotonic() < end:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        time.sleep(0.1)
-    else:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        pytest.fail("the app outlived quit and hangup during a load by 10 s")
+    _wait_exit(pid, 10, "the app outlived quit and hangup during a load by 10 s")
