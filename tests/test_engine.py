@@ -220,6 +220,17 @@ def test_probe_keeps_dense_reference(engine):
     assert all(torch.equal(w, before[n]) for n, w in weights(engine).items())
 
 
+def test_dense_copies_are_never_written(engine):
+    """Module weights are rebound, never written in place: they may share storage with the dense copies."""
+    snapshot = {n: (w.clone(), w._version) for n, w in engine._dense.items()}
+    engine.prune(Plan(method="sparsegpt", sparsity=0.5))
+    engine.apply(Plan(method="wanda", allocator="owl", sparsity=0.6))
+    engine.probe(["perplexity"])
+    engine.restore_dense()
+    assert all(torch.equal(w, snapshot[n][0]) and w._version == snapshot[n][1] for n, w in engine._dense.items())
+    assert all(torch.equal(ref.module.weight, engine._dense[n]) for n, ref in engine.refs.items())
+
+
 @pytest.mark.parametrize("d", [5, 300, 700])
 def test_upper_gram_completes_to_x_transpose_x(d):
     torch.manual_seed(d)

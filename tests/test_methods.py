@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from workbench.errors import WorkbenchError
-from workbench.methods import METHODS, LinearStats, Pattern, parse_pattern
+from workbench.methods import METHODS, LinearStats, Pattern, lowest_k, parse_pattern
 from workbench.stats import reconstruction_terms, relative_error
 
 
@@ -152,3 +152,18 @@ def test_upper_triangular_inverse(n):
     inverse = upper_triangular_inverse(R, leaf=32)
     assert torch.equal(inverse, inverse.triu())
     assert torch.allclose(inverse @ R, torch.eye(n, dtype=torch.float64), atol=1e-10)
+
+
+@pytest.mark.parametrize("n,k", [(10, 0), (10, 10), (1000, 1), (200_000, 100_000), (200_000, 3)])
+def test_lowest_k_selects_the_k_lowest(n, k):
+    torch.manual_seed(n + k)
+    values = torch.randn(n)
+    mask = lowest_k(values, k)
+    assert mask.sum().item() == k
+    if 0 < k < n:
+        assert values[mask].max() < values[~mask].min()
+
+
+def test_lowest_k_breaks_ties_at_the_kth_value_by_index():
+    values = torch.tensor([3.0, 1.0, 2.0, 1.0, 2.0, 2.0, 0.0])
+    assert lowest_k(values, 4).tolist() == [False, True, True, True, False, False, True]

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
+from torch.utils.serialization import config as serialization_config
 
 from workbench.allocators import ALLOCATORS, MAX_SPARSITY, AllocationContext
 from workbench.capture import MODES, ONE_PASS, SEQUENTIAL, BlockStats, capture, release_freed_memory
@@ -174,7 +175,8 @@ class Engine:
             raise WorkbenchError("calibration.mode", f"unknown mode {self.calibration.mode!r} (use {', '.join(MODES)})")
         self.linears: list[list[LinearRef]] = find_linears(loaded.model)
         self.refs: dict[str, LinearRef] = {r.name: r for block in self.linears for r in block}
-        self._dense = {name: ref.module.weight.detach().to("cpu", copy=True) for name, ref in self.refs.items()}
+        # On the CPU these alias the module weights until a linear is first pruned (see `_put`).
+        self._dense = {name: ref.module.weight.detach().to("cpu") for name, ref in self.refs.items()}
         self._summaries: dict[str, WeightSummary] = {}
         self._stats: list[BlockStats] | None = None
         self._dense_stats: list[BlockStats] | None = None
@@ -288,7 +290,8 @@ class Engine:
             weakref.finalize(self, shutil.rmtree, self._spill_dir, True)
         self._spill_count += 1
         path = self._spill_dir / f"block-{self._spill_count}.pt"
-        torch.save({leader: s.hessian for leader, s in block_stats.items()}, path)
+        with serialization_config.patch({"save.compute_crc32": False}):  # a scratch file: no checksum (it doubled the write time)
+            torch.save({leader: s.hessian for leader, s in block_stats.items()}, path)
         for leader, s in list(block_stats.items()):
             block_stats[leader] = LinearStats(s.sq_norm, s.tokens)
         self._hessian_files[id(block_stats)] = (block_stats, path)
@@ -308,13 +311,13 @@ class Engine:
             def to_dense(i: int) -> None:
                 for ref in self.linears[i]:
                     if ref.name in self._assigned:
-                        stash[ref.name] = ref.module.weight.detach().clone()
-                        ref.module.weight.data.copy_(self._dense[ref.name])
+                        stash[ref.name] = ref.module.weight.data
+                        self._put(ref, self._dense[ref.name])
 
             def back(i: int, _stats) -> None:
                 for ref in self.linears[i]:
                     if ref.name in stash:
-                        ref.module.weight.data.copy_(stash.pop(ref.name))
+                        self._put(ref, stash.pop(ref.name))
 
             try:
                 self._dense_stats = capture(self.loaded.model, self.calibration_ids(), self.loaded.device, ONE_PASS,
@@ -322,7 +325,7 @@ class Engine:
                                             progress=progress, cancel=cancel)
             finally:
                 for name, weight in stash.items():
-                    self.refs[name].module.weight.data.copy_(weight)
+                    self._put(self.refs[name], weight)
         return self._dense_stats
 
     def calibrate(self, progress: Progress | None = None, cancel: Cancel | None = None) -> None:
@@ -359,7 +362,11 @@ class Engine:
 
     # ----- pruning ------------------------------------------------------------------------------
     def _put(self, ref: LinearRef, weight: torch.Tensor) -> None:
-        ref.module.weight.data.copy_(weight.to(ref.module.weight.dtype))
+        """Make `weight` the linear's weight by rebinding, never by writing in place: a module weight may
+        share storage with its dense copy, and weights loaded from a checkpoint may be mapped from the
+        file, where a first write costs a page fault per 4 KiB."""
+        param = ref.module.weight
+        param.data = weight.detach().to(device=param.device, dtype=param.dtype)
 
     def _prune_linear(self, ref: LinearRef, stats: LinearStats | None, method: Method, params: dict,
                       target: float, pattern: Pattern | None) -> None:
@@ -492,7 +499,7 @@ class Engine:
     def dense_weights(self) -> Iterator[None]:
         """Temporarily run the dense model (for dense reference probes); the pruning comes back after."""
         with self._lock:
-            stash = {name: self.refs[name].module.weight.detach().clone() for name in self._assigned}
+            stash = {name: self.refs[name].module.weight.data for name in self._assigned}
             try:
                 for name in stash:
                     self._put(self.refs[name], self._dense[name])

@@ -14,7 +14,7 @@ import weakref
 
 import torch
 
-from workbench.methods import LinearStats, Method, Pattern, prune_count, METHODS
+from workbench.methods import LinearStats, Method, Pattern, lowest_k, prune_count, METHODS
 
 
 SUB_BLOCK = 32  # columns updated one by one before their errors reach the rest of the block at once
@@ -103,9 +103,7 @@ def prune_sparsegpt_group(
                 total = (b - a) * cols
                 k = prune_count(total, sparsity * i2 / cols) - prune_count(total, sparsity * i1 / cols)
                 if k > 0:
-                    own = torch.zeros((i2 - i1) * (b - a), dtype=torch.bool, device=Wt.device)
-                    own[torch.topk(scores[:, a:b].flatten(), k, largest=False, sorted=False).indices] = True
-                    mask1[:, a:b] = own.view(i2 - i1, b - a)
+                    mask1[:, a:b] = lowest_k(scores[:, a:b].flatten(), k).view(i2 - i1, b - a)
         # err_i = (w_i - q_i) / d_i, with q_i = w_i where kept and 0 where pruned: w_i * (mask / d)
         gain = mask1 / d.unsqueeze(1)
         Err1 = torch.zeros_like(W1)
