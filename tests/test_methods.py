@@ -114,9 +114,10 @@ def test_inverse_hessian_factor_is_the_upper_cholesky_factor_of_the_damped_inver
     x = torch.randn(400, 48, dtype=torch.float64) * torch.rand(48, dtype=torch.float64)
     hessian = (x.T @ x).float()
     hessian[:, 7] = hessian[7, :] = 0  # a dead input channel
-    factor, dead = inverse_hessian_factor(hessian, torch.device("cpu"), 0.01)
+    factor, dead, damp = inverse_hessian_factor(hessian, torch.device("cpu"), 0.01)
     damped = hessian.double().clone()
     damped[7, 7] = 1
+    assert damp == pytest.approx(0.01 * damped.diagonal().mean().item(), rel=1e-6)
     damped.diagonal().add_(0.01 * damped.diagonal().mean())
     assert dead.nonzero().flatten().tolist() == [7]
     assert torch.equal(factor, factor.triu())
@@ -134,13 +135,26 @@ def test_sparsegpt_group_gives_each_linear_what_pruning_it_alone_gives(pattern):
     weights = [torch.randn(48, 160), torch.randn(16, 160), torch.randn(16, 160)]
     sparsities = [0.5, 0.3, 0.7]
     nm = parse_pattern(pattern) if pattern else None
-    together = prune_sparsegpt_group(weights, stats, sparsities, nm, blocksize=64)
+    together = [r.weight for r in prune_sparsegpt_group(weights, stats, sparsities, nm, blocksize=64)]
     for w, s, got in zip(weights, sparsities, together):
         alone = prune_sparsegpt(w, stats, s, nm, blocksize=64)
         assert torch.equal(got == 0, alone == 0)
         assert torch.allclose(got, alone, atol=1e-5)
         if nm is None:
             assert int((got == 0).sum()) == round(w.numel() * s)
+
+
+@pytest.mark.parametrize("pattern", [None, "2:4"])
+def test_sparsegpt_tracks_the_output_error_it_causes(pattern):
+    from workbench.methods.sparsegpt import prune_sparsegpt_group
+
+    W, X, _ = _layer(cols=200)
+    X[:, 9] = 0  # a dead input: its weights are dropped and must not count
+    stats = LinearStats(sq_norm=X.pow(2).sum(0), tokens=len(X), hessian=X.T @ X)
+    weights = [W, W[:20] * 3]
+    for w, (pruned, tracked) in zip(weights, prune_sparsegpt_group(weights, stats, [0.6, 0.4], parse_pattern(pattern))):
+        direct, _ = reconstruction_terms(w, pruned, stats.hessian)
+        assert tracked == pytest.approx(direct, rel=1e-3)
 
 
 @pytest.mark.parametrize("n", [7, 128, 300])

@@ -32,7 +32,7 @@ from workbench.allocators import ALLOCATORS, MAX_SPARSITY, AllocationContext
 from workbench.capture import MODES, ONE_PASS, SEQUENTIAL, BlockStats, capture, release_freed_memory
 from workbench.data import calibration_windows
 from workbench.errors import Cancelled, WorkbenchError
-from workbench.methods import METHODS, LinearStats, Method, Pattern, parse_pattern
+from workbench.methods import METHODS, LinearStats, Method, Pattern, Pruned, parse_pattern
 from workbench.model import INPUT_GROUPS, Loaded, LinearRef, find_linears, load_model
 from workbench.probes import ProbeContext, ProbeResult, run_probes
 from workbench.stats import (
@@ -378,20 +378,20 @@ class Engine:
         """Re-prune linears that read the same input (`stats`) from their dense weights, in one pass when
         the method can (SparseGPT: one column loop for q, k and v), and record what each now holds."""
         denses = [self._dense[r.name].to(self.loaded.device, torch.float32) for r in refs]
-        pruned = list(denses)
+        results = [Pruned(dense, 0.0) for dense in denses]  # a linear with no target stays dense
         todo = [n for n, r in enumerate(refs) if pattern is not None or targets[r.name] > 0]
-        if len(todo) > 1 and method.prune_group is not None:
+        if todo and method.prune_group is not None:
             out = method.prune_group([denses[n] for n in todo], stats, [targets[refs[n].name] for n in todo], pattern, **params)
         else:
-            out = [method.prune(denses[n], stats, targets[refs[n].name], pattern, **params) for n in todo]
-        for n, weight in zip(todo, out):
-            pruned[n] = weight
-        for ref, dense, weight in zip(refs, denses, pruned):
+            out = [Pruned(method.prune(denses[n], stats, targets[refs[n].name], pattern, **params)) for n in todo]
+        for n, result in zip(todo, out):
+            results[n] = result
+        for ref, dense, (weight, output_error) in zip(refs, denses, results):
             self._put(ref, weight)
             self._assigned[ref.name] = self._assignment(method, params, targets[ref.name], pattern)
             self._achieved[ref.name] = (weight == 0).sum().item() / ref.numel
             if stats is not None and stats.hessian is not None:
-                self._recon[ref.name] = reconstruction_terms(dense, weight, stats.hessian)
+                self._recon[ref.name] = reconstruction_terms(dense, weight, stats.hessian, output_error)
             else:
                 self._recon.pop(ref.name, None)
 

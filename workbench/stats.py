@@ -85,12 +85,16 @@ def activation_norm(stats: LinearStats) -> tuple[float, float]:
     return rms.mean().item(), rms.max().item()
 
 
-def reconstruction_terms(dense: torch.Tensor, pruned: torch.Tensor, hessian: torch.Tensor) -> tuple[float, float]:
-    """(tr(D H D^T), tr(W H W^T)): squared output error and squared output norm over the calibration set."""
+def reconstruction_terms(dense: torch.Tensor, pruned: torch.Tensor, hessian: torch.Tensor,
+                         output_error: float | None = None) -> tuple[float, float]:
+    """(tr(D H D^T), tr(W H W^T)): squared output error and squared output norm over the calibration set.
+    A method that tracked the error while pruning passes it as `output_error`."""
     H = hessian.to(dense.device, torch.float32)
     W = dense.to(torch.float32)
-    D = W - pruned.to(device=dense.device, dtype=torch.float32)
-    return ((D @ H) * D).sum().item(), ((W @ H) * W).sum().item()
+    if output_error is None:
+        D = W - pruned.to(device=dense.device, dtype=torch.float32)
+        output_error = ((D @ H) * D).sum().item()
+    return output_error, ((W @ H) * W).sum().item()
 
 
 def relative_error(num: float, den: float) -> float:

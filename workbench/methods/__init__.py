@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -59,6 +59,14 @@ class LinearStats:
 PruneFn = Callable[..., torch.Tensor]
 
 
+class Pruned(NamedTuple):
+    """One result of a method's `prune_group`: the pruned weight and, when the method tracks it while
+    pruning, its squared output error tr(D H D^T) over the calibration tokens (D = W - W_pruned)."""
+
+    weight: torch.Tensor
+    output_error: float | None = None
+
+
 @dataclass(frozen=True)
 class Method:
     """A registered method: `prune(weight, stats, sparsity, pattern, **params) -> pruned weight`."""
@@ -68,9 +76,9 @@ class Method:
     needs_hessian: bool
     defaults: dict
     description: str
-    # optional: prune several linears that read the same input in one pass,
-    # `prune_group(weights, stats, sparsities, pattern, **params) -> pruned weights`, same results as `prune`
-    prune_group: Callable[..., list[torch.Tensor]] | None = None
+    # optional: prune several linears that read the same input in one pass, same weights as `prune`:
+    # `prune_group(weights, stats, sparsities, pattern, **params) -> list[Pruned]`
+    prune_group: Callable[..., list[Pruned]] | None = None
 
     def params(self, given: dict, where: str = "method_params") -> dict:
         """`given` completed with defaults; unknown keys are refused."""

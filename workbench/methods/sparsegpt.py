@@ -6,6 +6,10 @@ by the smallest w^2 / [H^-1]_cc^2 (adaptive mask selection; for N:M per group of
 column's error is pushed onto the remaining columns of the block, and after the block its errors are
 propagated to all later columns. The number of pruned weights per column block is set so the matrix
 total is exactly round(numel * sparsity).
+
+The squared output error comes for free: with err_i = (w_i - q_i) / [U]_ii the per-column errors of
+the OBS steps, sum(err^2) = tr(D (H + lambda I) D^T) exactly (D = W - W_pruned over the live inputs),
+so tr(D H D^T) = sum(err^2) - lambda ||D||^2 needs no product with H.
 """
 
 from __future__ import annotations
@@ -14,33 +18,35 @@ import weakref
 
 import torch
 
-from workbench.methods import LinearStats, Method, Pattern, lowest_k, prune_count, METHODS
+from workbench.methods import LinearStats, Method, Pattern, Pruned, lowest_k, prune_count, METHODS
 
 
 SUB_BLOCK = 32  # columns updated one by one before their errors reach the rest of the block at once
-_last_factor: tuple = ()  # (weakref to the Hessian, percdamp, device, factor, dead inputs)
+_last_factor: tuple = ()  # (weakref to the Hessian, percdamp, device, factor, dead inputs, damping)
 
 
-def inverse_hessian_factor(hessian: torch.Tensor, device: torch.device, percdamp: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Upper Cholesky factor of the damped H^-1 and the mask of dead inputs (diag H == 0).
+def inverse_hessian_factor(hessian: torch.Tensor, device: torch.device, percdamp: float) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Upper Cholesky factor of the damped H^-1, the mask of dead inputs (diag H == 0) and the damping
+    lambda added to the diagonal.
 
     The last result is reused while the same Hessian object is asked for again, so linears that read
     the same input (q, k, v; gate, up) factor it once.
     """
     global _last_factor
     if _last_factor and _last_factor[0]() is hessian and _last_factor[1:3] == (percdamp, device):
-        return _last_factor[3], _last_factor[4]
+        return _last_factor[3:]
     H = hessian.to(device, torch.float32).clone()
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
-    H.diagonal().add_(percdamp * torch.mean(torch.diag(H)))
+    damp = percdamp * torch.mean(torch.diag(H)).item()
+    H.diagonal().add_(damp)
     # H = R R^T with R upper (the Cholesky factor of H with rows and columns reversed, reversed back);
     # then H^-1 = R^-T R^-1, so the upper factor of H^-1 is R^-1: one factorization and one triangular
     # inverse instead of SparseGPT's cholesky, cholesky_inverse, cholesky (the same factor, half the work).
     R = torch.linalg.cholesky(H.flip(0, 1)).flip(0, 1)
     factor = upper_triangular_inverse(R)
-    _last_factor = (weakref.ref(hessian), percdamp, device, factor, dead)
-    return factor, dead
+    _last_factor = (weakref.ref(hessian), percdamp, device, factor, dead, damp)
+    return factor, dead, damp
 
 
 def upper_triangular_inverse(R: torch.Tensor, leaf: int = 128) -> torch.Tensor:
@@ -66,7 +72,7 @@ def prune_sparsegpt(
     percdamp: float = 0.01,
 ) -> torch.Tensor:
     """Prune `weight` (out, in) with the OBS update; returns the updated, pruned copy."""
-    return prune_sparsegpt_group([weight], stats, [sparsity], pattern, blocksize, percdamp)[0]
+    return prune_sparsegpt_group([weight], stats, [sparsity], pattern, blocksize, percdamp)[0].weight
 
 
 def prune_sparsegpt_group(
@@ -76,11 +82,12 @@ def prune_sparsegpt_group(
     pattern: Pattern | None,
     blocksize: int = 128,
     percdamp: float = 0.01,
-) -> list[torch.Tensor]:
+) -> list[Pruned]:
     """Prune linears that share one input (and so one Hessian) in one column loop: the OBS update of a
     row depends only on that row and H^-1, so stacking rows gives each linear exactly what pruning it
-    alone gives (its mask is still chosen within its own rows, with its own count)."""
-    Hinv, dead = inverse_hessian_factor(stats.hessian, weights[0].device, percdamp)
+    alone gives (its mask is still chosen within its own rows, with its own count). Each result carries
+    its squared output error."""
+    Hinv, dead, damp = inverse_hessian_factor(stats.hessian, weights[0].device, percdamp)
     # Work on the transpose (in, out): a column of W is a contiguous row here, so the per-column
     # updates below stream through memory instead of striding across it.
     Wt = torch.cat([w.to(torch.float32).t() for w in weights], dim=1)
@@ -91,6 +98,7 @@ def prune_sparsegpt_group(
         edges.append(edges[-1] + w.shape[0])
     # An N:M group must see every update from the columns before it: sub-blocks hold whole groups.
     sub = SUB_BLOCK if pattern is None else -(-SUB_BLOCK // pattern.m) * pattern.m
+    err_sq = torch.zeros(Wt.shape[1], dtype=torch.float64, device=Wt.device)  # sum of err^2 per output
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
         W1 = Wt[i1:i2]  # a view: updated in place
@@ -125,7 +133,14 @@ def prune_sparsegpt_group(
                 W1[j2:].sub_(Hinv1[j1:j2, j2:].t() @ Err1[j1:j2])
         W1.masked_fill_(mask1, 0)
         Wt[i2:].sub_(Hinv[i1:i2, i2:].t() @ Err1)
-    return [Wt[:, a:b].t().to(w.dtype).contiguous() for a, b, w in zip(edges, edges[1:], weights)]
+        err_sq += Err1.pow(2).sum(0)
+    results = []
+    for a, b, w in zip(edges, edges[1:], weights):
+        pruned = Wt[:, a:b].t()
+        diff = (w.to(torch.float32) - pruned).masked_fill_(dead, 0)
+        error = err_sq[a:b].sum().item() - damp * diff.pow(2).sum().item()
+        results.append(Pruned(pruned.to(w.dtype).contiguous(), max(error, 0.0)))
+    return results
 
 
 METHODS.add(Method("sparsegpt", prune_sparsegpt, needs_hessian=True, defaults={"blocksize": 128, "percdamp": 0.01},
