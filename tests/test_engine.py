@@ -221,7 +221,7 @@ def test_probe_keeps_dense_reference(engine):
 
 
 def test_dense_copies_are_never_written(engine):
-    """Module weights are rebound, never written in place: they may share storage with the dense copies."""
+    """Pruning writes the module's own copy of each weight, never the dense weight kept aside."""
     snapshot = {n: (w.clone(), w._version) for n, w in engine._dense.items()}
     engine.prune(Plan(method="sparsegpt", sparsity=0.5))
     engine.apply(Plan(method="wanda", allocator="owl", sparsity=0.6))

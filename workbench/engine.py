@@ -175,8 +175,17 @@ class Engine:
             raise WorkbenchError("calibration.mode", f"unknown mode {self.calibration.mode!r} (use {', '.join(MODES)})")
         self.linears: list[list[LinearRef]] = find_linears(loaded.model)
         self.refs: dict[str, LinearRef] = {r.name: r for block in self.linears for r in block}
-        # On the CPU these alias the module weights until a linear is first pruned (see `_put`).
-        self._dense = {name: ref.module.weight.detach().to("cpu") for name, ref in self.refs.items()}
+        self._dense: dict[str, torch.Tensor] = {}
+        for name, ref in self.refs.items():
+            param = ref.module.weight
+            if param.device.type == "cpu":
+                # The dense weight stays where it was loaded (often a mapping of the checkpoint file) and
+                # the module gets a private copy that pruning writes in place: copied now, in one go, the
+                # copies lie together and pruning pays no copy-on-write fault per 4 KiB of the mapping.
+                self._dense[name] = param.detach()
+                param.data = param.detach().clone()
+            else:
+                self._dense[name] = param.detach().to("cpu")
         self._summaries: dict[str, WeightSummary] = {}
         self._stats: list[BlockStats] | None = None
         self._dense_stats: list[BlockStats] | None = None
@@ -311,7 +320,7 @@ class Engine:
             def to_dense(i: int) -> None:
                 for ref in self.linears[i]:
                     if ref.name in self._assigned:
-                        stash[ref.name] = ref.module.weight.data
+                        stash[ref.name] = ref.module.weight.detach().clone()
                         self._put(ref, self._dense[ref.name])
 
             def back(i: int, _stats) -> None:
@@ -362,11 +371,8 @@ class Engine:
 
     # ----- pruning ------------------------------------------------------------------------------
     def _put(self, ref: LinearRef, weight: torch.Tensor) -> None:
-        """Make `weight` the linear's weight by rebinding, never by writing in place: a module weight may
-        share storage with its dense copy, and weights loaded from a checkpoint may be mapped from the
-        file, where a first write costs a page fault per 4 KiB."""
-        param = ref.module.weight
-        param.data = weight.detach().to(device=param.device, dtype=param.dtype)
+        """Write `weight` into the linear's own weight, in place."""
+        ref.module.weight.data.copy_(weight)
 
     def _prune_linear(self, ref: LinearRef, stats: LinearStats | None, method: Method, params: dict,
                       target: float, pattern: Pattern | None) -> None:
@@ -499,7 +505,7 @@ class Engine:
     def dense_weights(self) -> Iterator[None]:
         """Temporarily run the dense model (for dense reference probes); the pruning comes back after."""
         with self._lock:
-            stash = {name: self.refs[name].module.weight.data for name in self._assigned}
+            stash = {name: self.refs[name].module.weight.detach().clone() for name in self._assigned}
             try:
                 for name in stash:
                     self._put(self.refs[name], self._dense[name])

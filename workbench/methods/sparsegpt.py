@@ -7,9 +7,10 @@ column's error is pushed onto the remaining columns of the block, and after the 
 propagated to all later columns. The number of pruned weights per column block is set so the matrix
 total is exactly round(numel * sparsity).
 
-The squared output error comes for free: with err_i = (w_i - q_i) / [U]_ii the per-column errors of
-the OBS steps, sum(err^2) = tr(D (H + lambda I) D^T) exactly (D = W - W_pruned over the live inputs),
-so tr(D H D^T) = sum(err^2) - lambda ||D||^2 needs no product with H.
+The squared output error comes for free: the OBS step of column i has error err_i = (w_i - q_i) / U_ii
+(U the upper Cholesky factor of the damped inverse (H + lambda I)^-1), and sum(err^2) is exactly
+tr(D (H + lambda I) D^T) with D = W - W_pruned over the live inputs, so tr(D H D^T) =
+sum(err^2) - lambda ||D||^2 needs no product with H.
 """
 
 from __future__ import annotations
