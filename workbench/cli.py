@@ -124,9 +124,11 @@ def _probe_pairs(dense: list, pruned: list) -> list[dict]:
 
 def cmd_prune(args) -> int:
     from workbench.engine import Engine
-    from workbench.session import save_session, session_from_engine
+    from workbench.session import attach_mask_file, save_session, session_from_engine
 
     plan = _plan(args)
+    if args.save_masks and not args.save_session:
+        raise WorkbenchError("--save-masks", "needs --save-session FILE (the masks are written beside it)")
     progress = progress_line(args.json)
     t0 = time.perf_counter()
     engine = Engine.load(args.model, args.device, args.dtype, _calibration(args), progress=progress)
@@ -141,14 +143,17 @@ def cmd_prune(args) -> int:
     t_probe = time.perf_counter() - t1
     state = engine.state()
     if args.save_session:
-        save_session(session_from_engine(engine, probes=pruned, device=args.device, dtype=args.dtype), args.save_session)
+        session = session_from_engine(engine, probes=pruned, device=args.device, dtype=args.dtype)
+        if args.save_masks:
+            attach_mask_file(session, engine, args.save_session)
+        save_session(session, args.save_session)
     exported = str(engine.export(args.export)) if args.export else None
     summary = {
         "model": state.model, "plan": asdict(plan), "target": state.target, "achieved": state.achieved,
         "params_total": state.params_total, "params_nonzero": state.params_nonzero,
         "probes": _probe_pairs(dense, pruned),
         "seconds": {"load": t_load, "prune": report.seconds, "probes": t_probe},
-        "session": args.save_session, "export": exported,
+        "session": args.save_session, "export": exported, "weights_sha256": engine.weights_digest(),
     }
     if args.json:
         _print(summary)
@@ -167,39 +172,38 @@ def cmd_prune(args) -> int:
 
 
 def cmd_replay(args) -> int:
+    from workbench.replaycheck import ReplayReport, check_probes
     from workbench.session import load_session, replay_engine
 
     session = load_session(args.file)
-    engine = replay_engine(session, progress=progress_line(args.json), path=args.file, device=args.device, dtype=args.dtype)
+    replayed = replay_engine(session, progress=progress_line(args.json), path=args.file, device=args.device,
+                             dtype=args.dtype, use_mask_file=not args.recompute)
+    engine = replayed.engine
     state = engine.state()
-    names = [p.name for p in session.probes]
-    sizes = {p.size for p in session.probes}
     now = []
-    for size in sorted(sizes):
+    for size in sorted({p.size for p in session.probes}):
         now += engine.probe([p.name for p in session.probes if p.size == size], size)
-    by_name = {p.name: p for p in now}
-    rows, failed = [], False
-    for recorded in session.probes:
-        current = by_name[recorded.name]
-        differs = recorded.differs(current)
-        failed |= differs
-        rows.append({"name": recorded.name, "recorded": recorded.score, "now": current.score,
-                     "tolerance": recorded.tolerance, "ok": not differs})
-    result = {"file": str(args.file), "achieved": state.achieved, "target": state.target, "probes": rows,
-              "ok": not failed}
+    report = ReplayReport(replayed.masks, replayed.restored, check_probes(session.probes, now), engine.weights_digest())
     if args.json:
-        _print(result)
+        _print({"file": str(args.file), "achieved": state.achieved, "target": state.target,
+                "recomputed_agreement": replayed.recomputed_agreement, **report.to_dict()})
     else:
         plan = session.plan
         print(f"{args.file}: {session.model}, {plan.method} / {plan.allocator} / {plan.pattern or 'unstructured'}, "
               f"target {state.target:.2%}, achieved {state.achieved:.2%}")
-        for row in rows:
-            mark = "ok" if row["ok"] else "DIFFERS"
-            print(f"  {row['name']:<12} recorded {row['recorded']:>10.4f}   now {row['now']:>10.4f}   "
-                  f"(tolerance {row['tolerance']}) {mark}")
-        if not names:
+        if report.masks is None:
+            print("  masks: no fingerprints recorded (a version 1 session)")
+        else:
+            print(f"  {report.masks.describe()} {'ok' if report.masks_ok else 'DIFFERS'}")
+        if replayed.restored:
+            print(f"  restored from {session.masks.file}; this machine's recomputation agreed on "
+                  f"{replayed.recomputed_agreement:.4%} of the decisions")
+        for row in report.probes:
+            print(f"  {row.name:<12} recorded {row.recorded:>10.4f}   now {row.now:>10.4f}   "
+                  f"(allowed +-{row.allowed:.4g}) {'ok' if row.ok else 'DIFFERS'}")
+        if not report.probes:
             print("  no probes recorded in this session")
-    return EXIT_CHECK_FAILED if (args.check and failed) else 0
+    return EXIT_CHECK_FAILED if (args.check and not report.ok) else 0
 
 
 def cmd_tui(args) -> int:
@@ -253,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probes", default="perplexity", help="comma-separated probes to run dense and pruned ('' for none)")
     p.add_argument("--full", action="store_true", help="full-size probes instead of quick ones")
     p.add_argument("--save-session", metavar="FILE")
+    p.add_argument("--save-masks", action="store_true",
+                   help="with --save-session: also write the exact masks beside it (NAME.masks.safetensors), "
+                        "so replay restores them bit for bit on any machine")
     p.add_argument("--export", metavar="DIR", help="save the pruned model and tokenizer (save_pretrained, safetensors)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_prune)
@@ -262,7 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="override the session's device")
     p.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--json", action="store_true")
-    p.add_argument("--check", action="store_true", help="exit 1 if a probe differs beyond its tolerance")
+    p.add_argument("--check", action="store_true",
+                   help="exit 1 if the masks agree less than documented or a probe differs beyond its tolerance")
+    p.add_argument("--recompute", action="store_true", help="ignore the session's mask file: recompute every mask")
     p.set_defaults(func=cmd_replay)
 
     add_probe_parser(sub)

@@ -14,6 +14,7 @@ session (calibration spec + the plan of the last full prune + the current plan) 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import os
 import shutil
@@ -32,6 +33,7 @@ from workbench.allocators import ALLOCATORS, MAX_SPARSITY, AllocationContext
 from workbench.capture import MODES, ONE_PASS, SEQUENTIAL, BlockStats, capture, release_freed_memory
 from workbench.data import calibration_windows
 from workbench.errors import Cancelled, WorkbenchError
+from workbench.masks import MaskFingerprint, StoredMask, fingerprint, keep_mask, save_mask_file
 from workbench.methods import METHODS, LinearStats, Method, Pattern, Pruned, parse_pattern
 from workbench.model import INPUT_GROUPS, Loaded, LinearRef, find_linears, load_model
 from workbench.probes import ProbeContext, ProbeResult, run_probes
@@ -575,6 +577,59 @@ class Engine:
         current_counts = torch.histc(current[current > 0], bins=bins, min=0, max=top)
         return edges.tolist(), [int(c) for c in dense_counts], [int(c) for c in current_counts]
 
+    # ----- masks ------------------------------------------------------------------------------------
+    def mask_fingerprints(self) -> dict[str, MaskFingerprint]:
+        """Kept count, hash and sampled keep bits of every linear's current mask (see workbench.masks)."""
+        with self._lock:
+            return {name: fingerprint(keep_mask(ref.module.weight)) for name, ref in self.refs.items()}
+
+    def keep_masks(self) -> dict[str, torch.Tensor]:
+        """Every linear's current keep mask (True = non-zero), on the CPU."""
+        with self._lock:
+            return {name: keep_mask(ref.module.weight) for name, ref in self.refs.items()}
+
+    def save_masks(self, path: str | os.PathLike) -> str:
+        """Write the exact masks (and non-dense kept values) to a mask file; return its SHA-256."""
+        with self._lock:
+            return save_mask_file(path, {n: r.module.weight for n, r in self.refs.items()}, self._dense)
+
+    def restore_masks(self, stored: dict[str, StoredMask], where: str = "mask file") -> int:
+        """Put every linear's weight back exactly as stored: dense weights under the stored keep masks, or
+        the stored kept values. Everything is checked before any weight changes. Returns how many
+        linears changed. Their assignments stay as the plan made them, so later edits re-prune them."""
+        with self._lock:
+            if set(stored) != set(self.refs):
+                other = sorted(set(stored) ^ set(self.refs))[0]
+                raise WorkbenchError(where, f"masks do not fit this model (linear {other} is in one but not the other)")
+            for name, s in stored.items():
+                shape = tuple(self.refs[name].module.weight.shape)
+                if tuple(s.keep.shape) != shape:
+                    raise WorkbenchError(where, f"mask of {name} has shape {tuple(s.keep.shape)}, the model's is {shape}")
+                if s.values is not None and s.values.numel() != int(s.keep.sum()):
+                    raise WorkbenchError(where, f"{name}: {s.values.numel()} values for {int(s.keep.sum())} kept weights")
+            changed = 0
+            for name, s in stored.items():
+                ref = self.refs[name]
+                weight = self._dense[name].to(torch.float32).masked_fill(~s.keep, 0)
+                if s.values is not None:
+                    weight[s.keep] = s.values.to(torch.float32)
+                current = ref.module.weight.detach().to("cpu", torch.float32)
+                if torch.equal(current, weight):
+                    continue
+                self._put(ref, weight)
+                self._achieved[name] = 1 - int(s.keep.sum()) / ref.numel
+                self._recon.pop(name, None)
+                changed += 1
+            return changed
+
+    def weights_digest(self) -> str:
+        """SHA-256 over every linear's weight bytes, in name order: equal digests, bit-identical weights."""
+        with self._lock:
+            digest = hashlib.sha256()
+            for name in sorted(self.refs):
+                digest.update(self.refs[name].module.weight.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+            return digest.hexdigest()
+
     # ----- probes and export ----------------------------------------------------------------------
     def probe(self, names=("perplexity",), size: str = "quick", progress: Progress | None = None,
               cancel: Cancel | None = None) -> list[ProbeResult]:
@@ -589,7 +644,7 @@ class Engine:
                         self.dense_probes[result.name] = result
             if not self._assigned:
                 return [self.dense_probes[n] for n in names]
-            return run_probes(ctx, names, size, progress)
+            return run_probes(ctx, names, size, progress, dense=self.dense_probes)
 
     def export(self, directory: str | os.PathLike) -> Path:
         """Save the pruned model and tokenizer with save_pretrained (safetensors), atomically."""

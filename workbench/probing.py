@@ -69,7 +69,7 @@ def _source(args):
         from workbench.session import load_session, replay_engine
 
         session = load_session(args.session)
-        engine = replay_engine(session, progress=progress, path=args.session, device=args.device, dtype=args.dtype)
+        engine = replay_engine(session, progress=progress, path=args.session, device=args.device, dtype=args.dtype).engine
         loaded = engine.loaded
         source = data or session.calibration.source
         seed = session.calibration.seed if seed is None else seed

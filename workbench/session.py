@@ -31,9 +31,20 @@ Schema (version 1); every key but `version`, `[model]` and `[plan]` is optional:
     [[probes]]                          # probe results on the saved state (see workbench.probes)
     [[dense_probes]]                    # the same probes on the dense model
     [evaluations]                       # lm-evaluation-harness results: task -> metric -> value
+    [masks]                             # the saved state's masks (see workbench.masks)
+    file = "NAME.masks.safetensors"     # optional: exact masks beside the session (prune --save-masks)
+    sha256 = "..."                      # of that file
+    [masks.linears]                     # "layers.3.mlp.down_proj" = "KEPT HASH SAMPLE" per linear:
+                                        # kept weights, mask hash, sampled keep bits (base64)
 
 Replay = load the model, `prune(calibrated_with)` (which captures the same statistics), then
-`apply(plan)`: the weights are a pure function of these, so the numbers come back exactly.
+`apply(plan)`: on the same machine the weights are a pure function of these, so the numbers come back
+exactly. On another machine (CPU, BLAS kernels, GPU) the statistics differ in their last bits and a few
+keep/drop decisions next to a threshold flip: replay then reports the agreement of the masks with the
+recorded fingerprints, and `--check` accepts it within documented limits (see `workbench.replaycheck`).
+With a mask file the replayed weights are restored from it, bit for bit on any machine.
+
+Version 1 files (no [masks]) are still read; a file from a newer version is refused naming the version.
 """
 
 from __future__ import annotations
@@ -50,6 +61,7 @@ import tomli_w
 from workbench.capture import MODES
 from workbench.engine import CalibrationSpec, Engine, Plan
 from workbench.errors import WorkbenchError
+from workbench.masks import MaskAgreement, MaskFingerprint, compare_fingerprints, exact_agreement, load_mask_file, mask_file_for
 from workbench.probes import ProbeResult
 
 if sys.version_info >= (3, 11):
@@ -57,7 +69,24 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-VERSION = 1
+VERSION = 2
+READS = (1, 2)
+
+
+@dataclass
+class MaskRecord:
+    """The saved state's mask fingerprints, and the exact mask file beside the session when saved."""
+
+    fingerprints: dict[str, MaskFingerprint]
+    file: str | None = None
+    sha256: str | None = None
+
+    def to_dict(self) -> dict:
+        data: dict[str, Any] = {}
+        if self.file:
+            data.update(file=self.file, sha256=self.sha256)
+        data["linears"] = {name: f"{fp.kept} {fp.hash} {fp.sample}" for name, fp in self.fingerprints.items()}
+        return data
 
 
 @dataclass
@@ -76,6 +105,7 @@ class Session:
     evaluations: dict = field(default_factory=dict)
     theme: str = "dark"
     versions: dict = field(default_factory=dict)
+    masks: MaskRecord | None = None
 
 
 # ----- writing ----------------------------------------------------------------------------------------
@@ -129,6 +159,8 @@ def session_to_dict(session: Session) -> dict:
         data["dense_probes"] = [p.to_dict() for p in session.dense_probes]
     if session.evaluations:
         data["evaluations"] = session.evaluations
+    if session.masks is not None:
+        data["masks"] = session.masks.to_dict()
     return data
 
 
@@ -162,7 +194,16 @@ def session_from_engine(engine: Engine, history: list[dict] | None = None, probe
         model=engine.loaded.spec, device=device, dtype=dtype, calibration=engine.calibration, plan=engine.plan,
         calibrated_with=engine.calibrated_with, history=list(history or []), probes=list(probes or []),
         dense_probes=list(engine.dense_probes.values()), theme=theme, versions=current_versions(),
+        masks=MaskRecord(engine.mask_fingerprints()),
     )
+
+
+def attach_mask_file(session: Session, engine: Engine, session_path: str | os.PathLike) -> Path:
+    """Write the engine's exact masks beside the session file and record the file in `session`."""
+    path = mask_file_for(session_path)
+    sha256 = engine.save_masks(path)
+    session.masks = MaskRecord(engine.mask_fingerprints(), file=path.name, sha256=sha256)
+    return path
 
 
 # ----- reading ----------------------------------------------------------------------------------------
@@ -243,6 +284,23 @@ class _Reader:
             pattern=pattern or None, block_overrides=blocks, linear_overrides=linears,
         )
 
+    def masks(self, data: dict) -> MaskRecord | None:
+        if "masks" not in data:
+            return None
+        table = self.table(data, "masks", "")
+        self.known(table, "masks.", {"file", "sha256", "linears"})
+        fingerprints = {}
+        for name, value in self.table(table, "linears", "masks.", required=True).items():
+            parts = value.split(" ") if isinstance(value, str) else []
+            if len(parts) != 3 or not parts[0].isdigit():
+                raise self.fail(f"masks.linears.{name}", "expected \"KEPT HASH SAMPLE\"")
+            fingerprints[name] = MaskFingerprint(int(parts[0]), parts[1], parts[2])
+        file = self.get(table, "file", "masks.", str, default=None)
+        sha256 = self.get(table, "sha256", "masks.", str, default=None)
+        if file is not None and sha256 is None:
+            raise self.fail("masks.sha256", "missing (needed with masks.file)")
+        return MaskRecord(fingerprints, file, sha256)
+
     def probes(self, data: dict, key: str) -> list[ProbeResult]:
         out = []
         for i, item in enumerate(self.get(data, key, "", list, default=[])):
@@ -272,11 +330,17 @@ def load_session(path: str | os.PathLike) -> Session:
         raise WorkbenchError(str(path), f"invalid TOML: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise WorkbenchError(str(path), f"cannot read: {exc}") from None
-    r.known(data, "", {"version", "theme", "versions", "model", "calibration", "plan", "calibrated_with",
-                       "history", "probes", "dense_probes", "evaluations"})
     version = r.get(data, "version", "", int, required=True)
-    if version != VERSION:
-        raise r.fail("version", f"unsupported session version {version} (this workbench reads {VERSION})")
+    if version > VERSION:
+        import workbench
+
+        writer = data.get("versions", {}).get("workbench", "unknown") if isinstance(data.get("versions"), dict) else "unknown"
+        raise r.fail("version", f"session version {version} was written by a newer workbench ({writer}); this "
+                                f"workbench {workbench.__version__} reads versions up to {VERSION}: upgrade workbench")
+    if version not in READS:
+        raise r.fail("version", f"unsupported session version {version} (this workbench reads {', '.join(map(str, READS))})")
+    r.known(data, "", {"version", "theme", "versions", "model", "calibration", "plan", "calibrated_with",
+                       "history", "probes", "dense_probes", "evaluations", "masks"})
     model = r.table(data, "model", "", required=True)
     r.known(model, "model.", {"spec", "device", "dtype"})
     dtype = r.get(model, "dtype", "model.", str, default="auto")
@@ -312,7 +376,7 @@ def load_session(path: str | os.PathLike) -> Session:
         dtype=dtype, calibration=calibration, plan=plan, calibrated_with=calibrated_with, history=history,
         probes=r.probes(data, "probes"), dense_probes=r.probes(data, "dense_probes"),
         evaluations=r.table(data, "evaluations", ""), theme=r.get(data, "theme", "", str, default="dark"),
-        versions=r.table(data, "versions", ""),
+        versions=r.table(data, "versions", ""), masks=r.masks(data),
     )
 
 
@@ -327,12 +391,36 @@ def check_against_model(session: Session, engine: Engine, path: str | os.PathLik
             raise WorkbenchError(f"{path}: {prefix}{exc.where}", exc.what) from None
 
 
+@dataclass
+class Replayed:
+    """A replayed session: the engine in the saved state, the agreement of its masks with the recorded
+    fingerprints (None when the session has none), and, when a mask file restored the exact masks, the
+    share of decisions that this machine's own recomputation had right before the restore."""
+
+    engine: Engine
+    masks: MaskAgreement | None
+    restored: bool
+    recomputed_agreement: float | None = None
+
+
 def replay_engine(session: Session, progress=None, cancel=None, path: str | os.PathLike = "session",
-                  device: str | None = None, dtype: str | None = None) -> Engine:
-    """Rebuild the saved state headlessly: load, full prune with `calibrated_with`, apply `plan`."""
+                  device: str | None = None, dtype: str | None = None, use_mask_file: bool = True) -> Replayed:
+    """Rebuild the saved state headlessly: load, full prune with `calibrated_with`, apply `plan`; then,
+    when the session has a mask file (and `use_mask_file`), restore its exact masks."""
+    stored = None
+    if use_mask_file and session.masks is not None and session.masks.file:
+        stored = load_mask_file(Path(path).parent / session.masks.file, session.masks.sha256)
     engine = Engine.load(session.model, device=device or session.device, dtype=dtype or session.dtype,
                          calibration=session.calibration, progress=progress)
     check_against_model(session, engine, path)
     engine.prune(session.calibrated_with or session.plan, progress=progress, cancel=cancel)
     engine.apply(session.plan, progress=progress, cancel=cancel)
-    return engine
+    recomputed = None
+    if stored is not None:
+        recomputed = exact_agreement({n: m.keep for n, m in stored.items()}, engine.keep_masks())
+        engine.restore_masks(stored, where=f"{path}: masks.file")
+    agreement = None
+    if session.masks is not None:
+        numels = {name: ref.numel for name, ref in engine.refs.items()}
+        agreement = compare_fingerprints(session.masks.fingerprints, engine.mask_fingerprints(), numels)
+    return Replayed(engine, agreement, stored is not None, recomputed)

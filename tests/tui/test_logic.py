@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
 
 from workbench.engine import Plan
 from workbench.errors import WorkbenchError
+from workbench.probes import ProbeResult
 from workbench.tui import edits
 from workbench.tui.format import (
     CORE_COLUMNS,
@@ -67,7 +69,7 @@ def test_parse_percent():
 
 def test_probe_summary_marks_worse_than_dense():
     def result(score, higher=False):
-        return SimpleNamespace(name="perplexity", score=score, higher_is_better=higher, tolerance=0.05)
+        return ProbeResult("perplexity", score, "ppl", higher, 2, 0.0, "quick", 0.05, 0.0)
 
     assert probe_summary(result(20.0), result(18.0)) == Cell("ppl 20.0 (+2)", "error")
     assert probe_summary(result(18.01), result(18.0)).tone == ""
@@ -183,9 +185,9 @@ def test_header_lines_fit_80_columns():
     state = SimpleNamespace(achieved=0.5174, params_nonzero=51_300_000, params_total=106_200_000)
     for note in (None, "re-pruning", "not applied (p prunes)"):
         assert len(" ".join(c.text for c in sparsity_line(state, Plan(sparsity=0.5), note))) <= 78
-    results = [SimpleNamespace(name=n, score=s, higher_is_better=h, tolerance=0.01)
+    results = [ProbeResult(n, s, "", h, 1, 0.0, "quick", 0.01, 0.0)
                for n, s, h in (("arithmetic", 0.0208, True), ("brackets", 0.1667, True), ("efficiency", 81.1, False),
                                ("facts", 0.2, True), ("instructions", 0.25, True), ("perplexity", 20.31, False))]
-    dense = {r.name: SimpleNamespace(score=r.score * 1.5) for r in results}
+    dense = {r.name: replace(r, score=r.score * 1.5) for r in results}
     text = " ".join(c.text for c in probes_line(results, dense, True))
     assert len(text) <= 2 * 78

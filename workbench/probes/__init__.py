@@ -22,7 +22,9 @@ SIZES = ("quick", "full")
 
 @dataclass
 class ProbeResult:
-    """One probe's outcome; `floor` is the score of random choice (or zero), `tolerance` absolute."""
+    """One probe's outcome; `floor` is the score of random choice (or zero). `tolerance` is how far a
+    replay may land from this score (see `workbench.replaycheck`): absolute, or a fraction of the score
+    when `relative` (perplexity)."""
 
     name: str
     score: float
@@ -34,6 +36,7 @@ class ProbeResult:
     tolerance: float
     floor: float
     details: dict = field(default_factory=dict)
+    relative: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -42,9 +45,13 @@ class ProbeResult:
     def from_dict(cls, data: dict) -> "ProbeResult":
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
+    def allowance(self) -> float:
+        """The tolerance in score units."""
+        return self.tolerance * abs(self.score) if self.relative else self.tolerance
+
     def differs(self, other: "ProbeResult") -> bool:
         """True when `other` is further from this result than the tolerance allows."""
-        return abs(self.score - other.score) > self.tolerance
+        return abs(self.score - other.score) > self.allowance()
 
 
 @dataclass
@@ -70,14 +77,20 @@ class Probe(ABC):
     metric: ClassVar[str]
     higher_is_better: ClassVar[bool] = True
     tolerance: ClassVar[float]
+    relative: ClassVar[bool] = False
     floor: ClassVar[float] = 0.0
 
     @abstractmethod
     def measure(self, ctx: ProbeContext, size: str) -> tuple[float, int, dict]:
         """Return (score, number of items, details)."""
 
-    def run(self, ctx: ProbeContext, size: str = "quick") -> ProbeResult:
-        """Measure under no_grad and wrap the outcome with its timing."""
+    def replay_tolerance(self, score: float, dense: ProbeResult | None) -> float:
+        """How far a replay on another machine may land from `score` (see `workbench.replaycheck`);
+        `dense` is the dense model's result when known."""
+        return self.tolerance
+
+    def run(self, ctx: ProbeContext, size: str = "quick", dense: ProbeResult | None = None) -> ProbeResult:
+        """Measure under no_grad and wrap the outcome with its timing and replay tolerance."""
         if size not in SIZES:
             raise WorkbenchError("probe size", f"unknown size {size!r} (use quick or full)")
         start = time.perf_counter()
@@ -91,9 +104,10 @@ class Probe(ABC):
             items=int(items),
             seconds=time.perf_counter() - start,
             size=size,
-            tolerance=self.tolerance,
+            tolerance=self.replay_tolerance(float(score), dense),
             floor=self.floor,
             details=details,
+            relative=self.relative,
         )
 
 
@@ -106,15 +120,17 @@ def run_probes(
     names: list[str] | tuple[str, ...],
     size: str = "quick",
     progress: Callable[[str, float], None] | None = None,
+    dense: dict[str, ProbeResult] | None = None,
 ) -> list[ProbeResult]:
-    """Run the named probes in order; `progress(name, fraction_done)` before each."""
+    """Run the named probes in order; `progress(name, fraction_done)` before each; `dense` holds the
+    dense model's results, which some replay tolerances scale with."""
     probes = [PROBES.get(n, where="--probes")() for n in names]
     results = []
     for i, probe in enumerate(probes):
         ctx.check_cancel()
         if progress:
             progress(probe.name, i / len(probes))
-        results.append(probe.run(ctx, size))
+        results.append(probe.run(ctx, size, (dense or {}).get(probe.name)))
     if progress:
         progress("done", 1.0)
     return results

@@ -171,7 +171,7 @@ def probe_summary(result, dense) -> Cell:
         return Cell(text)
     change = result.score - dense.score
     worse = (change < 0) if result.higher_is_better else (change > 0)
-    tone = "error" if worse and abs(change) > result.tolerance else ""
+    tone = "error" if worse and dense.differs(result) else ""
     return Cell(f"{text} ({change:+.2g})", tone)
 
 
