@@ -18,6 +18,9 @@ from workbench.errors import Cancelled, WorkbenchError
 from workbench.registry import Registry
 
 SIZES = ("quick", "full")
+# Items of an exact-match probe that may flip between machines on a replay with recomputed masks: up to
+# 2 flipped in the measurements (README, Reliability), one more for margin.
+EXACT_MATCH_FLIPS = 3
 
 
 @dataclass
@@ -76,18 +79,20 @@ class Probe(ABC):
     name: ClassVar[str]
     metric: ClassVar[str]
     higher_is_better: ClassVar[bool] = True
-    tolerance: ClassVar[float]
+    tolerance: ClassVar[float] = 0.0
     relative: ClassVar[bool] = False
+    tolerance_items: ClassVar[int] = 0
     floor: ClassVar[float] = 0.0
 
     @abstractmethod
     def measure(self, ctx: ProbeContext, size: str) -> tuple[float, int, dict]:
         """Return (score, number of items, details)."""
 
-    def replay_tolerance(self, score: float, dense: ProbeResult | None) -> float:
-        """How far a replay on another machine may land from `score` (see `workbench.replaycheck`);
-        `dense` is the dense model's result when known."""
-        return self.tolerance
+    def replay_tolerance(self, score: float, items: int, dense: ProbeResult | None) -> float:
+        """How far a replay on another machine may land from `score` (see `workbench.replaycheck`):
+        `tolerance_items` of `items` for a probe that counts items, else `tolerance`; `dense` is the
+        dense model's result when known."""
+        return self.tolerance_items / items if self.tolerance_items and items else self.tolerance
 
     def run(self, ctx: ProbeContext, size: str = "quick", dense: ProbeResult | None = None) -> ProbeResult:
         """Measure under no_grad and wrap the outcome with its timing and replay tolerance."""
@@ -104,7 +109,7 @@ class Probe(ABC):
             items=int(items),
             seconds=time.perf_counter() - start,
             size=size,
-            tolerance=self.replay_tolerance(float(score), dense),
+            tolerance=self.replay_tolerance(float(score), int(items), dense),
             floor=self.floor,
             details=details,
             relative=self.relative,

@@ -15,7 +15,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from workbench.probes import PROBES, Probe, ProbeContext
+from workbench.probes import EXACT_MATCH_FLIPS, PROBES, Probe, ProbeContext
 from workbench.probes._generate import encode, greedy_generate
 
 OPERATIONS = {"+": ("addition", operator.add), "-": ("subtraction", operator.sub), "*": ("multiplication", operator.mul)}
@@ -80,7 +80,7 @@ class Arithmetic(Probe):
     name = "arithmetic"
     metric = "exact match"
     higher_is_better = True
-    tolerance = 1 / 48  # one quick item
+    tolerance_items = EXACT_MATCH_FLIPS
     floor = 0.0
 
     def measure(self, ctx: ProbeContext, size: str):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import random
 from typing import Sequence
 
-from workbench.probes import PROBES, Probe, ProbeContext
+from workbench.probes import EXACT_MATCH_FLIPS, PROBES, Probe, ProbeContext
 from workbench.probes._generate import encode, score_choices
 
 PAIRS = {"(": ")", "[": "]", "{": "}", "<": ">"}
@@ -93,7 +93,7 @@ class Brackets(Probe):
     name = "brackets"
     metric = "exact match"
     higher_is_better = True
-    tolerance = 1 / 24  # one quick item
+    tolerance_items = EXACT_MATCH_FLIPS
     floor = 0.0
 
     def measure(self, ctx: ProbeContext, size: str):

@@ -20,7 +20,7 @@ from functools import lru_cache
 from importlib import resources
 
 from workbench.errors import WorkbenchError
-from workbench.probes import PROBES, Probe, ProbeContext
+from workbench.probes import EXACT_MATCH_FLIPS, PROBES, Probe, ProbeContext
 from workbench.probes._generate import encode, score_choices
 
 QUICK_EVERY = 8
@@ -74,7 +74,7 @@ class Facts(Probe):
     name = "facts"
     metric = "exact match"
     higher_is_better = True
-    tolerance = 1 / 26  # one quick item
+    tolerance_items = EXACT_MATCH_FLIPS
     floor = 0.0
 
     def measure(self, ctx: ProbeContext, size: str):

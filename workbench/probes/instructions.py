@@ -25,7 +25,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from workbench.probes import PROBES, Probe, ProbeContext
+from workbench.probes import EXACT_MATCH_FLIPS, PROBES, Probe, ProbeContext
 from workbench.probes._generate import chat_prompt, encode, greedy_generate
 
 MAX_NEW_TOKENS = {"quick": 16, "full": 64}
@@ -215,7 +215,7 @@ class Instructions(Probe):
     name = "instructions"
     metric = "prompt accuracy"
     higher_is_better = True
-    tolerance = 1 / 12  # one quick prompt
+    tolerance_items = EXACT_MATCH_FLIPS
     floor = 0.0
 
     def measure(self, ctx: ProbeContext, size: str):
