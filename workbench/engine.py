@@ -647,20 +647,15 @@ class Engine:
             return run_probes(ctx, names, size, progress, dense=self.dense_probes)
 
     def export(self, directory: str | os.PathLike) -> Path:
-        """Save the pruned model and tokenizer with save_pretrained (safetensors), atomically."""
+        """Save the pruned model and tokenizer with save_pretrained (safetensors), atomically: a failed
+        export (disk full...) is one WorkbenchError and leaves neither the directory nor a temporary."""
+        from workbench.atomic import atomic_directory
+
         with self._lock:
             target = Path(directory).expanduser().resolve()
-            if target.exists() and any(target.iterdir()):
-                raise WorkbenchError(f"--export {target}", "directory exists and is not empty")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-            try:
+            if target.exists() and (not target.is_dir() or any(target.iterdir())):
+                raise WorkbenchError(f"--export {target}", "exists and is not an empty directory")
+            with atomic_directory(target, f"--export {target}") as tmp:
                 self.loaded.model.save_pretrained(tmp)
                 self.loaded.tokenizer.save_pretrained(tmp)
-                if target.exists():
-                    target.rmdir()
-                os.replace(tmp, target)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
             return target

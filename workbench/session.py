@@ -51,13 +51,13 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
+from workbench.atomic import atomic_write_text
 from workbench.capture import MODES
 from workbench.engine import CalibrationSpec, Engine, Plan
 from workbench.errors import WorkbenchError
@@ -164,24 +164,9 @@ def session_to_dict(session: Session) -> dict:
     return data
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write through a temporary file in the same directory and os.replace it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_session(session: Session, path: str | os.PathLike) -> None:
-    """Write `session` as TOML, atomically."""
+    """Write `session` as TOML, atomically (see workbench.atomic); a failed write is one WorkbenchError
+    naming the file, and the previous file stays as it was."""
     atomic_write_text(path, tomli_w.dumps(session_to_dict(session)))
 
 

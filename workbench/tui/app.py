@@ -44,7 +44,8 @@ from workbench.tui.params_screen import ParamsScreen
 from workbench.tui.path_prompt import PathPrompt
 from workbench.tui.picker_screen import PickerScreen
 from workbench.tui.plots_screen import PlotsScreen
-from workbench.tui.recovery import clear_recovery, default_recovery_path, describe_recovery, write_recovery
+from workbench.tui.recovery import (claim_recovery, clear_recovery, default_recovery_path, describe_recovery,
+                                     release_recovery, write_recovery)
 from workbench.tui.slider import Slider
 from workbench.tui.stat_row import StatRow
 from workbench.tui.themes import ThemeSpec, default_theme_name, load_themes
@@ -115,6 +116,7 @@ class WorkbenchApp(App):
         self.calibration = calibration
         self.probe_names = tuple(probe_names) if probe_names is not None else None
         self.recovery_path = recovery_path or default_recovery_path()
+        self.recovery = None
         specs, self._theme_errors = load_themes(themes_directory)
         self.theme_names = [s.name for s in specs]
         for spec in specs:
@@ -140,6 +142,7 @@ class WorkbenchApp(App):
         self._engine_lock = threading.Lock()
         self._recovery_lock = threading.Lock()
         self._recovery_seq = 0
+        self._autosave_failing = False
         self._debounce: Timer | None = None
         self._after_prune: list[Callable[[], None]] = []
         self._user_cancelled = False
@@ -163,10 +166,15 @@ class WorkbenchApp(App):
         for error in self._theme_errors:
             self.notify(error, severity="warning", timeout=8)
         self.query_one(".global-row", StatRow).slider.locked = True
+        try:
+            self.recovery = claim_recovery(self.recovery_path, adopt=self.session_arg is None)
+            self.recovery_path = self.recovery.path
+        except WorkbenchError as error:
+            self.notify(f"{error}; edits are not autosaved", severity="warning", timeout=10)
         if self.session_arg is not None:
             self._start_loading(path=self.session_arg)
             return
-        recovered = describe_recovery(self.recovery_path)
+        recovered = describe_recovery(self.recovery_path) if self.recovery is not None else None
         if recovered is None:
             self._start_loading()
             return
@@ -180,6 +188,11 @@ class WorkbenchApp(App):
 
         self.push_screen(ConfirmScreen(f"A session was {recovered} and never saved ({self.recovery_path}). "
                                        "Restore it?", "Restore (y)", "Start fresh (n)"), answer)
+
+    def on_unmount(self) -> None:
+        """Give this instance's recovery slot up; a recovery file with unsaved edits stays for the next start."""
+        if self.recovery is not None:
+            release_recovery(self.recovery)
 
     def _hang_up(self) -> None:
         """The terminal went away (SIGHUP): leave now; the recovery file already has every edit."""
@@ -397,9 +410,10 @@ class WorkbenchApp(App):
             self.query_one(Activity).show(message.message, message.fraction, message.kind in CANCELLABLE)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        """The one place worker outcomes land: errors become notifications, never a crash."""
+        """The one place worker outcomes land: errors become notifications, never a crash. The event's own
+        state counts: a worker that fails at once is already in ERROR when its PENDING event arrives."""
         worker = event.worker
-        if worker.state == WorkerState.ERROR:
+        if event.state == WorkerState.ERROR:
             error = worker.error
             if isinstance(error, Cancelled):
                 pass
@@ -420,7 +434,7 @@ class WorkbenchApp(App):
                 self.query_one(WorkbenchHeader).show_message("no model loaded: ctrl+o opens a session, q quits")
                 self.query_one("#blocks .placeholder", Static).update(
                     "No model loaded. ctrl+o opens a session file; q quits.")
-        if worker.state == WorkerState.CANCELLED and worker.group in CANCELLABLE and self._user_cancelled:
+        if event.state == WorkerState.CANCELLED and worker.group in CANCELLABLE and self._user_cancelled:
             self.notify(f"{'probes' if worker.group == 'probe' else 'pruning'} cancelled")
         if worker.state in (WorkerState.SUCCESS, WorkerState.ERROR, WorkerState.CANCELLED) and not self._busy():
             self.query_one(Activity).hide()
@@ -689,9 +703,7 @@ class WorkbenchApp(App):
     def on_saved(self, message: Saved) -> None:
         self.session_path = Path(message.path)
         self.dirty = False
-        self._recovery_seq += 1
-        with self._recovery_lock:
-            clear_recovery(self.recovery_path)
+        self._clear_recovery()
         self.notify(f"saved {message.path}")
         self._refresh_header()
 
@@ -708,6 +720,8 @@ class WorkbenchApp(App):
         """Rewrite the recovery file with the current plan, history and probes (in a worker)."""
         from workbench.session import Session, current_versions
 
+        if self.recovery is None:
+            return
         engine = self.engine
         session = Session(
             model=engine.loaded.spec, device=self.device, dtype=self.dtype, calibration=engine.calibration,
@@ -720,16 +734,31 @@ class WorkbenchApp(App):
 
     @work(thread=True, group="autosave", exit_on_error=False)
     def _write_recovery(self, session, seq: int) -> None:
+        """Write the recovery file; a failure (disk full...) is one warning until a write succeeds again."""
         with self._recovery_lock:
-            if seq == self._recovery_seq:
+            if seq != self._recovery_seq:
+                return
+            try:
                 write_recovery(session, self.recovery_path)
+            except WorkbenchError as error:
+                if not self._autosave_failing:
+                    self.notify(f"autosave failed: {error}; edits are kept in memory until saved", severity="warning",
+                                timeout=10)
+                self._autosave_failing = True
+                return
+            self._autosave_failing = False
+
+    def _clear_recovery(self) -> None:
+        """Remove this instance's recovery file (never another's) and drop any autosave still queued."""
+        self._recovery_seq += 1
+        if self.recovery is not None:
+            with self._recovery_lock:
+                clear_recovery(self.recovery_path)
 
     async def action_quit(self) -> None:
         """Leave at once; unsaved edits stay in the recovery file for the next start."""
         if not self.dirty:
-            self._recovery_seq += 1
-            with self._recovery_lock:
-                clear_recovery(self.recovery_path)
+            self._clear_recovery()
         self.workers.cancel_all()
         self.exit()
 
@@ -841,7 +870,7 @@ def end_process(app: WorkbenchApp) -> NoReturn:
     spinning forever); every file the app writes is replaced atomically, so nothing is lost by not
     waiting for other threads."""
     try:  # after a hangup the terminal is gone and writing to it fails
-        if app.dirty and app.recovery_path.exists():
+        if app.dirty and app.recovery is not None and app.recovery_path.exists():
             print(f"workbench: unsaved edits are kept in {app.recovery_path}; the next start offers to restore them",
                   file=sys.stderr)
         sys.stdout.flush()
