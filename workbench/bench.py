@@ -3,17 +3,28 @@
 Stages: model load (first, from an empty cache, and cached), one dense forward pass over the calibration
 tokens (the unit every other time is divided by), calibration capture, each method's full prune at 50%
 (sequential; Wanda also one-pass), re-pruning one linear and one block from cached statistics, the
-perplexity probe and the quick probe suite. The first load runs in a child process with an empty cache
-(its time includes starting Python). Peak memory is the process's peak resident set during the stage
-(Linux VmHWM, reset before each stage) minus its resident set once the libraries are imported and the
-calibration text is tokenized, before the weights are loaded; on CUDA it is torch's peak allocated
-device memory. The memory budget is 2.5x the dense weight bytes plus one
-block's calibration activations (the hidden states entering and leaving it).
+dense reference probes (the pruned weights swapped for the dense ones), the perplexity probe and the
+quick probe suite. The first load runs in a child process with an empty cache (its time includes
+starting Python).
+
+Memory: before each stage, garbage is collected, freed heap is handed back to the OS and the peak
+resident set (Linux VmHWM) is reset, so a stage starts from what is alive (the model, the engine's dense
+weights and cached statistics), not from what earlier stages freed. "start" is the resident set then
+and "peak" the stage's peak, both minus the resident set once the libraries are imported and the
+calibration text is tokenized, before the weights are loaded; on CUDA, peak is torch's peak allocated
+device memory. Budgets:
+
+- prune stages: 2.5x the dense weight bytes plus one block's calibration activations (the hidden
+  states entering and leaving it).
+- probe stages: the weights as the engine holds them (the checkpoint's weights plus the private copy of
+  every linear that pruning writes; the dense references run on the kept dense weights, no copy) plus
+  the largest probe working set, perplexity's: a batch's logits three times (the logits, their shifted
+  copy and the log-softmax of cross-entropy), plus half the dense weight bytes for everything smaller
+  (the probes' hidden states and key/value caches, the allocator's slack), as the prune budget allows.
 """
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import resource
@@ -30,11 +41,13 @@ from workbench.capture import ONE_PASS, SEQUENTIAL, capture, dense_forward
 from workbench.data import calibration_windows
 from workbench.engine import CalibrationSpec, Engine, Plan
 from workbench.errors import WorkbenchError
+from workbench.memory import settle, status_kib
 from workbench.model import load_model, resolve_source
 from workbench.probes import PROBES
+from workbench.probes import perplexity
 
 STAGES = ("load-first", "load-cached", "forward", "capture", "wanda", "wanda-one-pass", "sparsegpt", "magnitude",
-          "reprune-linear", "reprune-block", "perplexity", "probe-suite")
+          "reprune-linear", "reprune-block", "probe-dense", "perplexity", "probe-suite")
 
 
 @dataclass
@@ -42,45 +55,40 @@ class Row:
     stage: str
     seconds: float
     ratio: float | None
+    start_mib: float
     peak_mib: float
     target: str
     ok: bool | None
 
 
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1])
-    return 0
-
-
-def _reset_peak(device: torch.device) -> None:
-    gc.collect()
+def _start(device: torch.device) -> int:
+    """Settle memory before a stage (see `workbench.memory.settle`); the resident set in KiB."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
+    return settle()
 
 
 def _peak_mib(device: torch.device, baseline_kib: int) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return (_rss_kib("VmHWM:") - baseline_kib) / 1024
+    return (status_kib("VmHWM") - baseline_kib) / 1024
 
 
-HEADER = f"{'stage':<16} {'seconds':>8} {'x fwd':>6} {'peak MiB':>9}  {'target':<40} ok"
+def probe_activation_mib(vocab_size: int, dtype: torch.dtype) -> float:
+    """Perplexity's working set: one batch's logits, their shifted copy and their log-softmax."""
+    logits = perplexity.BATCH * perplexity.SEQLEN * vocab_size * max(torch.finfo(dtype).bits, 32) / 8
+    return 3 * logits / 2**20
+
+
+HEADER = f"{'stage':<16} {'seconds':>8} {'x fwd':>6} {'start MiB':>9} {'peak MiB':>9}  {'target':<40} ok"
 
 
 def _format_row(r: Row) -> str:
     ratio = "-" if r.ratio is None else f"{r.ratio:.2f}"
     ok = "" if r.ok is None else ("yes" if r.ok else "NO")
-    return f"{r.stage:<16} {r.seconds:>8.3f} {ratio:>6} {r.peak_mib:>9.0f}  {r.target:<40} {ok}"
+    return f"{r.stage:<16} {r.seconds:>8.3f} {ratio:>6} {r.start_mib:>9.0f} {r.peak_mib:>9.0f}  {r.target:<40} {ok}"
 
 
 def run_bench(args) -> int:
@@ -99,14 +107,14 @@ def run_bench(args) -> int:
     def measure(stage: str, fn, target: str = "", limit_s: float | None = None, limit_ratio: float | None = None,
                 memory_budget_mib: float | None = None, child: bool = False):
         device = engine.loaded.device if engine else torch.device("cpu")
-        _reset_peak(device)
+        resident = _start(device)
         start = time.perf_counter()
         out = fn()
         seconds = time.perf_counter() - start
         if child:  # the stage ran in a child process: its own peak resident memory
-            peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+            start_mib, peak = 0.0, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         else:
-            peak = _peak_mib(device, baseline)
+            start_mib, peak = (resident - baseline) / 1024, _peak_mib(device, baseline)
         ratio = seconds / unit[0] if unit else None
         checks = []
         if limit_s is not None:
@@ -116,7 +124,7 @@ def run_bench(args) -> int:
         if memory_budget_mib is not None:
             checks.append(peak <= memory_budget_mib)
             target = f"{target}, <= {memory_budget_mib:.0f} MiB".lstrip(", ")
-        rows.append(Row(stage, seconds, ratio, peak, target, all(checks) if checks else None))
+        rows.append(Row(stage, seconds, ratio, start_mib, peak, target, all(checks) if checks else None))
         if not args.json:
             print(_format_row(rows[-1]), flush=True)
         return out
@@ -131,8 +139,7 @@ def run_bench(args) -> int:
     source = resolve_source(args.model)
     tokenizer = AutoTokenizer.from_pretrained(source)
     calibration_windows(tokenizer, calibration.source, calibration.samples, calibration.seqlen, calibration.seed)
-    gc.collect()
-    baseline = _rss_kib("VmRSS:")
+    baseline = settle()
     loaded = measure("load-cached", lambda: load_model(args.model, args.device, args.dtype), "<= 3 s", limit_s=3.0)
     loaded.tokenizer = tokenizer  # the tokenized calibration text is cached per tokenizer object
     engine = Engine(loaded, calibration)
@@ -141,6 +148,9 @@ def run_bench(args) -> int:
     hidden = loaded.model.config.hidden_size
     activation_mib = 2 * ids.numel() * hidden * torch.finfo(loaded.dtype).bits / 8 / 2**20
     budget = 2.5 * weight_mib + activation_mib
+    linear_mib = sum(r.numel * r.module.weight.element_size() for r in engine.refs.values()) / 2**20
+    probe_budget = (weight_mib + linear_mib + probe_activation_mib(loaded.model.config.vocab_size, loaded.dtype)
+                    + 0.5 * weight_mib)
 
     measure("forward", lambda: dense_forward(loaded.model, ids, loaded.device), "unit")
     unit.append(rows[-1].seconds)
@@ -172,22 +182,30 @@ def run_bench(args) -> int:
         if wanted("reprune-block"):
             plan = Plan(method="wanda", sparsity=0.5, block_overrides={1: 0.6})
             measure("reprune-block", lambda: engine.apply(plan), "<= 0.3 s", limit_s=0.3)
-    if wanted("perplexity") or wanted("probe-suite"):
-        engine.apply(half)  # probes time the pruned model; its dense references are measured first, untimed
-        engine.probe(PROBES.names() if wanted("probe-suite") else ["perplexity"])
+    if wanted("probe-dense") or wanted("perplexity") or wanted("probe-suite"):
+        engine.apply(half)  # probes time the pruned model; its dense references are measured first
+        names = PROBES.names() if wanted("probe-dense") or wanted("probe-suite") else ["perplexity"]
+        if wanted("probe-dense"):
+            measure("probe-dense", lambda: engine.probe(names), f"dense refs + pruned, {len(names)} probes",
+                    memory_budget_mib=probe_budget)
+        else:
+            engine.probe(names)
     if wanted("perplexity"):
-        measure("perplexity", lambda: engine.probe(["perplexity"]), "quick, Wanda 50%")
+        measure("perplexity", lambda: engine.probe(["perplexity"]), "quick, Wanda 50%", memory_budget_mib=probe_budget)
     if wanted("probe-suite"):
         names = PROBES.names()
-        measure("probe-suite", lambda: engine.probe(names), f"<= 15 s, {len(names)} probes", limit_s=15.0)
+        measure("probe-suite", lambda: engine.probe(names), f"<= 15 s, {len(names)} probes", limit_s=15.0,
+                memory_budget_mib=probe_budget)
 
     meta = {"model": args.model, "device": str(loaded.device), "dtype": str(loaded.dtype).replace("torch.", ""),
             "calibration_tokens": ids.numel(), "threads": torch.get_num_threads(),
-            "dense_weight_mib": round(weight_mib, 1), "memory_budget_mib": round(budget, 1)}
+            "dense_weight_mib": round(weight_mib, 1), "memory_budget_mib": round(budget, 1),
+            "probe_memory_budget_mib": round(probe_budget, 1)}
     if args.json:
         print(json.dumps({"meta": meta, "stages": [r.__dict__ for r in rows]}, indent=2))
     else:
         print(f"{meta['model']} on {meta['device']} ({meta['dtype']}, {meta['threads']} threads), "
-              f"{meta['calibration_tokens']} calibration tokens; dense weights {weight_mib:.0f} MiB, memory budget {budget:.0f} MiB")
+              f"{meta['calibration_tokens']} calibration tokens; dense weights {weight_mib:.0f} MiB, memory budget "
+              f"{budget:.0f} MiB (prune), {probe_budget:.0f} MiB (probes)")
         print(json.dumps({"meta": meta, "stages": [r.__dict__ for r in rows]}))
     return 0 if all(r.ok is not False for r in rows) else 1

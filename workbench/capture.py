@@ -15,12 +15,12 @@ only while it runs (see `workbench.model.attach_offload`).
 
 from __future__ import annotations
 
-import ctypes
 from typing import Callable
 
 import torch
 
 from workbench.errors import Cancelled
+from workbench.memory import release_freed_memory
 from workbench.methods import LinearStats
 from workbench.model import INPUT_GROUPS, LINEAR_PATHS, blocks_of
 
@@ -30,24 +30,6 @@ MODES = (SEQUENTIAL, ONE_PASS)
 MICRO_BATCH = 8
 
 BlockStats = dict[str, LinearStats]  # group leader kind ("q", "o", "gate", "down") -> statistics
-
-
-def _load_malloc_trim():
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return None
-
-
-_malloc_trim = _load_malloc_trim()
-
-
-def release_freed_memory() -> None:
-    """Hand freed heap back to the OS (glibc). Pruning frees many tensors of a few MiB; once glibc's
-    dynamic mmap threshold has risen they come from the heap and, without this, the resident set keeps
-    several hundred MiB of freed memory."""
-    if _malloc_trim is not None:
-        _malloc_trim(0)
 
 
 class _Caught(Exception):
@@ -187,7 +169,11 @@ def capture(
                 hidden = outputs
             elif i + 1 < len(layers):  # the last block's pruned outputs feed nothing
                 hidden = _run_block(block, hidden, kwargs, keep_outputs=True)
-    release_freed_memory()  # once: after every block it cost page faults on reuse and lowered no peak
+            # Once the dynamic mmap threshold has risen, a block's temporaries come from the heap and
+            # leave it fragmented; freed, they stay resident until trimmed, and without a trim per block
+            # the garbage grows from block to block (the peak of one prune varied by 400 MiB between
+            # machines and stage orders). A trim per block costs a few page faults per reused page.
+            release_freed_memory()
     if progress:
         progress("calibration done", 1.0)
     return all_stats
