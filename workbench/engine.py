@@ -505,16 +505,20 @@ class Engine:
 
     @contextlib.contextmanager
     def dense_weights(self) -> Iterator[None]:
-        """Temporarily run the dense model (for dense reference probes); the pruning comes back after."""
+        """Temporarily run the dense model (for dense reference probes); the pruning comes back after.
+        Each pruned linear's weight is pointed at its dense weight (on the CPU, the kept tensor itself:
+        no copy) and back at its own tensor after."""
         with self._lock:
-            stash = {name: self.refs[name].module.weight.detach().clone() for name in self._assigned}
+            stash: dict[str, torch.Tensor] = {}
             try:
-                for name in stash:
-                    self._put(self.refs[name], self._dense[name])
+                for name in self._assigned:
+                    weight = self.refs[name].module.weight
+                    stash[name] = weight.data
+                    weight.data = self._dense[name].to(weight.device, weight.dtype)
                 yield
             finally:
-                for name, weight in stash.items():
-                    self._put(self.refs[name], weight)
+                for name, data in stash.items():
+                    self.refs[name].module.weight.data = data
 
     # ----- reading --------------------------------------------------------------------------------
     def _summary(self, name: str) -> WeightSummary:
