@@ -3,6 +3,7 @@ probes swap weights by reference, and the probe budget is computed and enforced.
 
 import ctypes
 import json
+import subprocess
 import sys
 from types import SimpleNamespace
 
@@ -11,7 +12,7 @@ import torch
 
 from workbench import bench
 from workbench.engine import Engine, Plan
-from workbench.memory import settle, status_kib
+from workbench.memory import configure_allocator, settle, status_kib
 from workbench.model import tiny_llama
 from workbench.probes import perplexity
 
@@ -20,10 +21,11 @@ glibc_linux = pytest.mark.skipif(not sys.platform.startswith("linux") or status_
 MIB = 1 << 20
 
 
-def _heap_garbage(blocks: int = 24, size: int = 8 * MIB) -> None:
+def _heap_garbage(blocks: int = 400, size: int = MIB // 2) -> None:
     """Leave `blocks * size` bytes of freed but resident memory inside the glibc heap: free a mapped
-    block of twice `size` (glibc's mmap threshold rises past `size`), then allocate, touch and free
-    blocks of `size` (now from the heap), pinned below a live chunk so the heap top cannot shrink."""
+    block of twice `size` (a dynamic mmap threshold rises past `size`; a fixed one is above it), then
+    allocate, touch and free blocks of `size` (from the heap), pinned below a live chunk so the heap top
+    cannot shrink."""
     libc = ctypes.CDLL("libc.so.6")
     libc.malloc.restype = ctypes.c_void_p
     libc.free.argtypes = [ctypes.c_void_p]
@@ -59,6 +61,38 @@ def test_a_stage_peak_does_not_include_the_previous_stage_leftovers():
     peak = status_kib("VmHWM") - resident
     del buffer
     assert 60 * 1024 <= peak < 100 * 1024
+
+
+FRESH_PROCESS = """
+import ctypes, sys
+from workbench.memory import configure_allocator, settle, status_kib
+if sys.argv[1] == "configured":
+    assert configure_allocator()
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+size = 8 << 20
+libc.free(libc.malloc(2 * size))  # raises a dynamic mmap threshold past `size`
+resident = settle()
+chunks = [libc.malloc(size) for _ in range(25)]
+for chunk in chunks:
+    ctypes.memset(chunk, 1, size)
+for chunk in chunks[:-1]:  # the last one pins the heap top
+    libc.free(chunk)
+print((status_kib("VmRSS") - resident) // 1024)
+"""
+
+
+@glibc_linux
+@pytest.mark.parametrize("allocator", ["configured", "default"])
+def test_after_configuring_the_allocator_large_tensors_go_back_to_the_os_when_freed(allocator):
+    """In a fresh process (a heap with free space would serve the blocks before any mapping)."""
+    out = subprocess.run([sys.executable, "-c", FRESH_PROCESS, allocator], capture_output=True, text=True, check=True)
+    left_mib = int(out.stdout)
+    if allocator == "configured":
+        assert left_mib < 20
+    else:
+        assert left_mib > 150  # the dynamic threshold keeps 24 freed 8 MiB blocks resident
 
 
 def test_dense_reference_probes_run_on_the_kept_dense_weights_without_copies():

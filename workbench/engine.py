@@ -33,6 +33,7 @@ from workbench.allocators import ALLOCATORS, MAX_SPARSITY, AllocationContext
 from workbench.capture import MODES, ONE_PASS, SEQUENTIAL, BlockStats, capture, release_freed_memory
 from workbench.data import calibration_windows
 from workbench.errors import Cancelled, WorkbenchError
+from workbench.memory import configure_allocator
 from workbench.masks import MaskFingerprint, StoredMask, fingerprint, keep_mask, save_mask_file
 from workbench.methods import METHODS, LinearStats, Method, Pattern, Pruned, parse_pattern
 from workbench.model import INPUT_GROUPS, Loaded, LinearRef, find_linears, load_model
@@ -171,6 +172,7 @@ class Engine:
     """A loaded model, its dense weights, cached calibration statistics, and the current pruning."""
 
     def __init__(self, loaded: Loaded, calibration: CalibrationSpec | None = None):
+        configure_allocator()  # before the copies below: large tensors mapped, freed back to the OS
         self.loaded = loaded
         self.calibration = calibration or CalibrationSpec()
         if self.calibration.mode not in MODES:

@@ -6,7 +6,10 @@ glibc's mmap threshold is dynamic: once a mapped block is freed, the threshold r
 heap, and what they leave when freed stays resident, scattered among live blocks, until a
 `malloc_trim`. How far the threshold rises and how fragmented the heap gets depend on the exact
 sequence of allocation sizes, which differs between machines (MKL's code path and workspace buffers,
-thread count) and between stage orders: untrimmed, the same prune peaked 1.1 to 1.65 GiB.
+thread count) and between stage orders: untrimmed, the same prune peaked 1.1 to 1.65 GiB, and the
+probe suite's growing key/value caches left 900 MiB of holes. `configure_allocator` fixes the threshold
+at `MMAP_THRESHOLD`: every tensor that large gets its own mapping, handed back to the OS when freed
+(about 10 s more system time per prune for the page faults, which the time targets absorb).
 """
 
 from __future__ import annotations
@@ -15,14 +18,26 @@ import ctypes
 import gc
 
 
-def _load_malloc_trim():
+M_MMAP_THRESHOLD = -3  # mallopt parameter
+MMAP_THRESHOLD = 1 << 20  # a 576 x 576 float32 weight (1.3 MiB) and anything larger is mapped
+
+
+def _load_libc():
     try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:  # not glibc
         return None
 
 
-_malloc_trim = _load_malloc_trim()
+_libc = _load_libc()
+_malloc_trim = _libc.malloc_trim if _libc is not None else None
+
+
+def configure_allocator() -> bool:
+    """Fix glibc's mmap threshold at `MMAP_THRESHOLD` (which also stops its dynamic rise). Returns
+    whether it was set (False without glibc). Safe to call more than once."""
+    return _libc is not None and bool(_libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
 
 
 def release_freed_memory() -> None:
