@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from workbench.engine import CalibrationSpec, Engine
-from workbench.model import tiny_llama
+from tests.tiny import tiny_llama
+from workbench.engine import Engine
+from workbench.plan import CalibrationSpec
 
 TINY_CALIBRATION = dict(samples=4, seqlen=32)
 

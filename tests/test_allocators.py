@@ -14,6 +14,11 @@ def _mean(targets, numels):
     return sum(t * n for t, n in zip(targets, numels)) / sum(numels)
 
 
+def _owl(ctx, sparsity, **given):
+    owl = ALLOCATORS.get("owl")
+    return owl.allocate(ctx, sparsity, **owl.params(given))
+
+
 def test_uniform():
     assert ALLOCATORS.get("uniform").allocate(_ctx([0.1, 0.2, 0.3]), 0.5) == [0.5] * 3
 
@@ -22,7 +27,7 @@ def test_uniform():
 @pytest.mark.parametrize("lam", [0.04, 0.08, 0.2])
 def test_owl_mean_and_range(sparsity, lam):
     ratios = [0.010, 0.030, 0.020, 0.050, 0.012, 0.041]
-    targets = ALLOCATORS.get("owl").allocate(_ctx(ratios), sparsity, M=5.0, **{"lambda": lam})
+    targets = _owl(_ctx(ratios), sparsity, **{"lambda": lam})
     assert _mean(targets, [100] * 6) == pytest.approx(sparsity, abs=1e-9)
     assert max(targets) - min(targets) == pytest.approx(2 * lam)
     assert min(targets) >= sparsity - 2 * lam - 1e-9 and max(targets) <= sparsity + 2 * lam + 1e-9
@@ -32,18 +37,18 @@ def test_owl_mean_and_range(sparsity, lam):
 
 
 def test_owl_symmetric_ratios_span_the_whole_interval():
-    targets = ALLOCATORS.get("owl").allocate(_ctx([0.0, 0.5, 1.0]), 0.5, M=5.0)
+    targets = _owl(_ctx([0.0, 0.5, 1.0]), 0.5)
     assert targets == pytest.approx([0.58, 0.5, 0.42])
 
 
 def test_owl_weighted_mean_with_unequal_blocks():
     numels = [100, 300, 50, 250]
-    targets = ALLOCATORS.get("owl").allocate(_ctx([0.1, 0.3, 0.2, 0.05], numels), 0.6, M=5.0)
+    targets = _owl(_ctx([0.1, 0.3, 0.2, 0.05], numels), 0.6)
     assert _mean(targets, numels) == pytest.approx(0.6, abs=1e-9)
 
 
 def test_owl_flat_ratios_give_uniform():
-    assert ALLOCATORS.get("owl").allocate(_ctx([0.02] * 4), 0.5) == [0.5] * 4
+    assert _owl(_ctx([0.02] * 4), 0.5) == [0.5] * 4
 
 
 def test_rebalance_clips_and_keeps_mean():
@@ -60,3 +65,22 @@ def test_unknown_allocator_and_params():
         ALLOCATORS.get("layerwise")
     with pytest.raises(WorkbenchError, match="unknown parameter"):
         ALLOCATORS.get("owl").params({"lambada": 1})
+
+
+@pytest.mark.parametrize("given, where", [({"M": 0.0}, "allocator_params.M"), ({"lambda": 1.0}, "allocator_params.lambda"),
+                                          ({"M": "5"}, "allocator_params.M"), ({"lambda": True}, "allocator_params.lambda")])
+def test_allocators_check_their_own_parameters(given, where):
+    from workbench.errors import WorkbenchError
+
+    with pytest.raises(WorkbenchError) as caught:
+        ALLOCATORS.get("owl").params(given)
+    assert caught.value.where == where
+
+
+def test_allocators_declare_what_they_need_and_hint_every_parameter():
+    from workbench.allocators import NEEDS
+
+    for name in ALLOCATORS.names():
+        allocator = ALLOCATORS.get(name)
+        assert allocator.needs <= set(NEEDS)
+        assert set(allocator.hints) == set(allocator.defaults)

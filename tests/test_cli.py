@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from workbench import cli
 from workbench.cli import main
 
 TINY = ["--samples", "4", "--seqlen", "32"]
@@ -75,6 +76,29 @@ def test_errors_are_one_line_exit_2(args, message, tiny_model_dir):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr
     assert lines[0].startswith("workbench: error: ") and message in lines[0]
+
+
+@pytest.mark.parametrize("error, message", [
+    (MemoryError(), "out of memory (CPU)"),
+    (RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), "out of memory on the device"),
+])
+def test_out_of_memory_is_one_line_exit_2(error, message, monkeypatch, capsys):
+    def fail(args):
+        raise error
+
+    monkeypatch.setattr(cli, "cmd_stats", fail)
+    assert main(["stats"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"workbench: error: {message}: try fewer calibration samples")
+
+
+def test_other_runtime_errors_propagate(monkeypatch):
+    def fail(args):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(cli, "cmd_stats", fail)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        main(["stats"])
 
 
 def test_invalid_session_exit_2_and_nothing_written(tmp_path):

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from workbench.engine import Engine, Plan
+from workbench.engine import Engine
 from workbench.model import embedded_gguf_path, load_model
+from workbench.plan import Plan
 
 pytestmark = pytest.mark.embedded
 SESSIONS = sorted((Path(__file__).parent.parent / "sessions").glob("*.toml"))

@@ -1,11 +1,13 @@
 """Engine on the tiny random Llama: incremental re-pruning, idempotence, cancel, allocation, statistics."""
 
+import threading
+
 import pytest
 import torch
 
 from tests.conftest import make_engine
 from workbench.capture import add_upper_gram, symmetric_from_upper
-from workbench.engine import Plan
+from workbench.plan import Plan
 from workbench.errors import Cancelled, WorkbenchError
 
 
@@ -104,14 +106,14 @@ def test_sequential_and_one_pass_statistics_differ_after_block_0():
     seq, one = make_engine(mode="sequential"), make_engine(mode="one-pass")
     for e in (seq, one):
         e.prune(Plan(sparsity=0.6))
-    s0, o0 = seq._stats[0]["q"].sq_norm, one._stats[0]["q"].sq_norm
+    s0, o0 = seq.statistics.committed[0]["q"].sq_norm, one.statistics.committed[0]["q"].sq_norm
     assert torch.allclose(s0, o0)
-    assert not torch.allclose(seq._stats[2]["q"].sq_norm, one._stats[2]["q"].sq_norm)
+    assert not torch.allclose(seq.statistics.committed[2]["q"].sq_norm, one.statistics.committed[2]["q"].sq_norm)
     # one-pass statistics are those of the dense model, whatever was pruned before
     again = make_engine(mode="one-pass")
     again.prune(Plan(sparsity=0.9))
     again.prune(Plan(sparsity=0.6))
-    assert torch.allclose(again._stats[3]["down"].sq_norm, one._stats[3]["down"].sq_norm)
+    assert torch.allclose(again.statistics.committed[3]["down"].sq_norm, one.statistics.committed[3]["down"].sq_norm)
 
 
 def test_statistics(engine, hessian_engine):
@@ -134,25 +136,25 @@ def test_statistics(engine, hessian_engine):
 def test_sparsegpt_switch_recaptures_hessian(engine):
     assert engine.needs_full_prune(Plan(method="wanda", sparsity=0.5))
     engine.prune(Plan(method="wanda", sparsity=0.5))
-    assert not engine._has_hessian(engine._stats)
+    assert not engine.statistics.has_hessian()
     assert not engine.needs_full_prune(Plan(method="magnitude", sparsity=0.7))
     assert engine.needs_full_prune(Plan(method="sparsegpt", sparsity=0.5))
     engine.apply(Plan(method="sparsegpt", sparsity=0.5))
-    assert engine._has_hessian(engine._stats)
+    assert engine.statistics.has_hessian()
     assert engine.state().blocks[0].recon_error is not None
 
 
 def test_hessians_are_spilled_to_disk_and_cleaned_up(engine):
     engine.prune(Plan(method="sparsegpt", sparsity=0.5))
-    files = [path for _, path in engine._hessian_files.values()]
+    files = engine.statistics.hessians.files()
     assert len(files) == 4 and all(p.is_file() for p in files)
-    assert all(s.hessian is None for block in engine._stats for s in block.values())
+    assert all(s.hessian is None for block in engine.statistics.committed for s in block.values())
     first = weights(engine)
     engine.apply(Plan(method="sparsegpt", sparsity=0.6))
     engine.apply(Plan(method="sparsegpt", sparsity=0.5))  # re-pruned from the spilled Hessians
     assert all(torch.equal(w, first[n]) for n, w in weights(engine).items())
     engine.prune(Plan(method="sparsegpt", sparsity=0.5))
-    assert not any(p.exists() for p in files) and len(engine._hessian_files) == 4
+    assert not any(p.exists() for p in files) and len(engine.statistics.hessians.files()) == 4
 
 
 @pytest.mark.parametrize("plan, where", [
@@ -222,13 +224,13 @@ def test_probe_keeps_dense_reference(engine):
 
 def test_dense_copies_are_never_written(engine):
     """Pruning writes the module's own copy of each weight, never the dense weight kept aside."""
-    snapshot = {n: (w.clone(), w._version) for n, w in engine._dense.items()}
+    snapshot = {n: (w.clone(), w._version) for n, w in ((n, engine.bank.dense(n)) for n in engine.refs)}
     engine.prune(Plan(method="sparsegpt", sparsity=0.5))
     engine.apply(Plan(method="wanda", allocator="owl", sparsity=0.6))
     engine.probe(["perplexity"])
     engine.restore_dense()
-    assert all(torch.equal(w, snapshot[n][0]) and w._version == snapshot[n][1] for n, w in engine._dense.items())
-    assert all(torch.equal(ref.module.weight, engine._dense[n]) for n, ref in engine.refs.items())
+    assert all(torch.equal(w, snapshot[n][0]) and w._version == snapshot[n][1] for n, w in ((n, engine.bank.dense(n)) for n in engine.refs))
+    assert all(torch.equal(ref.module.weight, engine.bank.dense(n)) for n, ref in engine.refs.items())
 
 
 @pytest.mark.parametrize("d", [5, 300, 700])
@@ -258,3 +260,58 @@ def test_sparsegpt_prunes_linears_of_one_input_together_with_their_own_targets(e
     new, now = weights(fresh), weights(engine)
     kinds = ["old" if torch.equal(now[n], old[n]) else "new" if torch.equal(now[n], new[n]) else "half" for n in now]
     assert kinds.count("half") == 0 and kinds[:4] == ["new", "new", "new", "new"] and kinds.count("new") == 4
+
+
+def test_every_public_call_is_safe_from_two_threads(engine):
+    """One thread edits while another reads, allocates and computes dense statistics (which swap weights
+    to dense and back): nothing fails and the end state is exactly that of the last edit."""
+    engine.prune(Plan(sparsity=0.5))
+    plans = [Plan(sparsity=0.3 + 0.05 * i, allocator="owl" if i % 2 else "uniform") for i in range(8)]
+    name = engine.linears[1][0].name
+    errors: list[BaseException] = []
+
+    def guarded(work):
+        def run():
+            try:
+                work()
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+        return threading.Thread(target=run)
+
+    def edit():
+        for plan in plans:
+            engine.apply(plan)
+
+    def read():
+        for i in range(40):
+            engine.state()
+            engine.histogram(name)
+            engine.allocate(plans[i % len(plans)])
+            engine.needs_full_prune(plans[0])
+            engine.outlier_ratios(5.0, dense=True)
+            engine.mask_fingerprints()
+
+    threads = [guarded(edit), guarded(read)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    reference = make_engine()
+    reference.prune(Plan(sparsity=0.5))
+    reference.apply(plans[-1])
+    assert engine.weights_digest() == reference.weights_digest()
+    assert engine.state().achieved == reference.state().achieved
+
+
+def test_prepare_computes_what_the_allocator_needs_once(engine):
+    messages = []
+    engine.prepare(Plan(allocator="uniform"), progress=lambda m, f: messages.append(m))
+    assert engine.statistics.dense is None and messages == []
+    engine.prepare(Plan(allocator="owl", pattern="2:4"), progress=lambda m, f: messages.append(m))
+    assert engine.statistics.dense is None  # a pattern fixes every target: no allocator runs
+    engine.prepare(Plan(allocator="owl"), progress=lambda m, f: messages.append(m))
+    assert engine.statistics.dense is not None and messages[0] == "owl: statistics of the dense model"
+    count = len(messages)
+    engine.prepare(Plan(allocator="owl", sparsity=0.7), progress=lambda m, f: messages.append(m))
+    assert len(messages) == count

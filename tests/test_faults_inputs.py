@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.tiny import ByteTokenizer, tiny_llama
 from workbench import model as model_module
 from workbench.cli import main
 from workbench.data import CALIBRATION, EVALUATION, calibration_windows, evaluation_windows, load_texts
 from workbench.errors import WorkbenchError
-from workbench.model import ByteTokenizer, cache_problem, cached_build, load_model, tiny_llama
+from workbench.model import cache_problem, cached_build, load_model
 
 TINY = ["--samples", "4", "--seqlen", "32"]
 BINARY = b"\xff\xfe\x00\x81" + bytes(range(256)) * 4

@@ -10,10 +10,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from tests.tiny import tiny_llama
 from workbench import bench
-from workbench.engine import Engine, Plan
+from workbench.engine import Engine
 from workbench.memory import configure_allocator, settle, status_kib
-from workbench.model import tiny_llama
+from workbench.plan import Plan
 from workbench.probes import perplexity
 
 glibc_linux = pytest.mark.skipif(not sys.platform.startswith("linux") or status_kib("VmRSS") == 0,
@@ -102,7 +103,7 @@ def test_dense_reference_probes_run_on_the_kept_dense_weights_without_copies():
     pruned = {name: (ref.module.weight.data_ptr(), ref.module.weight.detach().clone()) for name, ref in engine.refs.items()}
     with engine.dense_weights():
         for name, ref in engine.refs.items():
-            assert ref.module.weight.data_ptr() == engine._dense[name].data_ptr(), name
+            assert ref.module.weight.data_ptr() == engine.bank.dense(name).data_ptr(), name
     for name, ref in engine.refs.items():
         assert ref.module.weight.data_ptr() == pruned[name][0], name
         assert torch.equal(ref.module.weight, pruned[name][1]), name

@@ -12,7 +12,7 @@ from pathlib import Path
 import workbench
 
 PACKAGE = Path(workbench.__file__).resolve().parent
-UI_FREE_TUI = ("history", "edits", "format", "themes", "recovery")
+UI_FREE_TUI = ("controller", "history", "edits", "format", "themes", "recovery")
 CORE = ("engine", "session", "cli", "model", "data", "capture", "stats", "methods", "allocators", "probes",
         "registry", "errors", "bench")
 FORBIDDEN = ("textual", "textual_plotext")

@@ -10,8 +10,8 @@ import pytest
 import tomli_w
 import torch
 
+from tests.tiny import tiny_llama
 from workbench.errors import Cancelled, WorkbenchError
-from workbench.model import tiny_llama
 from workbench.probes import PROBES, ProbeContext, run_probes
 from workbench.probes import arithmetic, brackets, facts, instructions
 from workbench.probes._generate import common_prefix_length, cut_at_stop, greedy_generate, score_choices

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from tests.conftest import TINY_CALIBRATION, make_engine
-from workbench.engine import Plan
 from workbench.errors import WorkbenchError
 from workbench.masks import SAMPLE_SIZE, compare_fingerprints, fingerprint, load_mask_file, sample_positions
+from workbench.plan import Plan
 from workbench.replaycheck import MIN_MASK_AGREEMENT, ReplayReport
 
 TINY = ["--samples", str(TINY_CALIBRATION["samples"]), "--seqlen", str(TINY_CALIBRATION["seqlen"])]

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import make_engine
-from workbench.engine import CalibrationSpec, Plan
 from workbench.errors import WorkbenchError
+from workbench.plan import CalibrationSpec, Plan
 from workbench.probes import ProbeResult
 from workbench.session import Session, check_against_model, load_session, save_session, session_to_dict
 
@@ -65,7 +65,7 @@ def test_write_is_atomic(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", broken)
-    with pytest.raises(OSError):
+    with pytest.raises(WorkbenchError, match="s.toml: cannot write: disk full; the previous file is unchanged"):
         save_session(Session(), path)
     assert path.read_text() == before
     assert [p.name for p in tmp_path.iterdir()] == ["s.toml"]

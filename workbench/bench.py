@@ -37,12 +37,13 @@ from dataclasses import dataclass
 import torch
 from transformers import AutoTokenizer
 
-from workbench.capture import ONE_PASS, SEQUENTIAL, capture, dense_forward
+from workbench.capture import capture, dense_forward
 from workbench.data import calibration_windows
-from workbench.engine import CalibrationSpec, Engine, Plan
+from workbench.engine import Engine
 from workbench.errors import WorkbenchError
 from workbench.memory import settle, status_kib
-from workbench.model import load_model, resolve_source
+from workbench.model import EMBEDDED, load_model, resolve_source
+from workbench.plan import ONE_PASS, SEQUENTIAL, CalibrationSpec, Plan
 from workbench.probes import PROBES
 from workbench.probes import perplexity
 
@@ -130,7 +131,7 @@ def run_bench(args) -> int:
         return out
 
     engine: Engine | None = None
-    if wanted("load-first") and args.model == "embedded":
+    if wanted("load-first") and args.model == EMBEDDED:
         with tempfile.TemporaryDirectory() as empty:
             code = f"from workbench.model import load_model; load_model({args.model!r}, {args.device!r}, {args.dtype!r})"
             env = {**os.environ, "WORKBENCH_CACHE": empty}

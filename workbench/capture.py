@@ -23,10 +23,8 @@ from workbench.errors import Cancelled
 from workbench.memory import release_freed_memory
 from workbench.methods import LinearStats
 from workbench.model import INPUT_GROUPS, LINEAR_PATHS, blocks_of
+from workbench.plan import ONE_PASS, SEQUENTIAL
 
-SEQUENTIAL = "sequential"
-ONE_PASS = "one-pass"
-MODES = (SEQUENTIAL, ONE_PASS)
 MICRO_BATCH = 8
 
 BlockStats = dict[str, LinearStats]  # group leader kind ("q", "o", "gate", "down") -> statistics

@@ -18,7 +18,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from workbench.console import progress_line
-from workbench.errors import Cancelled, WorkbenchError
+from workbench.errors import Cancelled, WorkbenchError, out_of_memory
+from workbench.plan import DTYPES, MODES, CalibrationSpec, Plan
 
 EXIT_USAGE = 2
 EXIT_CHECK_FAILED = 1
@@ -27,15 +28,15 @@ EXIT_CHECK_FAILED = 1
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="embedded", help="embedded (default), a hub id, a local HF directory or a .gguf file")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda:N")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default="auto", choices=DTYPES)
 
 
 def _add_calibration_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--calibration", default="embedded", help="embedded, hf:NAME[:CONFIG[:SPLIT]], or a .txt/.jsonl file")
-    p.add_argument("--samples", type=int, default=32)
-    p.add_argument("--seqlen", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--mode", default="sequential", choices=["sequential", "one-pass"],
+    p.add_argument("--calibration", default=CalibrationSpec.source, help="embedded, hf:NAME[:CONFIG[:SPLIT]], or a .txt/.jsonl file")
+    p.add_argument("--samples", type=int, default=CalibrationSpec.samples)
+    p.add_argument("--seqlen", type=int, default=CalibrationSpec.seqlen)
+    p.add_argument("--seed", type=int, default=CalibrationSpec.seed)
+    p.add_argument("--mode", default=CalibrationSpec.mode, choices=MODES,
                    help="sequential: block i calibrates on the pruned blocks before it; one-pass: statistics of the dense model")
     p.add_argument("--hessian", action="store_true", help="also capture X X^T (reconstruction errors for every method)")
 
@@ -67,8 +68,6 @@ def _scalar(text: str):
 
 
 def _calibration(args):
-    from workbench.engine import CalibrationSpec
-
     return CalibrationSpec(source=args.calibration, samples=args.samples, seqlen=args.seqlen, seed=args.seed,
                            mode=args.mode, hessian=True if args.hessian else None)
 
@@ -111,8 +110,6 @@ def cmd_stats(args) -> int:
 
 
 def _plan(args):
-    from workbench.engine import Plan
-
     return Plan(
         method=args.method, method_params=_key_values(args.method_param, "--method-param"),
         allocator=args.allocator, allocator_params=_key_values(args.allocator_param, "--allocator-param"),
@@ -293,11 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="prune headlessly and report sparsity, probes and times")
     _add_model_args(p)
     _add_calibration_args(p)
-    p.add_argument("--method", default="wanda", choices=METHODS.names())
+    p.add_argument("--method", default=Plan.method, choices=METHODS.names())
     p.add_argument("--method-param", action="append", metavar="KEY=VALUE", help="e.g. scope=matrix for magnitude")
-    p.add_argument("--allocator", default="uniform", choices=ALLOCATORS.names())
+    p.add_argument("--allocator", default=Plan.allocator, choices=ALLOCATORS.names())
     p.add_argument("--allocator-param", action="append", metavar="KEY=VALUE", help="e.g. M=5 or lambda=0.08 for owl")
-    p.add_argument("--sparsity", type=float, default=0.5, help="global target in [0, 1)")
+    p.add_argument("--sparsity", type=float, default=Plan.sparsity, help="global target in [0, 1)")
     p.add_argument("--pattern", default=None, help="N:M semi-structured pattern, e.g. 2:4")
     p.add_argument("--block-sparsity", action="append", metavar="BLOCK=VALUE", help="manual block target, e.g. 3=0.6")
     p.add_argument("--linear-sparsity", action="append", metavar="NAME=VALUE", help="e.g. layers.3.mlp.down_proj=0.7")
@@ -314,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("replay", help="rebuild a saved session headlessly and re-run its probes")
     p.add_argument("file")
     p.add_argument("--device", default=None, help="override the session's device")
-    p.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default=None, choices=DTYPES)
     p.add_argument("--json", action="store_true")
     p.add_argument("--check", action="store_true",
                    help="exit 1 if the masks agree less than documented or a probe differs beyond its tolerance")
@@ -361,14 +358,12 @@ def main(argv: list[str] | None = None) -> int:
     except (Cancelled, KeyboardInterrupt):
         _say("workbench: cancelled; nothing was written")
         return 130
-    except MemoryError:
-        _say("workbench: error: out of memory (CPU): try fewer --samples, a shorter --seqlen or a smaller model")
+    except (MemoryError, RuntimeError) as exc:
+        hint = out_of_memory(exc)
+        if hint is None:
+            raise
+        _say(f"workbench: error: {hint}")
         return EXIT_USAGE
-    except RuntimeError as exc:
-        if "out of memory" in str(exc).lower():
-            _say("workbench: error: out of memory on the device: try --samples/--seqlen smaller, or --device cpu")
-            return EXIT_USAGE
-        raise
 
 
 if __name__ == "__main__":

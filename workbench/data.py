@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from workbench.errors import WorkbenchError
+from workbench.plan import CalibrationSpec
 
 CALIBRATION = "calibration"
 EVALUATION = "evaluation"
@@ -148,7 +149,8 @@ def token_stream(tokenizer, source: str, part: str) -> torch.Tensor:
     return _token_cache[key]
 
 
-def calibration_windows(tokenizer, source: str = "embedded", samples: int = 32, seqlen: int = 256, seed: int = 0) -> torch.Tensor:
+def calibration_windows(tokenizer, source: str = CalibrationSpec.source, samples: int = CalibrationSpec.samples,
+                        seqlen: int = CalibrationSpec.seqlen, seed: int = CalibrationSpec.seed) -> torch.Tensor:
     """`samples x seqlen` token ids from seeded random offsets of the calibration part."""
     if samples < 1 or seqlen < 2:
         raise WorkbenchError("calibration", f"samples must be >= 1 and seqlen >= 2 (got {samples} x {seqlen})")

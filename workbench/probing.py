@@ -12,6 +12,7 @@ import json
 
 from workbench.console import progress_line
 from workbench.errors import WorkbenchError
+from workbench.plan import DTYPES, CalibrationSpec
 
 SUITE = ("perplexity", "arithmetic", "brackets", "facts", "instructions", "efficiency")
 
@@ -20,7 +21,7 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="embedded (default), a hub id, a local HF directory or a .gguf file")
     p.add_argument("--session", metavar="FILE", help="rebuild this session's pruned model and use it")
     p.add_argument("--device", default=None, help="auto (default), cpu or cuda:N")
-    p.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default=None, choices=DTYPES)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -74,12 +75,12 @@ def _source(args):
         source = data or session.calibration.source
         seed = session.calibration.seed if seed is None else seed
     else:
-        from workbench.model import load_model
+        from workbench.model import EMBEDDED, load_model
 
         session = None
-        loaded = load_model(args.model or "embedded", device=args.device or "auto", dtype=args.dtype or "auto", progress=progress)
-        source = data or "embedded"
-        seed = 0 if seed is None else seed
+        loaded = load_model(args.model or EMBEDDED, device=args.device or "auto", dtype=args.dtype or "auto", progress=progress)
+        source = data or CalibrationSpec.source
+        seed = CalibrationSpec.seed if seed is None else seed
     return loaded, session, source, seed
 
 

@@ -50,7 +50,7 @@ Version 1 files (no [masks]) are still read; a file from a newer version is refu
 from __future__ import annotations
 
 import os
-import sys
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,16 +58,12 @@ from typing import Any
 import tomli_w
 
 from workbench.atomic import atomic_write_text
-from workbench.capture import MODES
-from workbench.engine import CalibrationSpec, Engine, Plan
+from workbench.engine import Engine
 from workbench.errors import WorkbenchError
 from workbench.masks import MaskAgreement, MaskFingerprint, compare_fingerprints, exact_agreement, load_mask_file, mask_file_for
+from workbench.plan import DTYPES, MODES, CalibrationSpec, Plan, plan_to_dict
 from workbench.probes import ProbeResult
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 VERSION = 2
 READS = (1, 2)
@@ -109,22 +105,6 @@ class Session:
 
 
 # ----- writing ----------------------------------------------------------------------------------------
-def plan_to_dict(plan: Plan) -> dict:
-    """A plan as TOML-ready data."""
-    return {
-        "method": plan.method,
-        "allocator": plan.allocator,
-        "sparsity": plan.sparsity,
-        "pattern": plan.pattern or "",
-        "method_params": dict(plan.method_params),
-        "allocator_params": dict(plan.allocator_params),
-        "overrides": {
-            "blocks": {str(k): v for k, v in sorted(plan.block_overrides.items())},
-            "linears": dict(sorted(plan.linear_overrides.items())),
-        },
-    }
-
-
 def current_versions() -> dict:
     """Versions of workbench, torch and transformers in this process."""
     import torch
@@ -248,11 +228,10 @@ class _Reader:
         method_params = self.table(data, "method_params", prefix)
         allocator_params = self.table(data, "allocator_params", prefix)
         try:
-            METHODS.get(method).params(method_params)
-            ALLOCATORS.get(allocator).params(allocator_params)
+            METHODS.get(method).params(method_params, where="method_params")
+            ALLOCATORS.get(allocator).params(allocator_params, where="allocator_params")
         except WorkbenchError as exc:
-            key = "method_params" if "method" in exc.what else "allocator_params"
-            raise self.fail(f"{prefix}{key}", exc.what) from None
+            raise self.fail(f"{prefix}{exc.where}", exc.what) from None
         overrides = self.table(data, "overrides", prefix)
         self.known(overrides, f"{prefix}overrides.", {"blocks", "linears"})
         blocks: dict[int, float] = {}
@@ -329,7 +308,7 @@ def load_session(path: str | os.PathLike) -> Session:
     model = r.table(data, "model", "", required=True)
     r.known(model, "model.", {"spec", "device", "dtype"})
     dtype = r.get(model, "dtype", "model.", str, default="auto")
-    if dtype not in ("auto", "float32", "bfloat16", "float16"):
+    if dtype not in DTYPES:
         raise r.fail("model.dtype", f"unknown dtype {dtype!r}")
     cal = r.table(data, "calibration", "")
     r.known(cal, "calibration.", {"source", "samples", "seqlen", "seed", "mode", "hessian"})

@@ -16,8 +16,6 @@ import torch
 
 from workbench.methods import LinearStats
 
-DEFAULT_M = 5.0
-
 
 @dataclass(frozen=True)
 class WeightSummary:

@@ -64,7 +64,7 @@ def make_app(tmp_path, monkeypatch):
 def idle(app: WorkbenchApp) -> bool:
     """True when the current plan is applied and no worker or pending edit is left."""
     busy = any(w.is_running or w.state.name == "PENDING" for w in app.workers)
-    return app.plan is not None and app.applied_plan == app.plan and app._debounce is None and not busy
+    return app.controller.applied and not app.controller.edit_pending and not busy
 
 
 async def settle(pilot, timeout: float = 60.0) -> None:

@@ -9,46 +9,47 @@ from textual import events
 
 from tests.tui.conftest import settle, tiny_factory
 from workbench.errors import Cancelled
-from workbench.tui.block_pane import BlockPane
-from workbench.tui.confirm_screen import ConfirmScreen
-from workbench.tui.help_screen import HelpScreen
-from workbench.tui.picker_screen import PickerScreen
-from workbench.tui.slider import Slider
+from workbench.tui.edits import BlockKey, GlobalKey, LinearKey
+from workbench.tui.screens.confirm import ConfirmScreen
+from workbench.tui.screens.help import HelpScreen
+from workbench.tui.screens.picker import PickerScreen
+from workbench.tui.widgets.block_pane import BlockPane
+from workbench.tui.widgets.slider import Slider
 
 
 async def test_slider_changes_block_achieved_sparsity_and_undo_redo(make_app):
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
-        assert app.state.blocks[1].achieved == pytest.approx(0.5, abs=0.01)
-        assert app.focused.key == ("block", 0)
+        assert app.controller.state.blocks[1].achieved == pytest.approx(0.5, abs=0.01)
+        assert app.focused.key == BlockKey(0)
         await pilot.press("down", "right", "right", "right", "shift+right")
-        assert app.focused.key == ("block", 1)
+        assert app.focused.key == BlockKey(1)
         assert app.focused.value == pytest.approx(0.58)
         await settle(pilot)
-        assert app.plan.block_overrides == {1: pytest.approx(0.58)}
-        assert app.state.blocks[1].achieved == pytest.approx(0.58, abs=0.01)
-        assert app.state.blocks[0].achieved == pytest.approx(0.5, abs=0.01)
-        assert [e.label for e in app.history.entries] == ["start", "block 1 58.0%"]
+        assert app.controller.plan.block_overrides == {1: pytest.approx(0.58)}
+        assert app.controller.state.blocks[1].achieved == pytest.approx(0.58, abs=0.01)
+        assert app.controller.state.blocks[0].achieved == pytest.approx(0.5, abs=0.01)
+        assert [e.label for e in app.controller.history.entries] == ["start", "block 1 58.0%"]
         await pilot.pause(1.1)
         await pilot.press("pageup")
         await settle(pilot)
-        assert app.state.blocks[1].achieved == pytest.approx(0.53, abs=0.01)
+        assert app.controller.state.blocks[1].achieved == pytest.approx(0.53, abs=0.01)
         await pilot.press("u")
         await settle(pilot)
-        assert app.state.blocks[1].achieved == pytest.approx(0.58, abs=0.01)
+        assert app.controller.state.blocks[1].achieved == pytest.approx(0.58, abs=0.01)
         await pilot.press("u", "u")
         await settle(pilot)
-        assert app.plan.block_overrides == {}
-        assert app.state.blocks[1].achieved == pytest.approx(0.5, abs=0.01)
+        assert app.controller.plan.block_overrides == {}
+        assert app.controller.state.blocks[1].achieved == pytest.approx(0.5, abs=0.01)
         assert "nothing to undo" in app.notices
         await pilot.press("ctrl+y")
         await settle(pilot)
-        assert app.plan.block_overrides == {1: pytest.approx(0.58)}
-        assert len(app.history.entries) == 3
+        assert app.controller.plan.block_overrides == {1: pytest.approx(0.58)}
+        assert len(app.controller.history.entries) == 3
         await pilot.press("right", "left")
         await settle(pilot)
-        assert app.history.position == 1 and len(app.history.entries) == 2
+        assert app.controller.history.position == 1 and len(app.controller.history.entries) == 2
 
 
 async def test_linear_slider_and_typed_value(make_app):
@@ -60,22 +61,22 @@ async def test_linear_slider_and_typed_value(make_app):
         assert pane.expanded
         await pilot.pause()
         await pilot.press("down")
-        assert app.focused.key == ("linear", "layers.2.self_attn.q_proj")
+        assert app.focused.key == LinearKey("layers.2.self_attn.q_proj")
         await pilot.press("e")
         await pilot.press(*"70.5", "enter")
         await settle(pilot)
-        linear = app.state.blocks[2].linears[0]
+        linear = app.controller.state.blocks[2].linears[0]
         assert linear.target == pytest.approx(0.705)
         assert linear.achieved == pytest.approx(0.705, abs=0.01)
-        assert app.state.blocks[2].achieved > 0.5
-        assert app.state.blocks[3].achieved == pytest.approx(0.5, abs=0.01)
+        assert app.controller.state.blocks[2].achieved > 0.5
+        assert app.controller.state.blocks[3].achieved == pytest.approx(0.5, abs=0.01)
         await pilot.press("enter")
         assert not pane.expanded
-        assert app.focused.key == ("block", 2)
+        assert app.focused.key == BlockKey(2)
         await pilot.press("backspace")
         await settle(pilot)
-        assert app.plan.linear_overrides == {}
-        assert app.state.blocks[2].achieved == pytest.approx(0.5, abs=0.01)
+        assert app.controller.plan.linear_overrides == {}
+        assert app.controller.state.blocks[2].achieved == pytest.approx(0.5, abs=0.01)
 
 
 async def test_probe_run_shows_results(make_app):
@@ -84,11 +85,11 @@ async def test_probe_run_shows_results(make_app):
         await settle(pilot)
         await pilot.press("t")
         await settle(pilot)
-        assert [p.name for p in app.probes] == ["perplexity"]
-        assert "perplexity" in app.dense_probes
+        assert [p.name for p in app.controller.probes] == ["perplexity"]
+        assert "perplexity" in app.controller.dense_probes
         line = str(app.query_one("#probes-line").render())
         assert "ppl" in line and "(" in line
-        assert app.history.current.probes["perplexity"] == app.probes[0].score
+        assert app.controller.history.current.probes["perplexity"] == app.controller.probes[0].score
 
 
 async def test_pickers_allocator_resets_overrides_and_pattern_locks_sliders(make_app):
@@ -97,36 +98,36 @@ async def test_pickers_allocator_resets_overrides_and_pattern_locks_sliders(make
         await settle(pilot)
         await pilot.press("right", "right")
         await settle(pilot)
-        assert app.plan.block_overrides
+        assert app.controller.plan.block_overrides
         await pilot.press("a")
         assert isinstance(app.screen, PickerScreen)
         await pilot.press("up", "enter")  # uniform -> owl (the list is sorted: owl, uniform)
         await settle(pilot)
-        assert app.plan.allocator == "owl" and app.plan.block_overrides == {}
-        targets = [b.target for b in app.state.blocks]
+        assert app.controller.plan.allocator == "owl" and app.controller.plan.block_overrides == {}
+        targets = [b.target for b in app.controller.state.blocks]
         assert max(targets) - min(targets) > 0.01
-        assert app.state.achieved == pytest.approx(0.5, abs=0.01)
+        assert app.controller.state.achieved == pytest.approx(0.5, abs=0.01)
         await pilot.press("o")
         await pilot.press("3", "enter")
         await settle(pilot)
-        assert app.plan.allocator_params["M"] == 3.0
+        assert app.controller.plan.allocator_params["M"] == 3.0
         await pilot.press("n", "down", "enter")
         await settle(pilot)
-        assert app.plan.pattern == "2:4"
+        assert app.controller.plan.pattern == "2:4"
         assert all(s.locked for s in app.query(Slider))
-        assert all(b.achieved == pytest.approx(0.5) for b in app.state.blocks)
+        assert all(b.achieved == pytest.approx(0.5) for b in app.controller.state.blocks)
         await pilot.press("right")
         assert any("pattern 2:4" in n for n in app.notices)
-        assert app.plan.pattern == "2:4"
+        assert app.controller.plan.pattern == "2:4"
         await pilot.press("ctrl+p", *"method: magnitude")
         await pilot.pause(0.5)
         await pilot.press("enter")
         await settle(pilot)
-        assert app.plan.method == "magnitude" and app.state.blocks[0].linears[0].method == "magnitude"
+        assert app.controller.plan.method == "magnitude" and app.controller.state.blocks[0].linears[0].method == "magnitude"
         await pilot.press("m", "down", "enter")
         await settle(pilot)
-        assert app.plan.method == "sparsegpt"
-        assert all(b.recon_error is not None for b in app.state.blocks)
+        assert app.controller.plan.method == "sparsegpt"
+        assert all(b.recon_error is not None for b in app.controller.state.blocks)
         assert "-" not in str(app.query_one("#block-0 .stats").render()).split()[-2]
 
 
@@ -138,7 +139,7 @@ async def test_invalid_session_file_shows_error_and_app_keeps_running(make_app, 
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
         assert any("nosuch" in n and "bad.toml" in n for n in app.notices)
-        assert app.engine is not None and app.session_path is None
+        assert app.engine is not None and app.controller.session_path is None
         await pilot.press("ctrl+o")
         await pilot.press(*"missing.toml", "enter")
         assert "no such file" in str(app.screen.query_one("#error").render())
@@ -150,7 +151,7 @@ async def test_invalid_session_file_shows_error_and_app_keeps_running(make_app, 
         assert any("invalid TOML" in n for n in app.notices)
         await pilot.press("right")
         await settle(pilot)
-        assert app.state.blocks[0].achieved == pytest.approx(0.51, abs=0.01)
+        assert app.controller.state.blocks[0].achieved == pytest.approx(0.51, abs=0.01)
 
 
 async def test_worker_error_becomes_a_notification(make_app):
@@ -176,7 +177,7 @@ async def test_autosave_recovery_is_offered_and_restores(make_app, tmp_path):
         await pilot.press("down", "down", "right", "right", "right")
         await settle(pilot)
         await pilot.pause(0.2)
-        achieved = [b.achieved for b in app.state.blocks]
+        achieved = [b.achieved for b in app.controller.state.blocks]
     assert (tmp_path / "recovery.toml").exists()
 
     again = make_app()
@@ -185,10 +186,10 @@ async def test_autosave_recovery_is_offered_and_restores(make_app, tmp_path):
         assert isinstance(again.screen, ConfirmScreen)
         await pilot.press("y")
         await settle(pilot)
-        assert again.plan.block_overrides == {2: pytest.approx(0.53)}
-        assert [b.achieved for b in again.state.blocks] == achieved
-        assert again.dirty and again.session_path is None
-        assert [e.label for e in again.history.entries][-1] == "block 2 53.0%"
+        assert again.controller.plan.block_overrides == {2: pytest.approx(0.53)}
+        assert [b.achieved for b in again.controller.state.blocks] == achieved
+        assert again.controller.dirty and again.controller.session_path is None
+        assert [e.label for e in again.controller.history.entries][-1] == "block 2 53.0%"
         await pilot.press("q")
     assert (tmp_path / "recovery.toml").exists()
 
@@ -245,8 +246,8 @@ async def test_save_writes_toml_that_replays_to_the_numbers_shown(make_app, tiny
         await pilot.press(*"run.toml", "enter")
         await settle(pilot)
         await pilot.pause(0.2)
-        shown = app.state
-        assert app.session_path == tmp_path / "run.toml" and not app.dirty
+        shown = app.controller.state
+        assert app.controller.session_path == tmp_path / "run.toml" and not app.controller.dirty
         assert "run.toml" in str(app.query_one("#plan-line").render())
     session = load_session(tmp_path / "run.toml")
     assert session.theme == "light"
@@ -254,7 +255,7 @@ async def test_save_writes_toml_that_replays_to_the_numbers_shown(make_app, tiny
     assert session.plan.linear_overrides == {"layers.1.self_attn.v_proj": pytest.approx(0.65)}
     assert [p.name for p in session.probes] == ["perplexity"]
     assert [h["label"] for h in session.history][-2:] == ["block 1 53.0%", "layers.1.self_attn.v_proj 65.0%"]
-    replayed = replay_engine(session).state()
+    replayed = replay_engine(session).engine.state()
     assert replayed.achieved == shown.achieved
     for a, b in zip(replayed.blocks, shown.blocks):
         assert [x.achieved for x in a.linears] == [x.achieved for x in b.linears]
@@ -278,8 +279,8 @@ async def test_mouse_click_and_drag_move_a_slider(make_app):
         expected = round((bar // 2) / (bar - 1) * 0.99, 2)
         assert slider.value == pytest.approx(expected)
         await settle(pilot)
-        assert app.plan.block_overrides == {3: pytest.approx(expected)}
-        assert app.state.blocks[3].achieved == pytest.approx(expected, abs=0.01)
+        assert app.controller.plan.block_overrides == {3: pytest.approx(expected)}
+        assert app.controller.state.blocks[3].achieved == pytest.approx(expected, abs=0.01)
         await pilot.click("#block-1 .row-label")
         assert app.query_one("#block-1", BlockPane).expanded
 
@@ -306,12 +307,12 @@ async def test_edits_during_a_full_prune_wait_for_it_then_apply(make_app):
         await settle(pilot)
         await pilot.press("p", "right", "right")
         await pilot.pause(0.6)
-        assert app._busy(("calibrate",)) and not app._busy(("prune",))
+        assert "calibrate" in app.running_groups and "prune" not in app.running_groups
         assert "re-pruning" in str(app.query_one("#sparsity-line").render())
         gate.set()
         await settle(pilot)
-        assert app.plan.block_overrides == {0: pytest.approx(0.52)}
-        assert app.state.blocks[0].achieved == pytest.approx(0.52, abs=0.01)
+        assert app.controller.plan.block_overrides == {0: pytest.approx(0.52)}
+        assert app.controller.state.blocks[0].achieved == pytest.approx(0.52, abs=0.01)
         assert app.engine.calibrated_with.block_overrides == {}
         gate.clear()
         await pilot.press("p")
@@ -319,7 +320,7 @@ async def test_edits_during_a_full_prune_wait_for_it_then_apply(make_app):
         await pilot.press("escape")
         await settle(pilot)
         assert "pruning cancelled" in app.notices
-        assert app.state.blocks[0].achieved == pytest.approx(0.52, abs=0.01)
+        assert app.controller.state.blocks[0].achieved == pytest.approx(0.52, abs=0.01)
 
 
 async def test_fast_key_repeat_moves_one_slider_per_key(make_app):
@@ -330,11 +331,11 @@ async def test_fast_key_repeat_moves_one_slider_per_key(make_app):
         for _ in range(4):  # all queued before any is handled, as with key repeat over SSH
             app.post_message(events.Key("down", None))
         await pilot.pause(0.2)
-        assert app.focused.key == ("block", 3)
+        assert app.focused.key == BlockKey(3)
         for _ in range(3):
             app.post_message(events.Key("right", None))
         await settle(pilot)
-        assert app.plan.block_overrides == {3: pytest.approx(0.53)}
+        assert app.controller.plan.block_overrides == {3: pytest.approx(0.53)}
 
 
 async def test_app_keys_are_disabled_over_dialogs(make_app):
@@ -345,7 +346,7 @@ async def test_app_keys_are_disabled_over_dialogs(make_app):
         assert isinstance(app.screen, PickerScreen)
         await pilot.press("g", "a", "p", "t", "v", "u")
         assert isinstance(app.screen, PickerScreen) and len(app.screen_stack) == 2
-        assert not app._busy()
+        assert not app.running_groups
         await pilot.press("escape")
         await pilot.press("g")
-        assert app.focused.key == ("global",)
+        assert app.focused.key == GlobalKey()

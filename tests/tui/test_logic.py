@@ -27,8 +27,9 @@ from workbench.tui.format import (
     probe_summary,
     short,
 )
-from workbench.tui.history import EditHistory, plan_from_dict
-from workbench.tui.recovery import clear_recovery, describe_recovery
+from workbench.plan import plan_from_dict
+from workbench.tui.history import EditHistory
+from workbench.tui.recovery import Autosave, clear_recovery, describe_recovery
 from workbench.tui.themes import default_theme_name, load_themes, parse_theme, themes_dir
 
 
@@ -105,10 +106,11 @@ def test_edits_never_modify_the_old_plan():
 
 
 def test_allocator_parameters_are_checked():
-    assert edits.parse_allocator_params({"M": "3", "lambda": "0.1"}) == {"M": 3.0, "lambda": 0.1}
-    for bad in ({"M": "0"}, {"lambda": "1"}, {"M": "x"}):
-        with pytest.raises(ValueError):
-            edits.parse_allocator_params(bad)
+    assert edits.parse_allocator_params("owl", {"M": "3", "lambda": "0.1"}) == {"M": 3.0, "lambda": 0.1}
+    for bad, reason in (({"M": "0"}, "M: must be > 0"), ({"lambda": "1"}, "lambda: must be in"),
+                        ({"M": "x"}, "M: not a number"), ({"K": "1"}, "K")):
+        with pytest.raises(ValueError, match=reason):
+            edits.parse_allocator_params("owl", bad)
 
 
 def test_history_undo_redo_and_round_trip():
@@ -177,6 +179,27 @@ def test_recovery_description(tmp_path):
     clear_recovery(path)
     clear_recovery(path)
     assert not path.exists()
+
+
+def test_autosave_writes_only_the_newest_and_reports_a_failing_streak_once(tmp_path, monkeypatch):
+    from workbench.tui import recovery
+
+    written = []
+    monkeypatch.setattr(recovery, "write_recovery", lambda session, path: written.append(session))
+    autosave = Autosave(tmp_path / "recovery.toml")
+    old, new = autosave.ticket(), autosave.ticket()
+    assert autosave.write("old", old) is None and autosave.write("new", new) is None and written == ["new"]
+
+    def full(session, path):
+        raise WorkbenchError(str(path), "no space left on device")
+
+    monkeypatch.setattr(recovery, "write_recovery", full)
+    assert "no space" in str(autosave.write("a", autosave.ticket()))
+    assert autosave.write("b", autosave.ticket()) is None  # the same streak: reported once
+    (tmp_path / "recovery.toml").write_text("x")
+    queued = autosave.ticket()
+    autosave.clear()
+    assert autosave.write("c", queued) is None and not (tmp_path / "recovery.toml").exists()
 
 
 def test_header_lines_fit_80_columns():

@@ -17,7 +17,7 @@ import pytest
 from tests.tui.conftest import settle, tiny_factory
 from workbench import atomic
 from workbench.session import Session, load_session, save_session
-from workbench.tui.confirm_screen import ConfirmScreen
+from workbench.tui.screens.confirm import ConfirmScreen
 from workbench.tui.recovery import (claim_recovery, clear_recovery, lock_path, recovery_files, release_recovery,
                                     slot_path, write_recovery)
 
@@ -167,8 +167,8 @@ async def test_two_apps_at_once_then_a_third_is_offered_only_the_orphan(make_app
             assert third.recovery_path == tmp_path / "recovery-2.toml"
             await three.press("y")
             await settle(three)
-            assert third.plan.block_overrides == {0: pytest.approx(0.48)}
-            assert third.dirty
+            assert third.controller.plan.block_overrides == {0: pytest.approx(0.48)}
+            assert third.controller.dirty
             await one.press("right")
             await settle(one)
             assert load_session(first.recovery_path).plan.block_overrides == {0: pytest.approx(0.52)}
@@ -236,7 +236,7 @@ async def test_a_failed_save_is_one_notification_and_the_edit_stays(make_app, tm
         await settle(pilot)
         await pilot.press("right")
         await settle(pilot)
-        assert app.dirty and load_session(app.recovery_path).plan.block_overrides == {0: pytest.approx(0.51)}
+        assert app.controller.dirty and load_session(app.recovery_path).plan.block_overrides == {0: pytest.approx(0.51)}
         if fault == "disk full":
             disk.full = True
         elif fault == "permission denied":
@@ -255,12 +255,12 @@ async def test_a_failed_save_is_one_notification_and_the_edit_stays(make_app, tm
         failed = app.notices[before:]
         assert len(failed) == 1 and str(target) in failed[0] and reason in failed[0], "\n".join(failed)
         assert "\n" not in failed[0]
-        assert app.is_running and app.dirty and app.session_path is None
+        assert app.is_running and app.controller.dirty and app.controller.session_path is None
         assert "unsaved" in str(app.query_one("#plan-line").render())
         assert load_session(app.recovery_path).plan.block_overrides == {0: pytest.approx(0.51)}
         await pilot.press("right")
         await settle(pilot)
-        assert app.plan.block_overrides == {0: pytest.approx(0.52)}
+        assert app.controller.plan.block_overrides == {0: pytest.approx(0.52)}
     if fault == "a directory":
         assert target.is_dir() and list(target.iterdir()) == []
     else:
@@ -283,7 +283,7 @@ async def test_a_failing_autosave_warns_once_and_keeps_the_last_good_file(make_a
         warnings = [n for n in app.notices[before:] if "autosave failed" in n]
         assert len(warnings) == 1, app.notices[before:]
         assert str(app.recovery_path) in warnings[0] and "no space left on device" in warnings[0]
-        assert app.is_running and app.plan.block_overrides == {0: pytest.approx(0.54)}
+        assert app.is_running and app.controller.plan.block_overrides == {0: pytest.approx(0.54)}
         assert load_session(app.recovery_path).plan.block_overrides == {0: pytest.approx(0.51)}
         assert temporaries(tmp_path) == []
         disk.full = False

@@ -3,16 +3,19 @@
 
 An allocator returns one target sparsity per block whose parameter-weighted mean is the global target,
 each in [0, MAX_SPARSITY]. Manual per-block and per-linear overrides are applied on top by the engine.
+It declares what it needs (`needs`, from `NEEDS`), so the engine computes that before allocating and
+nobody outside this package names an allocator; it checks its own parameters and gives the UI a hint
+for each.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
+from workbench.errors import WorkbenchError
+from workbench.plan import MAX_SPARSITY
 from workbench.registry import Registry, complete_params
-
-MAX_SPARSITY = 0.99
 
 
 @dataclass
@@ -23,18 +26,37 @@ class AllocationContext:
     outlier_ratios: Callable[[float], list[float]]  # M -> per-block OWL outlier ratio
 
 
+DEFAULT_M = 5.0  # outlier threshold: a Wanda score above M x its block mean is an outlier (OWL)
+DENSE_STATISTICS = "dense_statistics"  # one-pass calibration statistics of the dense model
+NEEDS = (DENSE_STATISTICS,)
+
+
 @dataclass(frozen=True)
 class Allocator:
-    """A registered allocator: `allocate(ctx, sparsity, **params) -> per-block targets`."""
+    """A registered allocator: `allocate(ctx, sparsity, **params) -> per-block targets`.
+
+    `check(params, where)` refuses out-of-range parameters (a WorkbenchError naming `where.KEY`);
+    `hints` is one line per parameter for the UI; `outlier_M(params)` is the M of the outlier ratios the
+    allocator reads, which the panes then show."""
 
     name: str
     allocate: Callable[..., list[float]]
     defaults: dict
     description: str
+    needs: frozenset[str] = frozenset()
+    hints: dict[str, str] = field(default_factory=dict)
+    check: Callable[[dict, str], None] | None = None
+    outlier_M: Callable[[dict], float] | None = None
 
     def params(self, given: dict, where: str = "allocator_params") -> dict:
-        """`given` completed with defaults; unknown keys are refused."""
-        return complete_params("allocator", self.name, self.defaults, given, where)
+        """`given` completed with defaults; unknown keys, non-numbers and values out of range are refused."""
+        params = complete_params("allocator", self.name, self.defaults, given, where)
+        for key, value in params.items():
+            if isinstance(self.defaults[key], (int, float)) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise WorkbenchError(f"{where}.{key}", f"must be a number, got {value!r}")
+        if self.check is not None:
+            self.check(params, where)
+        return params
 
 
 ALLOCATORS: Registry[Allocator] = Registry("allocator", __name__)

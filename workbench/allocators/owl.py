@@ -9,18 +9,22 @@ outlier-heavy block sits near S - 2 * lambda. A final rebalance makes the parame
 S (it only matters when blocks differ in size or a target is clipped to [0, 0.99]).
 """
 
-from workbench.allocators import AllocationContext, Allocator, rebalance, ALLOCATORS
+from workbench.allocators import ALLOCATORS, DEFAULT_M, DENSE_STATISTICS, AllocationContext, Allocator, rebalance
 from workbench.errors import WorkbenchError
 
 
-def allocate_owl(ctx: AllocationContext, sparsity: float, M: float = 5.0, **params) -> list[float]:
-    """Per-block targets from the dense model's outlier ratios."""
-    lam = params.get("lambda", 0.08)
-    if not 0 <= lam < 1:
-        raise WorkbenchError("allocator_params.lambda", f"must be in [0, 1), got {lam}")
-    if M <= 0:
-        raise WorkbenchError("allocator_params.M", f"must be > 0, got {M}")
-    ratios = ctx.outlier_ratios(M)
+def check_owl(params: dict, where: str) -> None:
+    """M > 0 and lambda in [0, 1)."""
+    if params["M"] <= 0:
+        raise WorkbenchError(f"{where}.M", f"must be > 0, got {params['M']}")
+    if not 0 <= params["lambda"] < 1:
+        raise WorkbenchError(f"{where}.lambda", f"must be in [0, 1), got {params['lambda']}")
+
+
+def allocate_owl(ctx: AllocationContext, sparsity: float, **params) -> list[float]:
+    """Per-block targets from the dense model's outlier ratios (`params` checked by `check_owl`)."""
+    lam = params["lambda"]
+    ratios = ctx.outlier_ratios(params["M"])
     lo, hi = min(ratios), max(ratios)
     if hi - lo < 1e-12:
         return [sparsity] * len(ratios)
@@ -30,5 +34,11 @@ def allocate_owl(ctx: AllocationContext, sparsity: float, M: float = 5.0, **para
     return rebalance(targets, ctx.block_numels, sparsity)
 
 
-ALLOCATORS.add(Allocator("owl", allocate_owl, defaults={"M": 5.0, "lambda": 0.08},
-                   description="outlier-weighted: more outliers, less pruning, within S +- lambda"))
+ALLOCATORS.add(Allocator(
+    "owl", allocate_owl, defaults={"M": DEFAULT_M, "lambda": 0.08},
+    description="outlier-weighted: more outliers, less pruning, within S +- lambda",
+    needs=frozenset({DENSE_STATISTICS}),
+    hints={"M": "outlier threshold: a score above M x the block mean is an outlier (> 0)",
+           "lambda": "targets stay within the global target +- lambda, in [0, 1)"},
+    check=check_owl, outlier_M=lambda params: float(params["M"]),
+))

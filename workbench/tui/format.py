@@ -4,6 +4,7 @@ and `Cell`s (text plus a tone name) that the widgets style with the theme."""
 from __future__ import annotations
 
 import statistics
+import unicodedata
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -175,14 +176,24 @@ def probe_summary(result, dense) -> Cell:
     return Cell(f"{text} ({change:+.2g})", tone)
 
 
+def symbol(name: str) -> str:
+    """A parameter named after a Greek letter as that letter ("lambda" -> "λ", "alpha" -> "α"); any other
+    name as it is."""
+    if len(name) < 2 or not name.isalpha():
+        return name
+    try:  # Unicode spells lambda "LAMDA"
+        return unicodedata.lookup(f"GREEK SMALL LETTER {name.upper().replace('LAMBDA', 'LAMDA')}")
+    except KeyError:
+        return name
+
+
 def plan_line(model: str, plan, session: str | None, dirty: bool, allocator_defaults: dict | None = None) -> str:
     """"tiny · wanda · owl M=5 λ=0.08 · unstructured · run.toml*": what is being pruned, and how (the
     allocator's parameters completed with its defaults)."""
     allocator = plan.allocator
     values = {**(allocator_defaults or {}), **plan.allocator_params}
     if values:
-        shown = {"lambda": "λ"}
-        allocator += " " + " ".join(f"{shown.get(k, k)}={v:g}" for k, v in sorted(values.items()))
+        allocator += " " + " ".join(f"{symbol(k)}={v:g}" for k, v in sorted(values.items()))
     parts = [model, plan.method, allocator, plan.pattern or "unstructured"]
     if session:
         parts.append(session + ("*" if dirty else ""))

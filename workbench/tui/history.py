@@ -11,6 +11,8 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+from workbench.plan import plan_from_dict, plan_to_dict
+
 
 MERGE_S = 1.0
 
@@ -89,7 +91,6 @@ class EditHistory:
 
     def to_records(self) -> list[dict]:
         """The history as TOML-ready tables for `Session.history`."""
-        from workbench.session import plan_to_dict
 
         return [
             {"label": e.label, "plan": plan_to_dict(e.plan), "probes": dict(e.probes),
@@ -117,20 +118,3 @@ class EditHistory:
         history.position = max(i for i, (_, undone) in enumerate(entries) if not undone)
         history.current.plan = copy.deepcopy(plan)
         return history
-
-
-def plan_from_dict(data: dict):
-    """The inverse of `workbench.session.plan_to_dict` (values are checked when the plan is applied)."""
-    from workbench.engine import Plan
-
-    overrides = data.get("overrides", {})
-    return Plan(
-        method=str(data["method"]),
-        method_params=dict(data.get("method_params", {})),
-        allocator=str(data.get("allocator", "uniform")),
-        allocator_params=dict(data.get("allocator_params", {})),
-        sparsity=float(data["sparsity"]),
-        pattern=data.get("pattern") or None,
-        block_overrides={int(k): float(v) for k, v in overrides.get("blocks", {}).items()},
-        linear_overrides={str(k): float(v) for k, v in overrides.get("linears", {}).items()},
-    )

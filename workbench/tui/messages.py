@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from textual.message import Message
+
+from workbench.plan import Plan
+
+if TYPE_CHECKING:  # torch stays unloaded until the model loads
+    from workbench.engine import Engine, EngineState
+    from workbench.probes import ProbeResult
+    from workbench.session import Session
 
 
 @dataclass
@@ -19,12 +28,12 @@ class WorkProgress(Message):
 @dataclass
 class EngineReady(Message):
     """A model with `blocks` transformer blocks is loaded (and, when opening a session, that session is
-    read and checked)."""
+    read from `path` and checked)."""
 
-    engine: object
+    engine: Engine
     blocks: int
-    session: object | None
-    path: object | None
+    session: Session | None
+    path: Path | None
 
 
 @dataclass
@@ -33,20 +42,28 @@ class StateChanged(Message):
     `final` is False for refreshes while a prune is still running; `full` marks the end of a full
     calibration-aware prune."""
 
-    state: object
-    plan: object
-    targets: dict
+    state: EngineState
+    plan: Plan | None
+    targets: dict[str, float]
     final: bool
     full: bool
+
+
+@dataclass
+class FullPruneNeeded(Message):
+    """An incremental prune found no usable statistics for `plan` (none yet, or its method needs a Hessian
+    that was not captured): the app starts a full prune instead."""
+
+    plan: Plan
 
 
 @dataclass
 class ProbesDone(Message):
     """Probe results on the pruned model (`plan` applied) and the dense reference results."""
 
-    results: list
-    dense: dict
-    plan: object
+    results: list[ProbeResult]
+    dense: dict[str, ProbeResult]
+    plan: Plan | None
 
 
 @dataclass
@@ -54,13 +71,13 @@ class HistogramReady(Message):
     """|W| histograms of one linear before and after pruning."""
 
     name: str
-    edges: list
-    dense: list
-    pruned: list
+    edges: list[float]
+    dense: list[int]
+    pruned: list[int]
 
 
 @dataclass
 class Saved(Message):
     """A session file was written."""
 
-    path: object
+    path: Path

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,6 +130,43 @@ def write_recovery(session, path: Path) -> None:
     from workbench.session import save_session
 
     save_session(session, path)
+
+
+class Autosave:
+    """Rewrites of one recovery file from worker threads, newest first: `ticket()` (on the UI thread) numbers
+    each write as it is queued, and a write whose ticket is no longer the newest (a later edit, or a
+    clear) is dropped. A failing streak (disk full...) is reported once."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._lock = threading.Lock()
+        self._newest = 0
+        self._failing = False
+
+    def ticket(self) -> int:
+        """Number the next write (or a clear, which drops every write still queued)."""
+        self._newest += 1
+        return self._newest
+
+    def write(self, session, ticket: int) -> WorkbenchError | None:
+        """Write `session` unless a newer write or clear was queued; the error of a failure that starts a
+        failing streak, None otherwise."""
+        with self._lock:
+            if ticket != self._newest:
+                return None
+            try:
+                write_recovery(session, self.path)
+            except WorkbenchError as error:
+                first, self._failing = not self._failing, True
+                return error if first else None
+            self._failing = False
+            return None
+
+    def clear(self) -> None:
+        """Remove the recovery file and drop every write still queued."""
+        self.ticket()
+        with self._lock:
+            clear_recovery(self.path)
 
 
 def clear_recovery(path: Path) -> None:

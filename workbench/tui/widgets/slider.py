@@ -12,7 +12,9 @@ from textual.message import Message
 from textual.reactive import reactive
 from textual.widget import Widget
 
+from workbench.tui.edits import SliderKey
 from workbench.tui.format import MAX_PERCENT
+from workbench.tui.screens.value_prompt import ValuePrompt
 
 VALUE_WIDTH = 7  # " 50.0%"
 
@@ -87,7 +89,7 @@ class Slider(Widget, can_focus=True):
             super().__init__()
             self.slider = slider
 
-    def __init__(self, key: tuple, value: float = 0.0, maximum: float = MAX_PERCENT / 100, label: str = "",
+    def __init__(self, key: SliderKey, value: float = 0.0, maximum: float = MAX_PERCENT / 100, label: str = "",
                  *, id: str | None = None, classes: str | None = None):
         super().__init__(id=id, classes=classes)
         self.key = key
@@ -143,8 +145,6 @@ class Slider(Widget, can_focus=True):
         if self.locked:
             self.post_message(self.Refused(self))
             return
-        from workbench.tui.value_prompt import ValuePrompt
-
         def done(value: float | None) -> None:
             if value is not None:
                 self._user_set(value)

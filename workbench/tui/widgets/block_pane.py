@@ -8,8 +8,10 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.reactive import reactive
 
+from workbench.plan import weighted_mean
+from workbench.tui.edits import BlockKey, LinearKey
 from workbench.tui.format import Scale
-from workbench.tui.stat_row import StatRow
+from workbench.tui.widgets.stat_row import StatRow
 
 
 class BlockPane(Vertical):
@@ -35,7 +37,7 @@ class BlockPane(Vertical):
         self._last: tuple | None = None
 
     def compose(self) -> ComposeResult:
-        yield StatRow(("block", self.index), self._label(), f"block {self.index}", self.initial, classes="block-row")
+        yield StatRow(BlockKey(self.index), self._label(), f"block {self.index}", self.initial, classes="block-row")
         yield Vertical(classes="linears")
 
     def _label(self) -> str:
@@ -53,7 +55,7 @@ class BlockPane(Vertical):
         holder = self.query_one(".linears", Vertical)
         if expanded and not holder.children and self._last is not None:
             block, _, targets, overridden, locked = self._last
-            rows = [StatRow(("linear", x.name), f" {x.kind:<4}", x.name, targets.get(x.name, x.target),
+            rows = [StatRow(LinearKey(x.name), f" {x.kind:<4}", x.name, targets.get(x.name, x.target),
                             classes="linear-row") for x in block.linears]
             holder.mount_all(rows)
             self.call_after_refresh(self._show_linears)
@@ -85,7 +87,7 @@ class BlockPane(Vertical):
         block, scale, targets, overridden, locked = self._last
         self.row.show(block, scale)
         if move and targets:
-            value = sum(targets[x.name] * x.numel for x in block.linears) / block.numel
+            value = weighted_mean((targets[x.name] for x in block.linears), (x.numel for x in block.linears))
             self.row.show_target(value, "block" in overridden, locked)
         self._show_linears(move)
 

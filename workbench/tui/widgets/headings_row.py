@@ -7,7 +7,7 @@ from textual.containers import Horizontal
 from textual.widgets import Static
 
 from workbench.tui.format import CORE_COLUMNS, EXTRA_COLUMNS, columns_width, headings
-from workbench.tui.stat_row import LABEL_WIDTH
+from workbench.tui.widgets.stat_row import LABEL_WIDTH
 
 
 class HeadingsRow(Horizontal):

@@ -1,4 +1,4 @@
-"""A modal to edit an allocator's numeric parameters (for OWL: M and lambda)."""
+"""A modal to edit the numeric parameters of the plan's allocator, with the allocator's own hints."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label
 
-from workbench.tui.edits import PARAM_HINTS, parse_allocator_params
+from workbench.allocators import ALLOCATORS
+from workbench.tui.edits import parse_allocator_params
+
 
 class ParamsScreen(ModalScreen[dict | None]):
-    """One input per parameter; enter accepts (with a check), escape cancels."""
+    """One input per parameter of `allocator` (`given` completed with its defaults); enter accepts (the
+    allocator checks the values), escape cancels. Dismisses with the values or None."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel", id="params.cancel")]
 
@@ -27,27 +30,29 @@ class ParamsScreen(ModalScreen[dict | None]):
     ParamsScreen .error { color: $error; }
     """
 
-    def __init__(self, title: str, params: dict[str, float]):
+    def __init__(self, allocator: str, given: dict[str, float]):
         super().__init__()
-        self.title_text = title
-        self.params = params
+        self.allocator = allocator
+        declared = ALLOCATORS.get(allocator)
+        self.params = {**declared.defaults, **given}
+        self.hints = declared.hints
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label(self.title_text)
+            yield Label(f"{self.allocator} parameters")
             for key, value in self.params.items():
                 with Horizontal():
                     yield Label(key)
                     yield Input(value=f"{value:g}", id=f"param-{key}")
-                if key in PARAM_HINTS:
-                    yield Label(PARAM_HINTS[key], classes="hint")
+                if key in self.hints:
+                    yield Label(self.hints[key], classes="hint")
             yield Label("enter: apply   escape: cancel", classes="hint")
             yield Label("", classes="error", id="error")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         typed = {key: self.query_one(f"#param-{key}", Input).value for key in self.params}
         try:
-            values = parse_allocator_params(typed)
+            values = parse_allocator_params(self.allocator, typed)
         except ValueError as exc:
             self.query_one("#error", Label).update(str(exc))
             return

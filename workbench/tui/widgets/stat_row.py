@@ -6,8 +6,9 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Static
 
+from workbench.tui.edits import SliderKey
 from workbench.tui.format import CORE_COLUMNS, EXTRA_COLUMNS, Scale, cells_markup, columns_width, core_cells, extra_cells
-from workbench.tui.slider import Slider
+from workbench.tui.widgets.slider import Slider
 
 LABEL_WIDTH = 6
 
@@ -22,7 +23,7 @@ class StatRow(Horizontal):
     StatRow > .stats-extra {{ width: {columns_width(EXTRA_COLUMNS) + 1}; padding-left: 1; display: none; }}
     """
 
-    def __init__(self, key: tuple, label: str, title: str, value: float = 0.0, classes: str | None = None):
+    def __init__(self, key: SliderKey, label: str, title: str, value: float = 0.0, classes: str | None = None):
         super().__init__(classes=classes)
         self.key = key
         self.label_text = label

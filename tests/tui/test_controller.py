@@ -1,0 +1,141 @@
+"""The app's controller without Textual or a model: loading, edits and their history, the pause before a
+re-prune, full against incremental prunes, work queued until a prune lands, probes and sessions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from workbench.plan import Plan
+from workbench.probes import ProbeResult
+from workbench.tui import edits
+from workbench.tui.controller import Controller, PruneJob
+from workbench.tui.edits import BlockKey
+
+
+def linear(name: str, numel: int, target: float = 0.5):
+    return SimpleNamespace(name=name, numel=numel, target=target)
+
+
+STATE = SimpleNamespace(blocks=[
+    SimpleNamespace(linears=[linear("layers.0.q", 100), linear("layers.0.down", 300)]),
+    SimpleNamespace(linears=[linear("layers.1.q", 100), linear("layers.1.down", 300)]),
+])
+
+
+def result(score: float) -> ProbeResult:
+    return ProbeResult("perplexity", score, "ppl", False, 2, 0.0, "quick", 0.05, 0.0)
+
+
+def applied_controller() -> Controller:
+    """A controller whose first full prune has landed."""
+    controller = Controller()
+    calibrate = controller.start(None)
+    controller.prune_job(full_running=False, calibrate=calibrate)
+    controller.landed(STATE, controller.plan, {}, final=True, full=True)
+    return controller
+
+
+def test_a_fresh_model_starts_with_a_full_prune_of_the_default_plan():
+    controller = Controller()
+    assert not controller.loaded
+    calibrate = controller.start(None)
+    assert calibrate == Plan() == controller.plan and not controller.applied
+    assert controller.note(pruning=True) == "re-pruning"
+    assert controller.prune_job(full_running=False, calibrate=calibrate) == PruneJob(Plan(), Plan())
+    landing = controller.landed(STATE, Plan(), {"layers.0.q": 0.5}, final=True, full=True)
+    assert landing.current and landing.follow_ups == [] and landing.prune is None
+    assert controller.applied and controller.note(pruning=False) is None and not controller.dirty
+    engine_plan = Plan(sparsity=0.6)
+    assert controller.start(engine_plan) is None and controller.applied  # a reused engine keeps its statistics
+
+
+def test_an_edit_waits_for_its_prune_and_a_running_full_prune_picks_it_up():
+    controller = applied_controller()
+    plan, label = edits.move_slider(controller.plan, BlockKey(1), 0.6)
+    assert controller.edit(plan, label, source=BlockKey(1), now=1.0)
+    assert not controller.edit(plan, label, source=BlockKey(1), now=1.1)  # nothing changed
+    assert controller.edit_pending and controller.dirty and not controller.applied
+    assert controller.note(pruning=False) == "re-pruning"
+    assert controller.prune_job(full_running=True) is None  # the full prune re-prunes it when it lands
+    assert not controller.edit_pending
+    landing = controller.landed(STATE, Plan(), {}, final=True, full=True)  # an older plan's full prune
+    assert not landing.current and landing.prune == PruneJob(plan)
+    assert controller.prune_job(full_running=False) == PruneJob(plan)
+    assert controller.landed(STATE, plan, {"layers.1.q": 0.6}, final=False, full=False).current
+    assert not controller.applied
+    controller.landed(STATE, plan, {"layers.1.q": 0.6}, final=True, full=False)
+    assert controller.applied and controller.targets == {"layers.1.q": 0.6}
+
+
+def test_work_waits_until_the_current_plan_is_applied():
+    controller = applied_controller()
+    ran = []
+    assert not controller.when_applied(lambda: ran.append("now"), pruning=False) and ran == ["now"]
+    plan, label = edits.set_global(controller.plan, 0.7)
+    controller.edit(plan, label)
+    assert controller.when_applied(lambda: ran.append("probe"), pruning=False)  # the caller starts the prune
+    assert not controller.when_applied(lambda: ran.append("save"), pruning=True)
+    assert ran == ["now"]
+    assert controller.landed(STATE, Plan(), {}, final=True, full=False).follow_ups == []  # not the current plan
+    landing = controller.landed(STATE, plan, {}, final=True, full=False)
+    for action in landing.follow_ups:
+        action()
+    assert ran == ["now", "probe", "save"]
+    assert controller.landed(STATE, plan, {}, final=True, full=False).follow_ups == []
+
+
+def test_cancel_and_failure_drop_the_queued_work():
+    controller = applied_controller()
+    controller.edit(*edits.set_global(controller.plan, 0.7))
+    controller.when_applied(lambda: None, pruning=True)
+    controller.cancel()
+    assert not controller.edit_pending and controller.note(pruning=False) == "not applied (p prunes)"
+    controller.when_applied(lambda: None, pruning=True)
+    controller.prune_failed()
+    assert controller.landed(STATE, controller.plan, {}, final=True, full=False).follow_ups == []
+
+
+def test_undo_and_redo_return_the_labels_and_mark_the_plan_pending():
+    controller = applied_controller()
+    assert controller.undo() is None
+    controller.edit(*edits.set_block(controller.plan, 0, 0.6), now=1.0)
+    controller.prune_job(full_running=False)
+    assert controller.undo() == "block 0 60.0%" and controller.plan == Plan() and controller.edit_pending
+    assert controller.redo() == "block 0 60.0%" and controller.plan.block_overrides == {0: 0.6}
+    assert controller.redo() is None
+
+
+def test_probes_belong_to_the_plan_they_were_measured_on():
+    controller = applied_controller()
+    dense = {"perplexity": result(18.0)}
+    controller.probes_done([result(20.0)], dense, controller.plan)
+    assert controller.history.current.probes == {"perplexity": 20.0} and controller.dirty
+    assert not controller.probes_stale and [p.score for p in controller.current_probes] == [20.0]
+    controller.edit(*edits.set_global(controller.plan, 0.6))
+    assert controller.probes_stale and controller.current_probes == []
+    controller.probes_done([result(25.0)], dense, Plan())  # measured before the edit
+    assert controller.history.current.probes == {}
+
+
+def test_sessions_open_restore_and_save(tmp_path):
+    plan, calibrated = Plan(sparsity=0.6, block_overrides={1: 0.7}), Plan(sparsity=0.6)
+    session = SimpleNamespace(plan=plan, calibrated_with=calibrated, history=[], probes=[result(20.0)],
+                              dense_probes=[result(18.0)])
+    controller = Controller()
+    assert controller.open(session, tmp_path / "run.toml", restored=False, applied=None) == calibrated
+    assert controller.session_path == tmp_path / "run.toml" and not controller.dirty
+    assert controller.plan == plan and not controller.probes_stale and set(controller.dense_probes) == {"perplexity"}
+    controller.open(session, tmp_path / "recovery.toml", restored=True, applied=plan)
+    assert controller.session_path is None and controller.dirty and controller.applied
+    controller.saved(tmp_path / "again.toml")
+    assert controller.session_path == Path(tmp_path / "again.toml") and not controller.dirty
+
+
+def test_what_the_plots_show():
+    controller = applied_controller()
+    controller.landed(STATE, controller.plan, {"layers.0.q": 0.9, "layers.0.down": 0.5}, final=True, full=False)
+    assert controller.block_targets() == pytest.approx([0.6, 0.5])
+    assert controller.default_linear(1) == "layers.1.down"

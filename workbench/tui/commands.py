@@ -1,0 +1,59 @@
+"""The app's commands in one table: each is a key binding (with an id) and, when it has a palette name,
+an entry of the command palette."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual.binding import Binding
+
+
+@dataclass(frozen=True)
+class Command:
+    """One app command. `action` is a Textual action string; `description` is the footer label and
+    `tooltip` the longer text of the help screen; `palette` names it in the command palette, with `about`."""
+
+    id: str
+    keys: str
+    action: str
+    description: str
+    tooltip: str = ""
+    show: bool = True
+    palette: str = ""
+    about: str = ""
+
+    @property
+    def action_name(self) -> str:
+        """The action without its arguments: "pick('method')" -> "pick"."""
+        return self.action.partition("(")[0]
+
+    def binding(self) -> Binding:
+        """The key binding of this command."""
+        return Binding(self.keys, self.action, self.description, show=self.show, id=self.id, tooltip=self.tooltip)
+
+
+COMMANDS = (
+    Command("app.help", "question_mark,f1", "help", "Help", palette="Help", about="All key bindings"),
+    Command("app.save", "ctrl+s", "save", "Save", tooltip="Save the session (TOML)", palette="Save session",
+            about="Write the session file (TOML)"),
+    Command("app.save_as", "S", "save_as", "Save as", show=False, palette="Save session as",
+            about="Write the session to a new file"),
+    Command("app.open", "ctrl+o", "open", "Open", show=False, palette="Open session", about="Open a session file"),
+    Command("app.probe", "t", "probe", "Probe", tooltip="Run the quick probes (esc cancels)", palette="Probes",
+            about="Run the quick probes on the current state"),
+    Command("app.prune", "p", "prune", "Prune", tooltip="Full calibration-aware prune of the current plan",
+            palette="Prune (full)", about="Re-run the calibration-aware prune of the current plan"),
+    Command("app.cancel", "escape", "cancel", "Cancel work", show=False),
+    Command("app.undo", "ctrl+z,u", "undo", "Undo", show=False, palette="Undo", about="Undo the last edit"),
+    Command("app.redo", "ctrl+y,U", "redo", "Redo", show=False, palette="Redo", about="Redo the edit just undone"),
+    Command("app.method", "m", "pick('method')", "Method", tooltip="Pick the pruning method"),
+    Command("app.pattern", "n", "pick('pattern')", "N:M pattern", show=False),
+    Command("app.allocator", "a", "pick('allocator')", "Alloc", tooltip="Pick the allocator (resets sliders)"),
+    Command("app.allocator_params", "o", "allocator_params", "Allocator parameters", show=False,
+            palette="Allocator parameters", about="Edit the parameters of the plan's allocator"),
+    Command("app.global", "g", "focus_global", "Global target", show=False),
+    Command("app.plots", "v", "plots", "Plots", tooltip="Plots: allocation, |W| histogram, probe history",
+            palette="Plots", about="Allocation, |W| histogram, probe history"),
+    Command("app.theme", "T", "pick('theme')", "Theme", show=False),
+    Command("app.quit", "q", "quit", "Quit", tooltip="Quit (also ctrl+q); unsaved edits stay in the recovery file"),
+)

@@ -1,0 +1,71 @@
+"""The three plots of the plots screen: the allocation across blocks with outlier ratios, the |W|
+histogram of one linear, and probe results across the edit history."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from textual_plotext import PlotextPlot
+
+if TYPE_CHECKING:
+    from workbench.probes import ProbeResult
+
+
+class Plot(PlotextPlot):
+    """A plotext plot that is redrawn from scratch each time."""
+
+    def _clear(self):
+        plt = self.plt
+        plt.clear_data()
+        plt.clear_figure()
+        return plt
+
+
+class AllocationPlot(Plot):
+    """Target and achieved sparsity per block (left axis, percent) over outlier-ratio bars (right axis)."""
+
+    def draw(self, targets: list[float], achieved: list[float], outliers: list[float | None], title: str) -> None:
+        plt = self._clear()
+        blocks = list(range(len(targets)))
+        if any(o is not None for o in outliers):
+            plt.bar(blocks, [100 * (o or 0.0) for o in outliers], label="outlier % (right)", yside="right",
+                    width=0.4, fill=False)
+        plt.plot(blocks, [100 * t for t in targets], label="target %", marker="hd")
+        plt.scatter(blocks, [100 * a for a in achieved], label="achieved %", marker="x")
+        plt.title(title)
+        plt.xlabel("block")
+        self.refresh()
+
+
+class HistogramPlot(Plot):
+    """Counts per |W| bin: the dense weight, and the weights pruning kept (the small ones go first)."""
+
+    def draw(self, name: str, edges: list[float], dense: list[int], pruned: list[int]) -> None:
+        plt = self._clear()
+        centres = [(a + b) / 2 for a, b in zip(edges, edges[1:])]
+        plt.plot(centres, dense, label="dense", marker="hd")
+        plt.plot(centres, pruned, label="kept after pruning", marker="x")
+        plt.title(f"|W| of {name}")
+        plt.xlabel("|W|")
+        self.refresh()
+
+    def draw_waiting(self, text: str) -> None:
+        """An empty plot with a title (while the histogram is computed, or when there is nothing to show)."""
+        self._clear().title(text)
+        self.refresh()
+
+
+class ProbePlot(Plot):
+    """One line per probe: its score divided by the dense score (1.0 = as good as dense), per edit."""
+
+    def draw(self, edits: list[int], series: dict[str, list[float | None]], dense: dict[str, ProbeResult]) -> None:
+        plt = self._clear()
+        for name, scores in series.items():
+            reference = dense[name].score if name in dense else 0.0
+            points = [(x, s / reference if reference else s) for x, s in zip(edits, scores) if s is not None]
+            if points:
+                xs, ys = zip(*points)
+                plt.plot(list(xs), list(ys), label=name + (" / dense" if reference else ""), marker="hd")
+        plt.title("probes across the edit history" if series else "no probe results yet: press t on the main screen")
+        plt.xlabel("edit")
+        self.refresh()
