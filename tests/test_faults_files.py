@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import io
 import os
 import random
 import signal
@@ -15,56 +14,26 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
 import tomli_w
 
+from tests.faults import full_disk_file
 from workbench import atomic
 from workbench.atomic import STALE_AFTER_S, atomic_write_text, failure_reason, remove_stale
 from workbench.cli import main
 from workbench.errors import WorkbenchError
 from workbench.session import Session, load_session, save_session, session_to_dict
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--samples", "4", "--seqlen", "32"]
 
 
-class _FullDisk(io.RawIOBase):
-    """A file descriptor that takes `room` bytes, then fails every write with ENOSPC (as a full disk)."""
-
-    def __init__(self, fd: int, room: int):
-        self.fd, self.room = fd, room
-
-    def writable(self) -> bool:
-        return True
-
-    def fileno(self) -> int:
-        return self.fd
-
-    def write(self, data) -> int:
-        if self.room <= 0:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        written = os.write(self.fd, bytes(data[:self.room]))
-        self.room -= written
-        return written
-
-    def close(self) -> None:
-        if not self.closed:
-            os.close(self.fd)
-        super().close()
-
-
 def fill_disk_after(monkeypatch, room: int) -> None:
     """Every file atomic_write_text opens from now on gets `room` bytes before the disk is full."""
-    monkeypatch.setattr(atomic.os, "fdopen",
-                        lambda fd, mode="r", encoding=None: io.TextIOWrapper(io.BufferedWriter(_FullDisk(fd, room)),
-                                                                             encoding=encoding))
+    monkeypatch.setattr(atomic.os, "fdopen", lambda fd, mode="r", encoding=None: full_disk_file(fd, mode, encoding, room))
 
 
 def full_at_fsync(monkeypatch) -> None:

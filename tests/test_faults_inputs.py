@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny import ByteTokenizer, tiny_llama
+from tests.tiny import ByteTokenizer
 from workbench import model as model_module
 from workbench.cli import main
 from workbench.data import CALIBRATION, EVALUATION, calibration_windows, evaluation_windows, load_texts

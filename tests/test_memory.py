@@ -13,7 +13,7 @@ import torch
 from tests.tiny import tiny_llama
 from workbench import bench
 from workbench.engine import Engine
-from workbench.memory import configure_allocator, settle, status_kib
+from workbench.memory import settle, status_kib
 from workbench.plan import Plan
 from workbench.probes import perplexity
 

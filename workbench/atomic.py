@@ -78,7 +78,12 @@ def _fsync_directory(directory: Path) -> None:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to `path` atomically (see the module docstring); any OSError becomes one WorkbenchError
+    """Write `text` (UTF-8) to `path` atomically; see `atomic_write_bytes`."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` atomically (see the module docstring); any OSError becomes one WorkbenchError
     naming the file, with the previous file intact and no temporary left."""
     path = Path(path)
     existed, tmp = False, None
@@ -87,9 +92,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale(path.parent, path.name)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with os.fdopen(fd, "wb") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
-            f.write(text)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
             os.replace(tmp, path)

@@ -3,8 +3,9 @@
 Stages: model load (first, from an empty cache, and cached), one dense forward pass over the calibration
 tokens (the unit every other time is divided by), calibration capture, each method's full prune at 50%
 (sequential; Wanda also one-pass), re-pruning one linear and one block from cached statistics, the
-dense reference probes (the pruned weights swapped for the dense ones), the perplexity probe and the
-quick probe suite. The first load runs in a child process with an empty cache (its time includes
+dense reference probes (the pruned weights swapped for the dense ones), the perplexity probe, the
+quick probe suite, a sensitivity scan of every block, and a comparison of every allocator with Wanda
+at 70% (quick probes and the dense reference included). The first load runs in a child process with an empty cache (its time includes
 starting Python).
 
 Memory: before each stage, garbage is collected, freed heap is handed back to the OS and the peak
@@ -37,7 +38,9 @@ from dataclasses import dataclass
 import torch
 from transformers import AutoTokenizer
 
+from workbench.allocators import ALLOCATORS
 from workbench.capture import capture, dense_forward
+from workbench.compare import grid, run_comparison
 from workbench.data import calibration_windows
 from workbench.engine import Engine
 from workbench.errors import WorkbenchError
@@ -46,9 +49,10 @@ from workbench.model import EMBEDDED, load_model, resolve_source
 from workbench.plan import ONE_PASS, SEQUENTIAL, CalibrationSpec, Plan
 from workbench.probes import PROBES
 from workbench.probes import perplexity
+from workbench.sensitivity import scan
 
 STAGES = ("load-first", "load-cached", "forward", "capture", "wanda", "wanda-one-pass", "sparsegpt", "magnitude",
-          "reprune-linear", "reprune-block", "probe-dense", "perplexity", "probe-suite")
+          "reprune-linear", "reprune-block", "probe-dense", "perplexity", "probe-suite", "sensitivity", "compare")
 
 
 @dataclass
@@ -197,6 +201,24 @@ def run_bench(args) -> int:
         names = PROBES.names()
         measure("probe-suite", lambda: engine.probe(names), f"<= 15 s, {len(names)} probes", limit_s=15.0,
                 memory_budget_mib=probe_budget)
+
+    if wanted("sensitivity"):
+        engine.apply(half)
+        measure("sensitivity", lambda: scan(engine, half, step=0.1), f"<= 60 s, {len(engine.linears)} blocks +10%, quick perplexity",
+                limit_s=60.0, memory_budget_mib=probe_budget)
+    if wanted("compare"):
+        variants = grid(["wanda"], ALLOCATORS.names(), 0.7)
+        seconds = {r.stage: r.seconds for r in rows}
+        limit = None
+        if {"wanda", "probe-suite", "probe-dense"} <= set(seconds):
+            dense_suite = seconds["probe-dense"] - seconds["probe-suite"]  # that stage ran dense refs + pruned
+            limit = len(variants) * (seconds["wanda"] + seconds["probe-suite"]) + dense_suite
+        engine.restore_dense()
+        engine.dense_probes.clear()  # the comparison measures its dense reference itself
+        target = (f"<= {len(variants)} x (wanda + suite) + dense suite = {limit:.0f} s" if limit
+                  else "limit needs the wanda and probe stages")
+        measure("compare", lambda: run_comparison(engine, variants, PROBES.names()), f"{len(variants)} allocators at 70%, {target}",
+                limit_s=limit, memory_budget_mib=probe_budget)
 
     meta = {"model": args.model, "device": str(loaded.device), "dtype": str(loaded.dtype).replace("torch.", ""),
             "calibration_tokens": ids.numel(), "threads": torch.get_num_threads(),

@@ -23,7 +23,7 @@ from workbench.errors import Cancelled
 from workbench.memory import release_freed_memory
 from workbench.methods import LinearStats
 from workbench.model import INPUT_GROUPS, LINEAR_PATHS, blocks_of
-from workbench.plan import ONE_PASS, SEQUENTIAL
+from workbench.plan import ONE_PASS
 
 MICRO_BATCH = 8
 

@@ -1,5 +1,5 @@
 """The `workbench` command: the app (no arguments, or `tui`) and the headless commands
-`stats`, `prune`, `replay`, `probe`, `eval` and `bench`. Never imports textual at module level.
+`stats`, `prune`, `replay`, `probe`, `eval`, `compare`, `sensitivity` and `bench`. Never imports textual at module level.
 
 Every user error is one line on stderr (`workbench: error: WHERE: WHAT`) with exit code 2.
 """
@@ -19,57 +19,11 @@ from pathlib import Path
 
 from workbench.console import progress_line
 from workbench.errors import Cancelled, WorkbenchError, out_of_memory
-from workbench.plan import DTYPES, MODES, CalibrationSpec, Plan
+from workbench.cliargs import add_calibration_args, add_model_args, add_plan_args, calibration_of, plan_of
+from workbench.plan import DTYPES
 
 EXIT_USAGE = 2
 EXIT_CHECK_FAILED = 1
-
-
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="embedded", help="embedded (default), a hub id, a local HF directory or a .gguf file")
-    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda:N")
-    p.add_argument("--dtype", default="auto", choices=DTYPES)
-
-
-def _add_calibration_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--calibration", default=CalibrationSpec.source, help="embedded, hf:NAME[:CONFIG[:SPLIT]], or a .txt/.jsonl file")
-    p.add_argument("--samples", type=int, default=CalibrationSpec.samples)
-    p.add_argument("--seqlen", type=int, default=CalibrationSpec.seqlen)
-    p.add_argument("--seed", type=int, default=CalibrationSpec.seed)
-    p.add_argument("--mode", default=CalibrationSpec.mode, choices=MODES,
-                   help="sequential: block i calibrates on the pruned blocks before it; one-pass: statistics of the dense model")
-    p.add_argument("--hessian", action="store_true", help="also capture X X^T (reconstruction errors for every method)")
-
-
-def _key_values(items: list[str], where: str, key_type=str) -> dict:
-    """Parse repeated KEY=VALUE options; values become int/float/bool when they look like one."""
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise WorkbenchError(where, f"expected KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        try:
-            key = key_type(key)
-        except ValueError:
-            raise WorkbenchError(where, f"bad key {key!r} in {item!r}") from None
-        out[key] = _scalar(value)
-    return out
-
-
-def _scalar(text: str):
-    if text in ("true", "false"):
-        return text == "true"
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
-def _calibration(args):
-    return CalibrationSpec(source=args.calibration, samples=args.samples, seqlen=args.seqlen, seed=args.seed,
-                           mode=args.mode, hessian=True if args.hessian else None)
 
 
 def _fmt(value, spec: str = ".3f") -> str:
@@ -97,7 +51,7 @@ def block_table(state) -> str:
 def cmd_stats(args) -> int:
     from workbench.engine import Engine
 
-    engine = Engine.load(args.model, args.device, args.dtype, _calibration(args), progress=progress_line(args.json))
+    engine = Engine.load(args.model, args.device, args.dtype, calibration_of(args), progress=progress_line(args.json))
     if not args.no_calibration:
         engine.calibrate(progress=progress_line(args.json))
     state = engine.state()
@@ -107,16 +61,6 @@ def cmd_stats(args) -> int:
         print(f"model {state.model}: {len(state.blocks)} blocks, {state.params_total:,} parameters in their linears")
         print(block_table(state))
     return 0
-
-
-def _plan(args):
-    return Plan(
-        method=args.method, method_params=_key_values(args.method_param, "--method-param"),
-        allocator=args.allocator, allocator_params=_key_values(args.allocator_param, "--allocator-param"),
-        sparsity=args.sparsity, pattern=args.pattern,
-        block_overrides=_key_values(args.block_sparsity, "--block-sparsity", int),
-        linear_overrides=_key_values(args.linear_sparsity, "--linear-sparsity"),
-    )
 
 
 def _probe_pairs(dense: list, pruned: list) -> list[dict]:
@@ -172,12 +116,12 @@ def _write_outputs(args, engine, pruned) -> str | None:
 def cmd_prune(args) -> int:
     from workbench.engine import Engine
 
-    plan = _plan(args)
+    plan = plan_of(args)
     if args.save_masks and not args.save_session:
         raise WorkbenchError("--save-masks", "needs --save-session FILE (the masks are written beside it)")
     progress = progress_line(args.json)
     t0 = time.perf_counter()
-    engine = Engine.load(args.model, args.device, args.dtype, _calibration(args), progress=progress)
+    engine = Engine.load(args.model, args.device, args.dtype, calibration_of(args), progress=progress)
     engine.check_plan(plan)
     t_load = time.perf_counter() - t0
     names = [n for n in args.probes.split(",") if n]
@@ -216,9 +160,12 @@ def cmd_prune(args) -> int:
 
 
 def cmd_replay(args) -> int:
+    from workbench.comparing import replay_comparison
     from workbench.replaycheck import ReplayReport, check_probes
-    from workbench.session import load_session, replay_engine
+    from workbench.session import is_comparison_file, load_session, replay_engine
 
+    if is_comparison_file(args.file):
+        return replay_comparison(args.file, args)
     session = load_session(args.file)
     replayed = replay_engine(session, progress=progress_line(args.json), path=args.file, device=args.device,
                              dtype=args.dtype, use_mask_file=not args.recompute)
@@ -263,7 +210,7 @@ def cmd_bench(args) -> int:
 
 
 def _add_tui_args(p: argparse.ArgumentParser) -> None:
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--session", help="open this session file")
     p.add_argument("--theme", help="dark, light, mono, or any theme in themes/")
     p.set_defaults(func=cmd_tui)
@@ -271,8 +218,7 @@ def _add_tui_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `workbench` command."""
-    from workbench.allocators import ALLOCATORS
-    from workbench.methods import METHODS
+    from workbench.comparing import add_compare_parser, add_sensitivity_parser
     from workbench.probing import add_eval_parser, add_probe_parser
 
     parser = argparse.ArgumentParser(prog="workbench", description="A terminal workbench for pruning LLMs.")
@@ -281,23 +227,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tui_args(sub.add_parser("tui", help="open the app (the default without arguments)"))
 
     p = sub.add_parser("stats", help="per-block weight, outlier and activation statistics")
-    _add_model_args(p)
-    _add_calibration_args(p)
+    add_model_args(p)
+    add_calibration_args(p)
     p.add_argument("--no-calibration", action="store_true", help="weights only: skip the calibration pass")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser("prune", help="prune headlessly and report sparsity, probes and times")
-    _add_model_args(p)
-    _add_calibration_args(p)
-    p.add_argument("--method", default=Plan.method, choices=METHODS.names())
-    p.add_argument("--method-param", action="append", metavar="KEY=VALUE", help="e.g. scope=matrix for magnitude")
-    p.add_argument("--allocator", default=Plan.allocator, choices=ALLOCATORS.names())
-    p.add_argument("--allocator-param", action="append", metavar="KEY=VALUE", help="e.g. M=5 or lambda=0.08 for owl")
-    p.add_argument("--sparsity", type=float, default=Plan.sparsity, help="global target in [0, 1)")
-    p.add_argument("--pattern", default=None, help="N:M semi-structured pattern, e.g. 2:4")
-    p.add_argument("--block-sparsity", action="append", metavar="BLOCK=VALUE", help="manual block target, e.g. 3=0.6")
-    p.add_argument("--linear-sparsity", action="append", metavar="NAME=VALUE", help="e.g. layers.3.mlp.down_proj=0.7")
+    add_model_args(p)
+    add_calibration_args(p)
+    add_plan_args(p)
     p.add_argument("--probes", default="perplexity", help="comma-separated probes to run dense and pruned ('' for none)")
     p.add_argument("--full", action="store_true", help="full-size probes instead of quick ones")
     p.add_argument("--save-session", metavar="FILE")
@@ -308,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_prune)
 
-    p = sub.add_parser("replay", help="rebuild a saved session headlessly and re-run its probes")
+    p = sub.add_parser("replay", help="rebuild a saved session (or re-run a comparison file) headlessly and re-run its probes")
     p.add_argument("file")
     p.add_argument("--device", default=None, help="override the session's device")
     p.add_argument("--dtype", default=None, choices=DTYPES)
@@ -320,10 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_probe_parser(sub)
     add_eval_parser(sub)
+    add_compare_parser(sub)
+    add_sensitivity_parser(sub)
 
     p = sub.add_parser("bench", help="time and memory of load, calibration, each method, re-pruning and probes")
-    _add_model_args(p)
-    _add_calibration_args(p)
+    add_model_args(p)
+    add_calibration_args(p)
     p.add_argument("--only", default="", help="comma-separated stages to run (default: all)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)

@@ -293,20 +293,28 @@ class Engine:
         return self.bank.digest()
 
     # ----- probes and export ----------------------------------------------------------------------
+    @_locked
+    def dense_reference(self, names, size: str = "quick", cancel: Cancel | None = None) -> list[ProbeResult]:
+        """The dense model's results for probes `names`, measured once (dense weights swapped in) and kept."""
+        missing = [n for n in names if n not in self.dense_probes or self.dense_probes[n].size != size]
+        if missing:
+            with self.dense_weights():
+                for result in run_probes(self._probe_context(cancel), missing, size):
+                    self.dense_probes[result.name] = result
+        return [self.dense_probes[n] for n in names]
+
+    @_locked
     def probe(self, names=("perplexity",), size: str = "quick", progress: Progress | None = None,
               cancel: Cancel | None = None) -> list[ProbeResult]:
         """Run probes on the current model; dense reference results are measured once and kept."""
-        with self._lock:
-            ctx = ProbeContext(self.loaded.model, self.loaded.tokenizer, self.loaded.device,
-                               eval_source=self.calibration.source, seed=self.calibration.seed, cancel=cancel)
-            missing = [n for n in names if n not in self.dense_probes or self.dense_probes[n].size != size]
-            if missing:
-                with self.dense_weights():
-                    for result in run_probes(ctx, missing, size):
-                        self.dense_probes[result.name] = result
-            if not self.bank.assignments():
-                return [self.dense_probes[n] for n in names]
-            return run_probes(ctx, names, size, progress, dense=self.dense_probes)
+        dense = self.dense_reference(names, size, cancel)
+        if not self.bank.assignments():
+            return dense
+        return run_probes(self._probe_context(cancel), names, size, progress, dense=self.dense_probes)
+
+    def _probe_context(self, cancel: Cancel | None) -> ProbeContext:
+        return ProbeContext(self.loaded.model, self.loaded.tokenizer, self.loaded.device,
+                            eval_source=self.calibration.source, seed=self.calibration.seed, cancel=cancel)
 
     def export(self, directory: str | os.PathLike) -> Path:
         """Save the pruned model and tokenizer with save_pretrained (safetensors), atomically: a failed

@@ -58,15 +58,19 @@ from typing import Any
 import tomli_w
 
 from workbench.atomic import atomic_write_text
+from workbench.compare import Comparison, VariantResult
 from workbench.engine import Engine
 from workbench.errors import WorkbenchError
 from workbench.masks import MaskAgreement, MaskFingerprint, compare_fingerprints, exact_agreement, load_mask_file, mask_file_for
 from workbench.plan import DTYPES, MODES, CalibrationSpec, Plan, plan_to_dict
 from workbench.probes import ProbeResult
+from workbench.sensitivity import Sensitivity
 
 
 VERSION = 2
 READS = (1, 2)
+COMPARISON_VERSION = 1
+COMPARISON_KEYS = {"probes", "size", "dense_probes", "outlier_ratios", "variants"}
 
 
 @dataclass
@@ -102,6 +106,19 @@ class Session:
     theme: str = "dark"
     versions: dict = field(default_factory=dict)
     masks: MaskRecord | None = None
+    comparison: Comparison | None = None
+    sensitivity: Sensitivity | None = None
+
+
+@dataclass
+class ComparisonFile:
+    """A comparison file: the model and calibration the variants were evaluated on, and the comparison."""
+
+    model: str
+    device: str
+    dtype: str
+    calibration: CalibrationSpec
+    comparison: Comparison
 
 
 # ----- writing ----------------------------------------------------------------------------------------
@@ -115,18 +132,24 @@ def current_versions() -> dict:
     return {"workbench": workbench.__version__, "torch": torch.__version__, "transformers": transformers.__version__}
 
 
-def session_to_dict(session: Session) -> dict:
-    """A session as TOML-ready data."""
-    c = session.calibration
-    data: dict[str, Any] = {
-        "version": VERSION,
-        "theme": session.theme,
-        "versions": session.versions or current_versions(),
-        "model": {"spec": session.model, "device": session.device, "dtype": session.dtype},
+def header_to_dict(model: str, device: str, dtype: str, c: CalibrationSpec) -> dict:
+    """The [model] and [calibration] tables of a session or a comparison."""
+    return {
+        "model": {"spec": model, "device": device, "dtype": dtype},
         "calibration": {
             "source": c.source, "samples": c.samples, "seqlen": c.seqlen, "seed": c.seed, "mode": c.mode,
             "hessian": "auto" if c.hessian is None else c.hessian,
         },
+    }
+
+
+def session_to_dict(session: Session) -> dict:
+    """A session as TOML-ready data."""
+    data: dict[str, Any] = {
+        "version": VERSION,
+        "theme": session.theme,
+        "versions": session.versions or current_versions(),
+        **header_to_dict(session.model, session.device, session.dtype, session.calibration),
         "plan": plan_to_dict(session.plan),
     }
     if session.calibrated_with is not None and session.calibrated_with != session.plan:
@@ -141,7 +164,33 @@ def session_to_dict(session: Session) -> dict:
         data["evaluations"] = session.evaluations
     if session.masks is not None:
         data["masks"] = session.masks.to_dict()
+    if session.comparison is not None:
+        data["comparison"] = comparison_to_dict(session.comparison)
+    if session.sensitivity is not None:
+        data["sensitivity"] = session.sensitivity.to_dict()
     return data
+
+
+def comparison_to_dict(c: Comparison) -> dict:
+    """A comparison as TOML-ready data (the [comparison] table of a session, the body of a comparison file)."""
+    data: dict[str, Any] = {"probes": list(c.probes), "size": c.size, "dense_probes": [p.to_dict() for p in c.dense]}
+    if c.outlier_ratios is not None:
+        data["outlier_ratios"] = list(c.outlier_ratios)
+    data["variants"] = []
+    for r in c.results:
+        variant = {"name": r.name, "seconds": r.seconds, "achieved": r.achieved, "params_nonzero": r.params_nonzero,
+                   "block_targets": list(r.block_targets), "plan": plan_to_dict(r.plan), "probes": [p.to_dict() for p in r.probes]}
+        if r.session:
+            variant["session"] = r.session
+        data["variants"].append(variant)
+    return data
+
+
+def save_comparison(path: str | os.PathLike, file: ComparisonFile) -> None:
+    """Write a comparison file (schema in `workbench.compare`), atomically."""
+    data = {"version": COMPARISON_VERSION, "kind": "comparison", "versions": current_versions(),
+            **header_to_dict(file.model, file.device, file.dtype, file.calibration), **comparison_to_dict(file.comparison)}
+    atomic_write_text(path, tomli_w.dumps(data))
 
 
 def save_session(session: Session, path: str | os.PathLike) -> None:
@@ -172,8 +221,9 @@ def attach_mask_file(session: Session, engine: Engine, session_path: str | os.Pa
 
 
 # ----- reading ----------------------------------------------------------------------------------------
-class _Reader:
-    """Typed access to a parsed TOML document; every error names the file and the key."""
+class Reader:
+    """Typed access to a parsed TOML document (a session or a comparison); every error names the file and
+    the key."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -248,6 +298,80 @@ class _Reader:
             pattern=pattern or None, block_overrides=blocks, linear_overrides=linears,
         )
 
+    def header(self, data: dict) -> tuple[str, str, str, CalibrationSpec]:
+        """The [model] and [calibration] tables: model spec, device, dtype and calibration spec."""
+        r, d = self, CalibrationSpec
+        model = r.table(data, "model", "", required=True)
+        r.known(model, "model.", {"spec", "device", "dtype"})
+        dtype = r.get(model, "dtype", "model.", str, default="auto")
+        if dtype not in DTYPES:
+            raise r.fail("model.dtype", f"unknown dtype {dtype!r}")
+        cal = r.table(data, "calibration", "")
+        r.known(cal, "calibration.", {"source", "samples", "seqlen", "seed", "mode", "hessian"})
+        hessian = r.get(cal, "hessian", "calibration.", (str, bool), default="auto")
+        if isinstance(hessian, str) and hessian != "auto":
+            raise r.fail("calibration.hessian", f"expected auto, true or false, got {hessian!r}")
+        mode = r.get(cal, "mode", "calibration.", str, default=d.mode)
+        if mode not in MODES:
+            raise r.fail("calibration.mode", f"unknown mode {mode!r} (use {', '.join(MODES)})")
+        calibration = CalibrationSpec(
+            source=r.get(cal, "source", "calibration.", str, default=d.source),
+            samples=r.get(cal, "samples", "calibration.", int, default=d.samples),
+            seqlen=r.get(cal, "seqlen", "calibration.", int, default=d.seqlen),
+            seed=r.get(cal, "seed", "calibration.", int, default=d.seed),
+            mode=mode,
+            hessian=None if hessian == "auto" else hessian,
+        )
+        if calibration.samples < 1 or calibration.seqlen < 2:
+            raise r.fail("calibration.samples", "samples must be >= 1 and seqlen >= 2")
+        spec = r.get(model, "spec", "model.", str, required=True)
+        return spec, r.get(model, "device", "model.", str, default="auto"), dtype, calibration
+
+    def comparison(self, data: dict, prefix: str) -> Comparison:
+        """A comparison table (see `comparison_to_dict`)."""
+        self.known(data, prefix, COMPARISON_KEYS)
+        probes = self.get(data, "probes", prefix, list, required=True)
+        if not probes or not all(isinstance(p, str) for p in probes):
+            raise self.fail(f"{prefix}probes", "expected a non-empty list of probe names")
+        size = self.get(data, "size", prefix, str, default="quick")
+        if size not in ("quick", "full"):
+            raise self.fail(f"{prefix}size", f"expected quick or full, got {size!r}")
+        ratios = self.get(data, "outlier_ratios", prefix, list, default=None)
+        results = []
+        for i, item in enumerate(self.get(data, "variants", prefix, list, required=True)):
+            where = f"{prefix}variants[{i}]."
+            if not isinstance(item, dict):
+                raise self.fail(where[:-1], "expected a table")
+            self.known(item, where, {"name", "session", "seconds", "achieved", "params_nonzero", "block_targets", "plan", "probes"})
+            results.append(VariantResult(
+                name=self.get(item, "name", where, str, required=True),
+                plan=self.plan(self.table(item, "plan", where, required=True), f"{where}plan."),
+                probes=self.probes(item, "probes", where),
+                block_targets=[float(t) for t in self.get(item, "block_targets", where, list, default=[])],
+                achieved=float(self.get(item, "achieved", where, (int, float), default=0.0)),
+                params_nonzero=self.get(item, "params_nonzero", where, int, default=0),
+                seconds=float(self.get(item, "seconds", where, (int, float), default=0.0)),
+                session=self.get(item, "session", where, str, default=None),
+            ))
+        names = [r.name for r in results]
+        if len(set(names)) != len(names):
+            raise self.fail(f"{prefix}variants", "two variants have the same name")
+        return Comparison(probes=probes, size=size, dense=self.probes(data, "dense_probes", prefix), results=results,
+                          outlier_ratios=[float(x) for x in ratios] if ratios is not None else None)
+
+    def sensitivity(self, data: dict, prefix: str) -> Sensitivity:
+        """A [sensitivity] table (see `Sensitivity.to_dict`)."""
+        self.known(data, prefix, {"probe", "step", "base", "seconds", "blocks", "deltas", "count"})
+        count = self.get(data, "count", prefix, int, required=True)
+        blocks = self.get(data, "blocks", prefix, list, required=True)
+        deltas = self.get(data, "deltas", prefix, list, required=True)
+        if len(blocks) != len(deltas) or not all(isinstance(b, int) and 0 <= b < count for b in blocks):
+            raise self.fail(f"{prefix}blocks", f"expected one delta per block index in 0..{count - 1}")
+        for key in ("step", "base"):
+            self.get(data, key, prefix, (int, float), required=True)
+        self.get(data, "probe", prefix, str, required=True)
+        return Sensitivity.from_dict(data)
+
     def masks(self, data: dict) -> MaskRecord | None:
         if "masks" not in data:
             return None
@@ -265,10 +389,10 @@ class _Reader:
             raise self.fail("masks.sha256", "missing (needed with masks.file)")
         return MaskRecord(fingerprints, file, sha256)
 
-    def probes(self, data: dict, key: str) -> list[ProbeResult]:
+    def probes(self, data: dict, key: str, prefix: str = "") -> list[ProbeResult]:
         out = []
-        for i, item in enumerate(self.get(data, key, "", list, default=[])):
-            where = f"{key}[{i}]"
+        for i, item in enumerate(self.get(data, key, prefix, list, default=[])):
+            where = f"{prefix}{key}[{i}]"
             if not isinstance(item, dict):
                 raise self.fail(where, "expected a table")
             missing = [f for f in ("name", "score", "tolerance") if f not in item]
@@ -281,19 +405,24 @@ class _Reader:
         return out
 
 
-def load_session(path: str | os.PathLike) -> Session:
-    """Read and validate a session file; any problem is one WorkbenchError naming file, key and reason."""
-    path = Path(path)
-    r = _Reader(path)
+def read_toml(path: Path, what: str) -> dict:
+    """Parse a TOML file; a missing, unreadable or malformed file is one WorkbenchError naming it."""
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            return tomllib.load(f)
     except FileNotFoundError:
-        raise WorkbenchError(str(path), "session file not found") from None
+        raise WorkbenchError(str(path), f"{what} not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise WorkbenchError(str(path), f"invalid TOML: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise WorkbenchError(str(path), f"cannot read: {exc}") from None
+
+
+def load_session(path: str | os.PathLike) -> Session:
+    """Read and validate a session file; any problem is one WorkbenchError naming file, key and reason."""
+    path = Path(path)
+    r = Reader(path)
+    data = read_toml(path, "session file")
     version = r.get(data, "version", "", int, required=True)
     if version > VERSION:
         import workbench
@@ -304,30 +433,8 @@ def load_session(path: str | os.PathLike) -> Session:
     if version not in READS:
         raise r.fail("version", f"unsupported session version {version} (this workbench reads {', '.join(map(str, READS))})")
     r.known(data, "", {"version", "theme", "versions", "model", "calibration", "plan", "calibrated_with",
-                       "history", "probes", "dense_probes", "evaluations", "masks"})
-    model = r.table(data, "model", "", required=True)
-    r.known(model, "model.", {"spec", "device", "dtype"})
-    dtype = r.get(model, "dtype", "model.", str, default="auto")
-    if dtype not in DTYPES:
-        raise r.fail("model.dtype", f"unknown dtype {dtype!r}")
-    cal = r.table(data, "calibration", "")
-    r.known(cal, "calibration.", {"source", "samples", "seqlen", "seed", "mode", "hessian"})
-    hessian = r.get(cal, "hessian", "calibration.", (str, bool), default="auto")
-    if isinstance(hessian, str) and hessian != "auto":
-        raise r.fail("calibration.hessian", f"expected auto, true or false, got {hessian!r}")
-    mode = r.get(cal, "mode", "calibration.", str, default="sequential")
-    if mode not in MODES:
-        raise r.fail("calibration.mode", f"unknown mode {mode!r} (use {', '.join(MODES)})")
-    calibration = CalibrationSpec(
-        source=r.get(cal, "source", "calibration.", str, default="embedded"),
-        samples=r.get(cal, "samples", "calibration.", int, default=32),
-        seqlen=r.get(cal, "seqlen", "calibration.", int, default=256),
-        seed=r.get(cal, "seed", "calibration.", int, default=0),
-        mode=mode,
-        hessian=None if hessian == "auto" else hessian,
-    )
-    if calibration.samples < 1 or calibration.seqlen < 2:
-        raise r.fail("calibration.samples", "samples must be >= 1 and seqlen >= 2")
+                       "history", "probes", "dense_probes", "evaluations", "masks", "comparison", "sensitivity"})
+    model, device, dtype, calibration = r.header(data)
     plan = r.plan(r.table(data, "plan", "", required=True), "plan.")
     calibrated_with = r.plan(data["calibrated_with"], "calibrated_with.") if "calibrated_with" in data else None
     history = r.get(data, "history", "", list, default=[])
@@ -335,13 +442,38 @@ def load_session(path: str | os.PathLike) -> Session:
         if not isinstance(item, dict):
             raise r.fail(f"history[{i}]", "expected a table")
     return Session(
-        model=r.get(model, "spec", "model.", str, required=True),
-        device=r.get(model, "device", "model.", str, default="auto"),
-        dtype=dtype, calibration=calibration, plan=plan, calibrated_with=calibrated_with, history=history,
+        model=model, device=device, dtype=dtype, calibration=calibration, plan=plan, calibrated_with=calibrated_with, history=history,
         probes=r.probes(data, "probes"), dense_probes=r.probes(data, "dense_probes"),
         evaluations=r.table(data, "evaluations", ""), theme=r.get(data, "theme", "", str, default="dark"),
         versions=r.table(data, "versions", ""), masks=r.masks(data),
+        comparison=r.comparison(r.table(data, "comparison", ""), "comparison.") if "comparison" in data else None,
+        sensitivity=r.sensitivity(r.table(data, "sensitivity", ""), "sensitivity.") if "sensitivity" in data else None,
     )
+
+
+def is_comparison_file(path: str | os.PathLike) -> bool:
+    """Whether a TOML file is a comparison file (kind = "comparison") rather than a session."""
+    try:
+        data = read_toml(Path(path), "file")
+    except WorkbenchError:
+        return False  # reading it as a session says what is wrong
+    return data.get("kind") == "comparison"
+
+
+def load_comparison(path: str | os.PathLike) -> ComparisonFile:
+    """Read and validate a comparison file; any problem is one WorkbenchError naming file, key and reason."""
+    path = Path(path)
+    r = Reader(path)
+    data = read_toml(path, "comparison file")
+    version = r.get(data, "version", "", int, required=True)
+    if version != COMPARISON_VERSION:
+        raise r.fail("version", f"unsupported comparison version {version} (this workbench reads {COMPARISON_VERSION})")
+    if data.get("kind") != "comparison":
+        raise r.fail("kind", "expected \"comparison\"")
+    r.known(data, "", {"version", "kind", "versions", "model", "calibration"} | COMPARISON_KEYS)
+    model, device, dtype, calibration = r.header(data)
+    body = {k: v for k, v in data.items() if k in COMPARISON_KEYS}
+    return ComparisonFile(model, device, dtype, calibration, r.comparison(body, ""))
 
 
 def check_against_model(session: Session, engine: Engine, path: str | os.PathLike) -> None:

@@ -5,7 +5,6 @@ one's own file; a failed save or autosave is one notification, the app keeps run
 from __future__ import annotations
 
 import errno
-import io
 import os
 import signal
 import subprocess
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.faults import full_disk_file
 from tests.tui.conftest import settle, tiny_factory
 from workbench import atomic
 from workbench.session import Session, load_session, save_session
@@ -188,32 +188,9 @@ class _Disk:
         def fdopen(fd, mode="r", encoding=None):
             if not self.full:
                 return real(fd, mode, encoding=encoding)
-            return io.TextIOWrapper(io.BufferedWriter(_Limited(fd)), encoding=encoding)
+            return full_disk_file(fd, mode, encoding, room=64)
 
         monkeypatch.setattr(atomic.os, "fdopen", fdopen)
-
-
-class _Limited(io.RawIOBase):
-    def __init__(self, fd: int):
-        self.fd, self.room = fd, 64
-
-    def writable(self) -> bool:
-        return True
-
-    def fileno(self) -> int:
-        return self.fd
-
-    def write(self, data) -> int:
-        if self.room <= 0:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        written = os.write(self.fd, bytes(data[:self.room]))
-        self.room -= written
-        return written
-
-    def close(self) -> None:
-        if not self.closed:
-            os.close(self.fd)
-        super().close()
 
 
 def temporaries(directory: Path) -> list[str]:

@@ -1,0 +1,86 @@
+"""Command-line options shared by the headless commands: model, calibration and plan options, and how
+they become a `CalibrationSpec` and a `Plan`."""
+
+from __future__ import annotations
+
+import argparse
+
+from workbench.errors import WorkbenchError
+from workbench.plan import DTYPES, MODES, CalibrationSpec, Plan
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """--model, --device, --dtype."""
+    p.add_argument("--model", default="embedded", help="embedded (default), a hub id, a local HF directory or a .gguf file")
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda:N")
+    p.add_argument("--dtype", default="auto", choices=DTYPES)
+
+
+def add_calibration_args(p: argparse.ArgumentParser) -> None:
+    """--calibration, --samples, --seqlen, --seed, --mode, --hessian."""
+    p.add_argument("--calibration", default=CalibrationSpec.source, help="embedded, hf:NAME[:CONFIG[:SPLIT]], or a .txt/.jsonl file")
+    p.add_argument("--samples", type=int, default=CalibrationSpec.samples)
+    p.add_argument("--seqlen", type=int, default=CalibrationSpec.seqlen)
+    p.add_argument("--seed", type=int, default=CalibrationSpec.seed)
+    p.add_argument("--mode", default=CalibrationSpec.mode, choices=MODES,
+                   help="sequential: block i calibrates on the pruned blocks before it; one-pass: statistics of the dense model")
+    p.add_argument("--hessian", action="store_true", help="also capture X X^T (reconstruction errors for every method)")
+
+
+def key_values(items: list[str], where: str, key_type=str) -> dict:
+    """Parse repeated KEY=VALUE options; values become int/float/bool when they look like one."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise WorkbenchError(where, f"expected KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            key = key_type(key)
+        except ValueError:
+            raise WorkbenchError(where, f"bad key {key!r} in {item!r}") from None
+        out[key] = scalar(value)
+    return out
+
+
+def scalar(text: str):
+    """A command-line value as bool, int or float when it looks like one, else the text."""
+    if text in ("true", "false"):
+        return text == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def calibration_of(args) -> CalibrationSpec:
+    """The calibration spec of parsed calibration options."""
+    return CalibrationSpec(source=args.calibration, samples=args.samples, seqlen=args.seqlen, seed=args.seed,
+                           mode=args.mode, hessian=True if args.hessian else None)
+
+
+def add_plan_args(p: argparse.ArgumentParser) -> None:
+    """--method, --allocator, --sparsity, --pattern and the manual overrides."""
+    from workbench.allocators import ALLOCATORS
+    from workbench.methods import METHODS
+
+    p.add_argument("--method", default=Plan.method, choices=METHODS.names())
+    p.add_argument("--method-param", action="append", metavar="KEY=VALUE", help="e.g. scope=matrix for magnitude")
+    p.add_argument("--allocator", default=Plan.allocator, choices=ALLOCATORS.names())
+    p.add_argument("--allocator-param", action="append", metavar="KEY=VALUE", help="e.g. M=5 or lambda=0.08 for owl")
+    p.add_argument("--sparsity", type=float, default=Plan.sparsity, help="global target in [0, 1)")
+    p.add_argument("--pattern", default=None, help="N:M semi-structured pattern, e.g. 2:4")
+    p.add_argument("--block-sparsity", action="append", metavar="BLOCK=VALUE", help="manual block target, e.g. 3=0.6")
+    p.add_argument("--linear-sparsity", action="append", metavar="NAME=VALUE", help="e.g. layers.3.mlp.down_proj=0.7")
+
+
+def plan_of(args) -> Plan:
+    """The plan of parsed plan options."""
+    return Plan(
+        method=args.method, method_params=key_values(args.method_param, "--method-param"),
+        allocator=args.allocator, allocator_params=key_values(args.allocator_param, "--allocator-param"),
+        sparsity=args.sparsity, pattern=args.pattern,
+        block_overrides=key_values(args.block_sparsity, "--block-sparsity", int),
+        linear_overrides=key_values(args.linear_sparsity, "--linear-sparsity"),
+    )
