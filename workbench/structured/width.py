@@ -1,0 +1,84 @@
+"""GLU width pruning (OptiPFair, arXiv 2512.22671; peremartra/optipfair `pruning/mlp_glu.py`).
+
+In `down(act(gate x) * up x)` neuron i is row i of gate and up and column i of down; removing it removes
+all three. Neuron importance is a small registry (`NEURON_SCORES`); the kept neurons are the top-k. The
+target is an expansion ratio (intermediate / hidden), converted to a kept count as OptiPFair does,
+optionally rounded to a multiple of a divisor.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from workbench.errors import WorkbenchError
+from workbench.registry import Registry
+
+DIVISORS = (32, 64, 128, 256)
+
+NeuronScore = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+NEURON_SCORES: Registry[NeuronScore] = Registry("width score", "workbench.structured")
+
+
+def _peak_to_peak(w: torch.Tensor, dim: int) -> torch.Tensor:
+    """max + |min| along `dim` (OptiPFair's "maximum absolute weight" spread)."""
+    return w.amax(dim) + w.amin(dim).abs()
+
+
+@NEURON_SCORES.register("ppm")
+def ppm(gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor, down_sq_norm: torch.Tensor | None = None) -> torch.Tensor:
+    """PPM/MAW, OptiPFair's default: peak-to-peak of the neuron's gate row plus that of its up row."""
+    return _peak_to_peak(gate, 1) + _peak_to_peak(up, 1)
+
+
+@NEURON_SCORES.register("vow")
+def vow(gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor, down_sq_norm: torch.Tensor | None = None) -> torch.Tensor:
+    """VOW: variance of the gate row plus variance of the up row."""
+    return gate.var(1, unbiased=False) + up.var(1, unbiased=False)
+
+
+@NEURON_SCORES.register("pon")
+def pon(gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor, down_sq_norm: torch.Tensor | None = None) -> torch.Tensor:
+    """PON: L1 norm of the gate row times L1 norm of the up row."""
+    return gate.abs().sum(1) * up.abs().sum(1)
+
+
+@NEURON_SCORES.register("data")
+def data_ppm(gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor, down_sq_norm: torch.Tensor | None = None) -> torch.Tensor:
+    """Data-aware PPM: (PPM_gate / max + PPM_up / max + PPM_down / max) * ||X_down_i||_2, PPM_down over
+    column i of down, ||X_down_i||_2 the norm of down_proj's input channel i over the calibration tokens."""
+    if down_sq_norm is None:
+        raise WorkbenchError("width score data", "needs calibration statistics (down_proj input norms): prune first")
+    parts = (_peak_to_peak(gate, 1), _peak_to_peak(up, 1), _peak_to_peak(down, 0))
+    spread = sum(p / p.max().clamp_min(torch.finfo(p.dtype).tiny) for p in parts)
+    return spread * down_sq_norm.to(spread.dtype).sqrt()
+
+
+def neuron_scores(name: str, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor,
+                  down_sq_norm: torch.Tensor | None = None) -> torch.Tensor:
+    """Importance of each of the `intermediate` neurons (higher = kept first), in float32."""
+    f = NEURON_SCORES.get(name, where="width score")
+    return f(gate.to(torch.float32), up.to(torch.float32), down.to(torch.float32), down_sq_norm)
+
+
+def kept_count(intermediate: int, hidden: int, ratio: float, divisor: int | None = None) -> int:
+    """Neurons kept for an expansion ratio `ratio` = kept / hidden, as OptiPFair computes it:
+    pct = (1 - ratio * hidden / intermediate) * 100, n_prune = int(pct / 100 * I) (at most I - 1, at least
+    0), k = I - n_prune; with a divisor d, k = round(k / d) * d clipped to [1, I]."""
+    if ratio <= 0:
+        raise WorkbenchError("width ratio", f"must be > 0, got {ratio}")
+    if divisor is not None and divisor not in DIVISORS:
+        raise WorkbenchError("width divisor", f"must be one of {', '.join(map(str, DIVISORS))}, got {divisor}")
+    pct = (1 - ratio * hidden / intermediate) * 100
+    n_prune = min(max(int(pct / 100 * intermediate), 0), intermediate - 1)
+    k = intermediate - n_prune
+    if divisor is not None:
+        k = min(max(round(k / divisor) * divisor, 1), intermediate)
+    return k
+
+
+def kept_neurons(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the `k` highest scores, in ascending index order (ties go to the lower index)."""
+    order = torch.sort(scores, descending=True, stable=True).indices
+    return torch.sort(order[:k]).values
