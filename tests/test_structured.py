@@ -105,3 +105,38 @@ def test_parse_drop():
         parse_drop("30", 30)
     with pytest.raises(WorkbenchError, match="expected bi, angular"):
         parse_drop("x", 30)
+
+
+def test_dropping_blocks_is_real_undoable_and_generates_with_a_cache():
+    from tests.tiny import tiny_llama
+    from workbench.structured.shrink import Depth
+
+    model, _ = tiny_llama(seed=0, layers=4)
+    ids = torch.randint(0, 512, (2, 12), generator=torch.Generator().manual_seed(0))
+    dense_logits = model(ids).logits
+    total = sum(p.numel() for p in model.parameters())
+    depth = Depth(model)
+    depth.drop([1, 2])
+    assert len(model.model.layers) == 2 and model.config.num_hidden_layers == 2 and depth.active == [0, 3]
+    per_block = sum(p.numel() for p in depth.blocks[0].parameters())
+    assert sum(p.numel() for p in model.parameters()) == total - 2 * per_block
+    # the shrunk model is exactly the kept blocks one after another
+    inner = model.model
+    h = inner.embed_tokens(ids)
+    positions = torch.arange(ids.shape[1])[None]
+    mask = torch.full((12, 12), float("-inf")).triu(1)[None, None]
+    rotary = inner.rotary_emb(h, positions)
+    for i in (0, 3):
+        h = depth.blocks[i](h, attention_mask=mask, position_ids=positions, position_embeddings=rotary)
+        h = h[0] if isinstance(h, tuple) else h
+    torch.testing.assert_close(model(ids).logits, model.lm_head(inner.norm(h)))
+    # generation with the key/value cache matches generation without it
+    cached = model.generate(ids[:1], max_new_tokens=6, do_sample=False, use_cache=True)
+    uncached = model.generate(ids[:1], max_new_tokens=6, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached)
+    with depth.full():
+        assert torch.equal(model(ids).logits, dense_logits)
+    assert len(model.model.layers) == 2
+    depth.drop([])
+    assert torch.equal(model(ids).logits, dense_logits) and model.config.num_hidden_layers == 4
+    assert [b.self_attn.layer_idx for b in model.model.layers] == [0, 1, 2, 3]
