@@ -1,5 +1,6 @@
 """The app's controller without Textual or a model: loading, edits and their history, the pause before a
-re-prune, full against incremental prunes, work queued until a prune lands, probes and sessions."""
+re-prune, full against incremental prunes, work queued until a prune lands, probes and sessions, the
+Compare screen's variants and the engine lent to a comparison or a sensitivity scan."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from workbench.compare import Comparison, VariantResult
 from workbench.plan import Plan
 from workbench.probes import ProbeResult
 from workbench.tui import edits
@@ -123,7 +125,7 @@ def test_probes_belong_to_the_plan_they_were_measured_on():
 def test_sessions_open_restore_and_save(tmp_path):
     plan, calibrated = Plan(sparsity=0.6, block_overrides={1: 0.7}), Plan(sparsity=0.6)
     session = SimpleNamespace(plan=plan, calibrated_with=calibrated, history=[], probes=[result(20.0)],
-                              dense_probes=[result(18.0)])
+                              dense_probes=[result(18.0)], comparison=None, sensitivity=None)
     controller = Controller()
     assert controller.open(session, tmp_path / "run.toml", restored=False, applied=None) == calibrated
     assert controller.session_path == tmp_path / "run.toml" and not controller.dirty
@@ -139,3 +141,57 @@ def test_what_the_plots_show():
     controller.landed(STATE, controller.plan, {"layers.0.q": 0.9, "layers.0.down": 0.5}, final=True, full=False)
     assert controller.block_targets() == pytest.approx([0.6, 0.5])
     assert controller.default_linear(1) == "layers.1.down"
+
+
+def measured(name: str, plan: Plan, score: float) -> VariantResult:
+    return VariantResult(name, plan, [result(score)], [0.5, 0.5], 0.5, 1000, 1.0)
+
+
+def test_a_comparison_borrows_the_engine_and_the_current_plan_is_restored_by_a_full_prune():
+    controller = applied_controller()
+    controller.lend("comparing variants", Plan(sparsity=0.4))
+    assert controller.lent and not controller.applied and controller.note(pruning=False) == "comparing variants"
+    ran = []
+    assert not controller.when_applied(lambda: ran.append("save"), pruning=False)  # waits, starts nothing
+    edited, label = edits.set_global(controller.plan, 0.7)
+    controller.edit(edited, label)
+    assert controller.prune_job(full_running=False) is None and not controller.edit_pending
+    landing = controller.returned(Plan(allocator="owl"))  # the engine holds the last variant
+    assert not controller.lent and landing.prune == PruneJob(edited, Plan(sparsity=0.4)) and ran == []
+    assert controller.landed(STATE, edited, {}, final=True, full=True).follow_ups and not controller._restore
+
+
+def test_p_while_lent_is_the_full_prune_after_it_and_a_scan_comes_back_in_its_plan():
+    controller = applied_controller()
+    controller.lend("comparing variants", Plan(sparsity=0.4))
+    controller.prune_job(full_running=False, calibrate=controller.plan)
+    assert controller.returned(None).prune == PruneJob(Plan(), Plan())
+    controller.landed(STATE, Plan(), {}, final=True, full=True)
+    ran = []
+    controller.lend("sensitivity scan", None)
+    controller.when_applied(lambda: ran.append("probe"), pruning=False)
+    landing = controller.returned(controller.plan)
+    assert landing.current and landing.prune is None and ran == []
+    for action in landing.follow_ups:
+        action()
+    assert ran == ["probe"] and controller.applied
+
+
+def test_variants_are_queued_measured_merged_and_used():
+    controller = applied_controller()
+    owl = Plan(allocator="owl")
+    assert controller.add_variant("current", controller.plan) == "current"
+    assert controller.add_variant("owl", owl) == "owl"
+    assert controller.add_variant("owl", owl) == "owl 2"
+    controller.remove_variant("owl 2")
+    assert [name for name, _, _ in controller.columns] == ["current", "owl"]
+    assert controller.variant("owl") is None  # not measured yet
+    controller.compared(Comparison(["perplexity"], dense=[result(18.0)], results=[measured("owl", owl, 21.0)]))
+    assert [(n, r is not None) for n, _, r in controller.columns] == [("owl", True), ("current", False)]
+    assert controller.dirty and controller.variant("owl") == (owl, "variant owl")
+    controller.compared(Comparison(["perplexity"], dense=[result(18.0)], results=[measured("current", Plan(), 20.0)],
+                                   outlier_ratios=[0.1, 0.2]))
+    assert [r.name for r in controller.comparison.results] == ["owl", "current"] and controller.queued == []
+    assert controller.comparison.outlier_ratios == [0.1, 0.2] and controller.comparison.best("perplexity") == "current"
+    controller.remove_variant("owl")
+    assert [r.name for r in controller.comparison.results] == ["current"]

@@ -19,6 +19,7 @@ from workbench.tui.format import (
     cells_markup,
     columns_width,
     core_cells,
+    heat_cells,
     level,
     params,
     parse_percent,
@@ -26,6 +27,7 @@ from workbench.tui.format import (
     plan_line,
     probe_summary,
     short,
+    variant_column,
 )
 from workbench.plan import plan_from_dict
 from workbench.tui.history import EditHistory
@@ -76,6 +78,31 @@ def test_probe_summary_marks_worse_than_dense():
     assert probe_summary(result(18.01), result(18.0)).tone == ""
     assert probe_summary(result(0.3, True), result(0.5, True)) == Cell("ppl 0.300 (-0.2)", "error")
     assert probe_summary(result(512.34), None) == Cell("ppl 512")
+
+
+def test_variant_column_marks_the_best_and_waits_for_queued_variants():
+    from workbench.compare import Comparison, VariantResult
+
+    dense = ProbeResult("perplexity", 18.0, "ppl", False, 2, 0.0, "quick", 0.05, 0.0, relative=True)
+    probes = ["perplexity"]
+
+    def measured(name: str, score: float) -> VariantResult:
+        return VariantResult(name, Plan(allocator=name), [replace(dense, score=score)], [0.5], 0.5, 1500, 2.0)
+
+    comparison = Comparison(probes, dense=[dense], results=[measured("owl", 18.5), measured("uniform", 24.0)])
+    best = variant_column(Plan(allocator="owl"), comparison.results[0], probes, comparison)
+    assert [c.text for c in best] == ["wanda", "owl", "50.0%", "★ 18.5 (+0.5)", "50.0%", "1.5K", "2.0s"]
+    assert best[3].tone == "success"  # within the tolerance of dense
+    assert variant_column(Plan(allocator="uniform"), comparison.results[1], probes, comparison)[3] == Cell("24.0 (+6)", "error")
+    queued = variant_column(Plan(block_overrides={1: 0.6}), None, probes, comparison)
+    assert [c.text for c in queued] == ["wanda", "uniform*", "50.0%", "…", "…", "…", "…"]
+
+
+def test_heat_cells_grade_the_cost_of_sparsity():
+    cells = heat_cells([0.1, 6.0, None, 12.0, -1.0], higher_is_better=False)
+    assert [c.tone for c in cells] == ["success", "warning", "dim", "error", "success"]
+    assert cells[3].text == "█ +12.0" and cells[2].text == "·" and cells[4].text.startswith("▁ -1")
+    assert [c.tone for c in heat_cells([-0.3, 0.0], higher_is_better=True)] == ["error", "success"]  # accuracy fell
 
 
 def test_plan_line_shows_allocator_parameters_and_session():

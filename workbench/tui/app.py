@@ -2,9 +2,11 @@
 
 Every number on screen comes from the engine (`workbench.engine`); the app turns key presses into plans
 and hands them to its `Controller`, which keeps the plan, its history and what to prune next. Heavy work
-runs in thread workers (one group per kind: engine, calibrate, prune, probe, save) that never touch
-widgets: they post messages, and errors end up in `on_worker_state_changed` as notifications. The
-engine is safe to call from any thread; a cancelled worker finishes its current linear and stops.
+runs in thread workers (one group per kind: engine, calibrate, prune, probe, save, compare, sensitivity)
+that never touch widgets: they post messages, and errors end up in `on_worker_state_changed` as
+notifications. The engine is safe to call from any thread; a cancelled worker finishes its current
+linear and stops. A comparison or a sensitivity scan borrows the engine (it prunes other plans): the
+controller holds prunes back until the worker gives it back, then re-establishes the current plan.
 """
 
 from __future__ import annotations
@@ -36,11 +38,13 @@ from workbench.tui import edits
 from workbench.tui.commands import COMMANDS
 from workbench.tui.controller import Controller, PruneJob
 from workbench.tui.edits import BlockKey, GlobalKey, LinearKey
-from workbench.tui.format import Cell, Scale, cells_markup, params, pct
-from workbench.tui.messages import EngineReady, FullPruneNeeded, ProbesDone, Saved, StateChanged, WorkProgress
+from workbench.tui.format import PROBE_LABELS, Cell, Scale, cells_markup, heat_cells, params, pct
+from workbench.tui.messages import (Compared, EngineReady, FullPruneNeeded, ProbesDone, Saved, Scanned, StateChanged,
+                                    WorkProgress)
 from workbench.tui.recovery import (Autosave, claim_recovery, clear_recovery, default_recovery_path,
                                     describe_recovery, release_recovery)
 from workbench.tui.screens.confirm import ConfirmScreen
+from workbench.tui.screens.compare import CompareScreen, CompareTable
 from workbench.tui.screens.help import HelpScreen
 from workbench.tui.screens.params import ParamsScreen
 from workbench.tui.screens.path_prompt import PathPrompt
@@ -60,10 +64,14 @@ if TYPE_CHECKING:
 DEBOUNCE_S = 0.3
 REFRESH_S = 0.25
 APP_ACTIONS = {c.action_name for c in COMMANDS}
-EDITING_ACTIONS = {"save_as", "open", "prune", "pick", "allocator_params", "focus_global", "plots"}
+EDITING_ACTIONS = {"save_as", "open", "prune", "pick", "allocator_params", "focus_global", "plots", "compare",
+                   "sensitivity"}
 PRUNING = ("prune", "calibrate")
-CANCELLABLE = ("prune", "calibrate", "probe")
-ENGINE_GROUPS = ("engine", "prune", "calibrate", "probe", "save")
+BORROWING = ("compare", "sensitivity")  # the workers that borrow the engine
+CANCELLABLE = ("prune", "calibrate", "probe", *BORROWING)
+ENGINE_GROUPS = ("engine", "prune", "calibrate", "probe", "save", *BORROWING)
+CANCELLED = {"probe": "probes", "compare": "comparison", "sensitivity": "sensitivity scan"}  # else "pruning"
+SENSITIVITY_PROBE = "perplexity"
 UNSTRUCTURED = "unstructured"
 PATTERNS = [(UNSTRUCTURED, "any weight may go; sliders set each block and linear"),
             ("2:4", "2 of every 4 consecutive inputs are zero (50%, fixed)"),
@@ -82,25 +90,6 @@ def load_engine(model: str, device: str, dtype: str, calibration: CalibrationSpe
 def textual_theme(spec: ThemeSpec) -> Theme:
     """A Textual theme from a parsed theme file."""
     return Theme(name=spec.name, dark=spec.dark, variables=dict(spec.variables), **spec.colors)
-
-
-def described(registry) -> list[tuple[str, str]]:
-    """(name, description) of everything in a registry of methods or allocators."""
-    return [(name, registry.get(name).description) for name in registry.names()]
-
-
-def method_options() -> list[tuple[str, str]]:
-    """The pruning methods (imported on first use: they load torch)."""
-    from workbench.methods import METHODS
-
-    return described(METHODS)
-
-
-def allocator_options() -> list[tuple[str, str]]:
-    """The allocators."""
-    from workbench.allocators import ALLOCATORS
-
-    return described(ALLOCATORS)
 
 
 @dataclass(frozen=True)
@@ -179,11 +168,11 @@ class WorkbenchApp(App):
         self._user_cancelled = False
         self._loading_path: Path | None = None
         self.pickers = {
-            "method": Picker("Method", "Pruning method", method_options, lambda: self.controller.plan.method,
+            "method": Picker("Method", "Pruning method", edits.method_options, lambda: self.controller.plan.method,
                              lambda name: self._edit(*edits.choose_method(self.controller.plan, name))),
             "pattern": Picker("Pattern", "Sparsity pattern", lambda: PATTERNS,
                               lambda: self.controller.plan.pattern or UNSTRUCTURED, self._choose_pattern),
-            "allocator": Picker("Allocator", "Allocator (resets the sliders to its allocation)", allocator_options,
+            "allocator": Picker("Allocator", "Allocator (resets the sliders to its allocation)", edits.allocator_options,
                                 lambda: self.controller.plan.allocator,
                                 lambda name: self._edit(*edits.choose_allocator(self.controller.plan, name))),
             "theme": Picker("Theme", "Theme", lambda: [(name, "") for name in self.theme_names], lambda: self.theme,
@@ -243,11 +232,11 @@ class WorkbenchApp(App):
         self.exit(return_code=129)
 
     def check_action(self, action: str, parameters: tuple) -> bool | None:
-        """Over a dialog only quit and help work; on the plots screen also save, probes, undo/redo and
-        cancel (the other app keys are disabled and hidden there)."""
+        """Over a dialog only quit and help work; on the plots and compare screens also save, probes,
+        undo/redo and cancel (the other app keys are disabled and hidden there)."""
         if isinstance(self.screen, ModalScreen) and action not in ("quit", "help") and action in APP_ACTIONS:
             return False
-        if isinstance(self.screen, PlotsScreen) and action in EDITING_ACTIONS:
+        if isinstance(self.screen, (PlotsScreen, CompareScreen)) and action in EDITING_ACTIONS:
             return False
         return True
 
@@ -260,9 +249,14 @@ class WorkbenchApp(App):
     def _busy(self, groups: Iterable[str] = ENGINE_GROUPS) -> bool:
         return not self.running_groups.isdisjoint(groups)
 
+    def _activity(self, message: str, fraction: float | None, cancellable: bool = False) -> None:
+        """Show what runs in the activity line of every screen that has one."""
+        for activity in self.query(Activity):
+            activity.show(message, fraction, cancellable)
+
     def _start_loading(self, path: Path | None = None) -> None:
         self._loading_path = path
-        self.query_one(Activity).show(f"reading {path}" if path else f"loading {self.model_spec}", None)
+        self._activity(f"reading {path}" if path else f"loading {self.model_spec}", None)
         self._load_worker(self.model_spec, path)
 
     @work(thread=True, exclusive=True, group="engine", exit_on_error=False)
@@ -301,6 +295,7 @@ class WorkbenchApp(App):
         if new_engine or len(self.query(BlockPane)) != message.blocks:
             self._build_panes(message.blocks, self.controller.plan.sparsity)
             self.controller.state = None
+        self._show_heat()
         self._refresh_header()
         self._run_prune(calibrate)
 
@@ -334,10 +329,10 @@ class WorkbenchApp(App):
     def _start_prune(self, job: PruneJob) -> None:
         if job.full:
             self.workers.cancel_group(self, "prune")
-            self.query_one(Activity).show("calibrating", 0.0, cancellable=True)
+            self._activity("calibrating", 0.0, cancellable=True)
             self._full_prune_worker(job)
         else:
-            self.query_one(Activity).show("re-pruning", 0.0, cancellable=True)
+            self._activity("re-pruning", 0.0, cancellable=True)
             self._prune_worker(job)
 
     @work(thread=True, exclusive=True, group="calibrate", exit_on_error=False)
@@ -389,6 +384,15 @@ class WorkbenchApp(App):
         if isinstance(self.screen, PlotsScreen):
             self.screen.refresh_plots(histogram=message.final)
 
+    def _engine_back(self, holds: Plan | None) -> None:
+        """A comparison or a scan gave the engine back: run what waited, or re-establish the current plan."""
+        landing = self.controller.returned(holds)
+        for action in landing.follow_ups:
+            action()
+        if landing.prune is not None:
+            self._start_prune(landing.prune)
+        self._refresh_header()
+
     def _show_state(self, move_sliders: bool) -> None:
         state, plan = self.controller.state, self.controller.plan
         locked = bool(plan.pattern)
@@ -422,7 +426,7 @@ class WorkbenchApp(App):
 
     def on_work_progress(self, message: WorkProgress) -> None:
         if self._busy((message.kind,)):
-            self.query_one(Activity).show(message.message, message.fraction, message.kind in CANCELLABLE)
+            self._activity(message.message, message.fraction, message.kind in CANCELLABLE)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """The one place worker outcomes land: errors become notifications, never a crash. The event's own
@@ -444,9 +448,10 @@ class WorkbenchApp(App):
                 self.query_one("#blocks .placeholder", Static).update(
                     "No model loaded. ctrl+o opens a session file; q quits.")
         if event.state == WorkerState.CANCELLED and worker.group in CANCELLABLE and self._user_cancelled:
-            self.notify(f"{'probes' if worker.group == 'probe' else 'pruning'} cancelled")
+            self.notify(f"{CANCELLED.get(worker.group, 'pruning')} cancelled")
         if worker.state in (WorkerState.SUCCESS, WorkerState.ERROR, WorkerState.CANCELLED) and not self._busy():
-            self.query_one(Activity).hide()
+            for activity in self.query(Activity):
+                activity.hide()
             self._refresh_header()
 
     # ----- edits ------------------------------------------------------------------------------------
@@ -520,7 +525,8 @@ class WorkbenchApp(App):
         self.screen.set_focus(self.query_one(".global-row", StatRow).slider)
 
     def action_cancel(self) -> None:
-        """Cancel re-pruning and probes; every linear is left fully old or fully new."""
+        """Cancel re-pruning, probes, a comparison or a scan; every linear is left fully old or fully new
+        (a comparison or a scan re-establishes the current plan when it gives the engine back)."""
         if not self._busy(CANCELLABLE) and not self.controller.edit_pending:
             return
         self._stop_pause()
@@ -528,7 +534,8 @@ class WorkbenchApp(App):
         self._user_cancelled = True
         for group in CANCELLABLE:
             self.workers.cancel_group(self, group)
-        self._refresh_after_cancel()
+        if not self.controller.lent:
+            self._refresh_after_cancel()
 
     @work(thread=True, exclusive=True, group="refresh", exit_on_error=False)
     def _refresh_after_cancel(self) -> None:
@@ -594,11 +601,9 @@ class WorkbenchApp(App):
             self._when_applied(self._start_probes)
 
     def _start_probes(self) -> None:
-        from workbench.probes import PROBES
-
-        names = self.probe_names if self.probe_names is not None else tuple(PROBES.names())
+        names = tuple(self._probe_list())
         self._user_cancelled = False
-        self.query_one(Activity).show(f"{len(names)} probes", None, cancellable=True)
+        self._activity(f"{len(names)} probes", None, cancellable=True)
         self._probe_worker(names)
 
     @work(thread=True, exclusive=True, group="probe", exit_on_error=False)
@@ -622,6 +627,118 @@ class WorkbenchApp(App):
         if isinstance(self.screen, PlotsScreen):
             self.screen.refresh_plots(histogram=False)
 
+    def _probe_list(self) -> list[str]:
+        """The probes the app runs: those it was given, else every registered one."""
+        from workbench.probes import PROBES
+
+        return list(self.probe_names if self.probe_names is not None else PROBES.names())
+
+    # ----- comparison and sensitivity scan ------------------------------------------------------------
+    def action_compare(self) -> None:
+        if self._has_model() and self.controller.state is not None:
+            self.push_screen(CompareScreen(self.controller, self._probe_list()))
+
+    def on_compare_screen_run_requested(self, _: CompareScreen.RunRequested) -> None:
+        self._when_applied(self._start_comparison)
+
+    def _start_comparison(self) -> None:
+        from workbench.compare import Variant
+
+        variants = [Variant(name, plan) for name, plan in self.controller.queued]
+        if not variants or self._busy(BORROWING):
+            return
+        self._lend("comparing variants", self.engine.calibrated_with or self.controller.plan)
+        self._compare_worker(variants, self._probe_list())
+
+    def _lend(self, what: str, restore: Plan | None) -> None:
+        """Hand the engine to a comparison or a scan (see `Controller.lend`); probes of the current plan stop."""
+        self.workers.cancel_group(self, "probe")
+        self.controller.lend(what, restore)
+        self._user_cancelled = False
+        self._activity(what, 0.0, cancellable=True)
+        self._refresh_header()
+
+    @work(thread=True, exclusive=True, group="compare", exit_on_error=False)
+    def _compare_worker(self, variants: list, probes: list[str]) -> None:
+        """Run the comparison; what finished comes back also after a cancel or a failure, when the engine
+        is free again."""
+        from workbench.compare import Comparison, run_comparison
+
+        job, engine, finished, comparison = WorkerJob(self, "compare"), self.engine, [], None
+        try:
+            comparison = run_comparison(engine, variants, probes, progress=job.progress, cancel=job.cancelled,
+                                        on_result=finished.append)
+        finally:
+            if comparison is None:
+                dense = [engine.dense_probes[n] for n in probes if n in engine.dense_probes]
+                comparison = Comparison(probes, dense=dense, results=finished)
+            self.post_message(Compared(comparison, engine.plan))
+
+    def on_compared(self, message: Compared) -> None:
+        if message.comparison.results:
+            self.controller.compared(message.comparison)
+            self._autosave()
+        self._engine_back(message.holds)
+        for screen in self.screen_stack:
+            if isinstance(screen, CompareScreen):
+                screen.refresh_view()
+
+    def on_compare_screen_use_requested(self, message: CompareScreen.UseRequested) -> None:
+        """Make a measured variant the current plan (one undoable edit), with the full prune it was
+        measured with."""
+        plan, label = self.controller.variant(message.variant)
+        self.pop_screen()
+        if self.controller.edit(plan, label):
+            self._plan_changed()
+            self._run_prune(calibrate=plan)
+            self.notify(f"using {message.variant} (u undoes)")
+
+    def action_sensitivity(self) -> None:
+        """Scan the sensitivity of each block on the current plan (cancel with escape)."""
+        if not self._has_model():
+            return
+        if self.controller.plan.pattern:
+            self.notify(f"pattern {self.controller.plan.pattern} fixes every block; n picks unstructured",
+                        severity="warning")
+            return
+        self._when_applied(self._start_sensitivity)
+
+    def _start_sensitivity(self) -> None:
+        if self._busy(BORROWING):
+            return
+        self._lend("sensitivity scan", None)
+        self._sensitivity_worker(self.controller.plan)
+
+    @work(thread=True, exclusive=True, group="sensitivity", exit_on_error=False)
+    def _sensitivity_worker(self, plan: Plan) -> None:
+        """Scan every block; the engine comes back in `plan` also after a cancel or a failure."""
+        from workbench.sensitivity import scan
+
+        job, result = WorkerJob(self, "sensitivity"), None
+        try:
+            result = scan(self.engine, plan, probe=SENSITIVITY_PROBE, progress=job.progress, cancel=job.cancelled)
+        finally:
+            self.post_message(Scanned(result, self.engine.plan))
+
+    def on_scanned(self, message: Scanned) -> None:
+        if message.sensitivity is not None:
+            self.controller.scanned(message.sensitivity)
+            self._show_heat()
+            self._autosave()
+        self._engine_back(message.holds)
+
+    def _show_heat(self) -> None:
+        """The sensitivity column next to the block sliders (hidden when there is no scan)."""
+        scan = self.controller.sensitivity
+        self.screen_stack[0].set_class(scan is not None, "-heat")
+        if scan is None:
+            return
+        from workbench.probes import PROBES
+
+        self.query_one(HeadingsRow).show_heat(f"Δ{PROBE_LABELS.get(scan.probe, scan.probe)}")
+        for pane, cell in zip(self.query(BlockPane), heat_cells(scan.deltas, PROBES.get(scan.probe).higher_is_better)):
+            pane.show_heat(cell)
+
     # ----- sessions -----------------------------------------------------------------------------------
     def action_save(self) -> None:
         if not self._has_model():
@@ -644,14 +761,17 @@ class WorkbenchApp(App):
                          chosen)
 
     def _start_save(self, path: Path) -> None:
-        self._save_worker(path, self.controller.history.to_records(), self.controller.current_probes, self.theme)
+        controller = self.controller
+        self._save_worker(path, controller.history.to_records(), controller.current_probes, self.theme,
+                          controller.comparison, controller.sensitivity)
 
     @work(thread=True, exclusive=True, group="save", exit_on_error=False)
-    def _save_worker(self, path: Path, history: list[dict], probes: list, theme: str) -> None:
+    def _save_worker(self, path: Path, history: list[dict], probes: list, theme: str, comparison, sensitivity) -> None:
         from workbench.session import save_session, session_from_engine
 
         session = session_from_engine(self.engine, history=history, probes=probes, theme=theme,
                                       device=self.device, dtype=self.dtype)
+        session.comparison, session.sensitivity = comparison, sensitivity
         save_session(session, path)
         self.post_message(Saved(path))
 
@@ -704,6 +824,7 @@ class WorkbenchApp(App):
             ("On a slider", Slider.BINDINGS),
             ("On a block", BlockPane.BINDINGS),
             ("Plots screen (v)", PlotsScreen.BINDINGS),
+            ("Compare screen (c)", [*CompareScreen.BINDINGS, *CompareTable.BINDINGS]),
             ("Command palette", [Binding("ctrl+p", "", "Every command by name: methods, patterns, allocators, themes")]),
         ]
         if not isinstance(self.screen, HelpScreen):

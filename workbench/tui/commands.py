@@ -54,6 +54,12 @@ COMMANDS = (
     Command("app.global", "g", "focus_global", "Global target", show=False),
     Command("app.plots", "v", "plots", "Plots", tooltip="Plots: allocation, |W| histogram, probe history",
             palette="Plots", about="Allocation, |W| histogram, probe history"),
+    Command("app.compare", "c", "compare", "Compare", show=False,
+            tooltip="Compare screen: variants (allocators, methods, targets) side by side", palette="Compare",
+            about="Compare allocators and methods side by side, pick one as the plan"),
+    Command("app.sensitivity", "s", "sensitivity", "Sensitivity", show=False,
+            tooltip="Sensitivity scan: the probe change when only one block is pruned 10 points harder (esc cancels)",
+            palette="Sensitivity scan", about="Per block, the perplexity cost of raising only its target"),
     Command("app.theme", "T", "pick('theme')", "Theme", show=False),
     Command("app.quit", "q", "quit", "Quit", tooltip="Quit (also ctrl+q); unsaved edits stay in the recovery file"),
 )

@@ -1,6 +1,8 @@
 """The app's pruning state and its scheduling decisions, without any UI: the plan being edited and its
 history, the plan the engine has applied and the state it shows, the latest probe results, whether there
-are unsaved edits, whether an edit waits for its re-prune, and the work queued until a prune lands.
+are unsaved edits, whether an edit waits for its re-prune, and the work queued until a prune lands; the
+variants of the Compare screen with their comparison, and the sensitivity scan. While a comparison or a
+scan has the engine (it prunes other plans meanwhile), prunes and queued work wait until it is back.
 
 The app's handlers and workers drive it (they own the timers, workers and widgets); it never calls the
 engine, so it is tested without Textual or a model. UI-free.
@@ -8,6 +10,7 @@ engine, so it is tested without Textual or a model. UI-free.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +20,10 @@ from workbench.plan import Plan, weighted_mean
 from workbench.tui.history import EditHistory
 
 if TYPE_CHECKING:
+    from workbench.compare import Comparison, VariantResult
     from workbench.engine import Engine, EngineState
     from workbench.probes import ProbeResult
+    from workbench.sensitivity import Sensitivity
     from workbench.session import Session
 
 FollowUp = Callable[[], None]
@@ -62,8 +67,13 @@ class Controller:
         self.dense_probes: dict[str, ProbeResult] = {}
         self.session_path: Path | None = None
         self.dirty = False
+        self.comparison: Comparison | None = None
+        self.queued: list[tuple[str, Plan]] = []  # variants added on the Compare screen, not measured yet
+        self.sensitivity: Sensitivity | None = None
         self._edit_pending = False
         self._follow_ups: list[FollowUp] = []
+        self._lent: str | None = None  # what has the engine: "comparing variants", "sensitivity scan"
+        self._restore: Plan | None = None  # the full prune that gives the current plan back its statistics
 
     # ----- loading ------------------------------------------------------------------------------------
     def start(self, applied: Plan | None) -> Plan | None:
@@ -73,6 +83,7 @@ class Controller:
         plan = applied or Plan()
         self._begin(plan, applied, EditHistory(plan))
         self.probes, self.probes_plan, self.dense_probes = [], None, {}
+        self.comparison, self.sensitivity = None, None
         return None if applied is not None else plan
 
     def open(self, session: Session, path: Path, restored: bool, applied: Plan | None) -> Plan:
@@ -82,12 +93,14 @@ class Controller:
         self._begin(plan, applied, EditHistory.from_records(session.history, plan))
         self.probes, self.probes_plan = list(session.probes), plan
         self.dense_probes = {p.name: p for p in session.dense_probes}
+        self.comparison, self.sensitivity = session.comparison, session.sensitivity
         self.session_path = None if restored else path
         self.dirty = restored
         return session.calibrated_with or plan
 
     def _begin(self, plan: Plan, applied: Plan | None, history: EditHistory) -> None:
         self.plan, self.applied_plan, self.history = plan, applied, history
+        self.queued = []
         self._edit_pending = False
         self._follow_ups.clear()
 
@@ -142,8 +155,11 @@ class Controller:
     def prune_job(self, full_running: bool, calibrate: Plan | None = None) -> PruneJob | None:
         """The prune to start now for the current plan (the pending edit is then taken care of): the full
         prune of `calibrate` when given, else an incremental one; None while a full prune runs, since the
-        current plan is re-pruned when it lands."""
+        current plan is re-pruned when it lands, and while the engine is lent (it is re-pruned when back)."""
         self._edit_pending = False
+        if self._lent is not None:
+            self._restore = calibrate or self._restore
+            return None
         if calibrate is not None:
             return PruneJob(self.plan, calibrate)
         if full_running:
@@ -152,12 +168,13 @@ class Controller:
 
     def when_applied(self, action: FollowUp, pruning: bool) -> bool:
         """Run `action` now if the current plan is applied and nothing prunes, else queue it until a prune
-        of the current plan lands. True when the caller must start that prune (nothing prunes yet)."""
-        if self.applied and not pruning:
+        of the current plan lands. True when the caller must start that prune (nothing prunes yet, and
+        the engine is not lent)."""
+        if self.applied and not pruning and self._lent is None:
             action()
             return False
         self._follow_ups.append(action)
-        return not pruning
+        return not pruning and self._lent is None
 
     def landed(self, state: EngineState, plan: Plan, targets: dict[str, float], final: bool,
                full: bool) -> Landing:
@@ -167,6 +184,8 @@ class Controller:
         self.state = state
         if final:
             self.applied_plan = plan
+        if final and full:
+            self._restore = None
         if current:
             self.targets = targets
         if final and current:
@@ -185,7 +204,9 @@ class Controller:
 
     def note(self, pruning: bool) -> str | None:
         """Why the state shown is not the current plan's ("re-pruning", or "not applied" after a cancel or
-        a failure); None when it is."""
+        a failure, or what has the engine); None when it is."""
+        if self._lent is not None:
+            return self._lent
         if self.applied:
             return None
         if self._edit_pending or pruning or self._follow_ups:
@@ -205,6 +226,80 @@ class Controller:
         """Whether the probe results shown were measured before the last edit."""
         return self.probes_plan != self.plan
 
+    # ----- comparisons and sensitivity scans ----------------------------------------------------------
+    def lend(self, what: str, restore: Plan | None) -> None:
+        """A comparison or a sensitivity scan (`what`) takes the engine. `restore`: the plan to calibrate
+        with afterwards, since the engine comes back holding statistics of its own (None: it comes back
+        in the plan it was given). A restore still pending (an earlier one was cancelled) is kept."""
+        self._lent, self._restore, self.applied_plan = what, restore or self._restore, None
+
+    @property
+    def lent(self) -> bool:
+        """Whether a comparison or a scan has the engine."""
+        return self._lent is not None
+
+    def returned(self, holds: Plan | None) -> Landing:
+        """The engine is back, holding `holds`: run the queued work now when that is the current plan and
+        nothing needs calibrating, else prune (the queued work then waits for that prune)."""
+        self._lent, self.applied_plan = None, holds
+        if self._restore is not None:
+            return Landing(False, prune=PruneJob(self.plan, self._restore))
+        if not self.applied:
+            return Landing(False, prune=PruneJob(self.plan))
+        follow_ups, self._follow_ups = self._follow_ups, []
+        return Landing(True, follow_ups)
+
+    @property
+    def columns(self) -> list[tuple[str, Plan, VariantResult | None]]:
+        """The Compare screen's variants: (name, plan, result) of the measured ones, then the queued ones
+        (result None)."""
+        measured = [(r.name, r.plan, r) for r in self.comparison.results] if self.comparison else []
+        return measured + [(name, plan, None) for name, plan in self.queued]
+
+    def add_variant(self, name: str, plan: Plan) -> str:
+        """Queue a variant; `name` gets a number when it is taken ("owl 2"). Returns the name given."""
+        taken = {column[0] for column in self.columns}
+        unique, n = name, 1
+        while unique in taken:
+            n += 1
+            unique = f"{name} {n}"
+        self.queued.append((unique, plan))
+        return unique
+
+    def remove_variant(self, name: str) -> None:
+        """Drop a variant, queued or measured (with its results)."""
+        self.queued = [(n, p) for n, p in self.queued if n != name]
+        if self.comparison is not None and any(r.name == name for r in self.comparison.results):
+            self.comparison = dataclasses.replace(
+                self.comparison, results=[r for r in self.comparison.results if r.name != name])
+            self.dirty = True
+
+    def compared(self, comparison: Comparison) -> None:
+        """Results of a comparison run (or what finished before a cancel): they join the comparison shown
+        (replacing results of the same name), and the variants measured leave the queue."""
+        names = {r.name for r in comparison.results}
+        self.queued = [(n, p) for n, p in self.queued if n not in names]
+        old = self.comparison
+        if old is not None:
+            dense = {p.name: p for p in old.dense + comparison.dense}
+            comparison = dataclasses.replace(
+                comparison, probes=old.probes + [p for p in comparison.probes if p not in old.probes],
+                dense=list(dense.values()), results=[r for r in old.results if r.name not in names] + comparison.results,
+                outlier_ratios=comparison.outlier_ratios or old.outlier_ratios)
+        self.comparison = comparison
+        self.dirty = True
+
+    def variant(self, name: str) -> tuple[Plan, str] | None:
+        """The edit of making a measured variant the current plan; None for a queued one."""
+        if self.comparison is None or not any(r.name == name for r in self.comparison.results):
+            return None
+        return self.comparison.result(name).plan, f"variant {name}"
+
+    def scanned(self, sensitivity: Sensitivity) -> None:
+        """A sensitivity scan finished."""
+        self.sensitivity = sensitivity
+        self.dirty = True
+
     @property
     def current_probes(self) -> list[ProbeResult]:
         """The probe results of the current plan (none after an edit)."""
@@ -216,14 +311,15 @@ class Controller:
         self.dirty = False
 
     def recovery_session(self, engine: Engine, device: str, dtype: str, theme: str) -> Session:
-        """What the recovery file holds: the current plan (applied or not), its history and probes."""
+        """What the recovery file holds: the current plan (applied or not), its history, probes, comparison
+        and sensitivity scan."""
         from workbench.session import Session, current_versions
 
         return Session(
-            model=engine.loaded.spec, device=device, dtype=dtype, calibration=engine.calibration,
-            plan=self.plan, calibrated_with=engine.calibrated_with or self.plan, history=self.history.to_records(),
+            model=engine.loaded.spec, device=device, dtype=dtype, calibration=engine.calibration, plan=self.plan,
+            calibrated_with=self._restore or engine.calibrated_with or self.plan, history=self.history.to_records(),
             probes=self.current_probes, dense_probes=list(self.dense_probes.values()), theme=theme,
-            versions=current_versions(),
+            versions=current_versions(), comparison=self.comparison, sensitivity=self.sensitivity,
         )
 
     # ----- what the screens show ----------------------------------------------------------------------

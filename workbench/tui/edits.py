@@ -35,6 +35,23 @@ class LinearKey:
 SliderKey = GlobalKey | BlockKey | LinearKey
 
 
+def described(registry) -> list[tuple[str, str]]:
+    """(name, description) of everything in a registry of methods or allocators."""
+    return [(name, registry.get(name).description) for name in registry.names()]
+
+
+def method_options() -> list[tuple[str, str]]:
+    """The pruning methods to pick from (imported on first use: they load torch)."""
+    from workbench.methods import METHODS
+
+    return described(METHODS)
+
+
+def allocator_options() -> list[tuple[str, str]]:
+    """The allocators to pick from."""
+    return described(ALLOCATORS)
+
+
 def parse_allocator_params(allocator: str, typed: dict[str, str]) -> dict[str, float]:
     """Typed allocator parameters as numbers, checked by the allocator itself; ValueError naming one."""
     values = {}

@@ -165,15 +165,79 @@ PROBE_LABELS = {"perplexity": "ppl", "arithmetic": "arith", "brackets": "bracket
 
 
 def probe_summary(result, dense) -> Cell:
-    """"ppl 512.3 (+11.6)": a probe's score and its change against the dense model, compactly; the tone is
-    "error" when it is worse than dense by more than its tolerance."""
-    text = f"{PROBE_LABELS.get(result.name, result.name)} {short(result.score)}"
+    """"ppl 512.3 (+12)": a probe's score and its change against the dense model, compactly."""
+    return against_dense(f"{PROBE_LABELS.get(result.name, result.name)} {short(result.score)}", result, dense)
+
+
+def against_dense(text: str, result, dense) -> Cell:
+    """`text` followed by the change of `result` against `dense` (when known); the tone is "error" when
+    it is worse than dense by more than its tolerance."""
     if dense is None:
         return Cell(text)
     change = result.score - dense.score
     worse = (change < 0) if result.higher_is_better else (change > 0)
     tone = "error" if worse and dense.differs(result) else ""
     return Cell(f"{text} ({change:+.2g})", tone)
+
+
+def signed(value: float) -> str:
+    """A change in at most 6 characters: +12.3, -0.051, +0."""
+    return ("+" if value >= 0 else "") + short(value)
+
+
+# ----- the Compare screen and the sensitivity column ----------------------------------------------------
+WAITING = Cell("…", "dim")
+NONE = Cell("-", "dim")
+
+
+def comparison_labels(probes: Sequence[str]) -> list[str]:
+    """The row labels of the Compare screen's table."""
+    return ["method", "allocator", "target", *probes, "achieved", "non-zero", "prune"]
+
+
+def dense_column(probes: Sequence[str], comparison) -> list[Cell]:
+    """The dense reference's cells, row by row (see `comparison_labels`)."""
+    dense = [comparison.dense_probe(name) if comparison else None for name in probes]
+    return [NONE, NONE, Cell(pct(0.0)), *[Cell(short(d.score)) if d else NONE for d in dense], Cell(pct(0.0)),
+            NONE, NONE]
+
+
+def variant_column(plan, result, probes: Sequence[str], comparison) -> list[Cell]:
+    """One variant's cells, row by row: its plan, then (once measured) each probe's score with its change
+    against dense, ★ marking the best of the row, then achieved sparsity, weights left and prune time."""
+    edited = "*" if plan.block_overrides or plan.linear_overrides else ""
+    cells = [Cell(plan.method), Cell(plan.allocator + edited), Cell(pct(plan.sparsity) + (f" {plan.pattern}" if plan.pattern else ""))]
+    if result is None:
+        return cells + [WAITING] * (len(probes) + 3)
+    for name in probes:
+        cells.append(score_cell(result.probe(name), comparison.dense_probe(name), comparison.best(name) == result.name))
+    return cells + [Cell(pct(result.achieved)), Cell(params(result.params_nonzero)), Cell(f"{result.seconds:.1f}s")]
+
+
+def score_cell(result, dense, best: bool) -> Cell:
+    """"★ 512.3 (+12)": a variant's score on one probe against dense; ★ (and the "success" tone unless it is
+    worse than dense) marks the best of its row."""
+    if result is None:
+        return NONE
+    cell = against_dense(("★ " if best else "") + short(result.score), result, dense)
+    return Cell(cell.text, "success") if best and not cell.tone else cell
+
+
+def heat_cells(deltas: Sequence[float | None], higher_is_better: bool) -> list[Cell]:
+    """The sensitivity column, per block: a bar for how much the probe gets worse when only that block is
+    pruned harder, then the change itself; toned from "success" (cheap) through "warning" to "error" (the
+    blocks where sparsity hurts most). Blocks not scanned are a dim dot."""
+    costs = [None if d is None else (-d if higher_is_better else d) for d in deltas]
+    top = max((c for c in costs if c is not None), default=0.0)
+    cells = []
+    for delta, cost in zip(deltas, costs):
+        if cost is None:
+            cells.append(Cell("·", "dim"))
+            continue
+        share = cost / top if top > 0 else 0.0
+        tone = "success" if share < 1 / 3 else "warning" if share < 2 / 3 else "error"
+        cells.append(Cell(f"{level(cost, top)} {signed(delta)}", tone))
+    return cells
 
 
 def symbol(name: str) -> str:

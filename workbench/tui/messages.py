@@ -11,8 +11,10 @@ from textual.message import Message
 from workbench.plan import Plan
 
 if TYPE_CHECKING:  # torch stays unloaded until the model loads
+    from workbench.compare import Comparison
     from workbench.engine import Engine, EngineState
     from workbench.probes import ProbeResult
+    from workbench.sensitivity import Sensitivity
     from workbench.session import Session
 
 
@@ -81,3 +83,21 @@ class Saved(Message):
     """A session file was written."""
 
     path: Path
+
+
+@dataclass
+class Compared(Message):
+    """A comparison ended (finished, cancelled or failed: `comparison` holds the variants that finished)
+    and gave the engine back, holding `holds`."""
+
+    comparison: Comparison
+    holds: Plan | None
+
+
+@dataclass
+class Scanned(Message):
+    """A sensitivity scan ended (`sensitivity` None when it was cancelled or failed) and gave the engine
+    back, holding `holds`."""
+
+    sensitivity: Sensitivity | None
+    holds: Plan | None

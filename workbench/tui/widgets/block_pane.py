@@ -10,7 +10,7 @@ from textual.reactive import reactive
 
 from workbench.plan import weighted_mean
 from workbench.tui.edits import BlockKey, LinearKey
-from workbench.tui.format import Scale
+from workbench.tui.format import Cell, Scale
 from workbench.tui.widgets.stat_row import StatRow
 
 
@@ -35,6 +35,7 @@ class BlockPane(Vertical):
         self.index = index
         self.initial = value
         self._last: tuple | None = None
+        self._heat: Cell | None = None
 
     def compose(self) -> ComposeResult:
         yield StatRow(BlockKey(self.index), self._label(), f"block {self.index}", self.initial, classes="block-row")
@@ -79,9 +80,16 @@ class BlockPane(Vertical):
         if self.is_mounted:
             self._show_block(move=targets is not None)
 
+    def show_heat(self, cell: Cell | None) -> None:
+        """The block's cell of the sensitivity column."""
+        self._heat = cell
+        if self.is_mounted:
+            self.row.show_heat(cell)
+
     def on_mount(self) -> None:
         if self._last is not None:
             self._show_block(move=True)
+        self.row.show_heat(self._heat)
 
     def _show_block(self, move: bool) -> None:
         block, scale, targets, overridden, locked = self._last

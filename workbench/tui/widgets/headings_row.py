@@ -11,7 +11,8 @@ from workbench.tui.widgets.stat_row import LABEL_WIDTH
 
 
 class HeadingsRow(Horizontal):
-    """blk, target sparsity, and the statistic columns (extra ones on wide terminals)."""
+    """blk, target sparsity, the sensitivity column (once there is a scan) and the statistic columns (extra
+    ones on wide terminals)."""
 
     DEFAULT_CSS = f"""
     HeadingsRow {{ height: 1; color: $foreground 60%; text-style: bold; }}
@@ -24,5 +25,10 @@ class HeadingsRow(Horizontal):
     def compose(self) -> ComposeResult:
         yield Static("blk", classes="row-label")
         yield Static("target sparsity", classes="heading-target")
+        yield Static("", classes="heat")
         yield Static(headings(CORE_COLUMNS), classes="stats")
         yield Static(headings(EXTRA_COLUMNS), classes="stats-extra")
+
+    def show_heat(self, heading: str) -> None:
+        """The heading of the sensitivity column (e.g. "Δppl")."""
+        self.query_one(".heat", Static).update(heading)

@@ -1,5 +1,6 @@
 """The three plots of the plots screen: the allocation across blocks with outlier ratios, the |W|
-histogram of one linear, and probe results across the edit history."""
+histogram of one linear, and probe results across the edit history; and the Compare screen's plot of the
+variants' allocations."""
 
 from __future__ import annotations
 
@@ -20,6 +21,12 @@ class Plot(PlotextPlot):
         plt.clear_figure()
         return plt
 
+    def _outlier_bars(self, outliers: list[float | None]) -> None:
+        """Outlier ratios per block as bars on the right axis (percent); nothing when none is known."""
+        if any(o is not None for o in outliers):
+            self.plt.bar(list(range(len(outliers))), [100 * (o or 0.0) for o in outliers], label="outlier % (right)",
+                         yside="right", width=0.4, fill=False)
+
 
 class AllocationPlot(Plot):
     """Target and achieved sparsity per block (left axis, percent) over outlier-ratio bars (right axis)."""
@@ -27,9 +34,7 @@ class AllocationPlot(Plot):
     def draw(self, targets: list[float], achieved: list[float], outliers: list[float | None], title: str) -> None:
         plt = self._clear()
         blocks = list(range(len(targets)))
-        if any(o is not None for o in outliers):
-            plt.bar(blocks, [100 * (o or 0.0) for o in outliers], label="outlier % (right)", yside="right",
-                    width=0.4, fill=False)
+        self._outlier_bars(outliers)
         plt.plot(blocks, [100 * t for t in targets], label="target %", marker="hd")
         plt.scatter(blocks, [100 * a for a in achieved], label="achieved %", marker="x")
         plt.title(title)
@@ -68,4 +73,18 @@ class ProbePlot(Plot):
                 plt.plot(list(xs), list(ys), label=name + (" / dense" if reference else ""), marker="hd")
         plt.title("probes across the edit history" if series else "no probe results yet: press t on the main screen")
         plt.xlabel("edit")
+        self.refresh()
+
+
+class VariantsPlot(Plot):
+    """One line per measured variant: its target per block (left axis, percent), over the dense model's
+    outlier-ratio bars (right axis)."""
+
+    def draw(self, allocations: dict[str, list[float]], outliers: list[float] | None) -> None:
+        plt = self._clear()
+        self._outlier_bars(outliers or [])
+        for name, targets in allocations.items():
+            plt.plot(list(range(len(targets))), [100 * t for t in targets], label=name, marker="hd")
+        plt.title("target % per block" if allocations else "no results yet: r runs the variants")
+        plt.xlabel("block")
         self.refresh()

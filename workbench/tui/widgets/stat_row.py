@@ -1,4 +1,5 @@
-"""One line of the block list: a label, a sparsity slider and the statistics of a block or a linear."""
+"""One line of the block list: a label, a sparsity slider, the sensitivity column (shown once there is a
+scan) and the statistics of a block or a linear."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from textual.containers import Horizontal
 from textual.widgets import Static
 
 from workbench.tui.edits import SliderKey
-from workbench.tui.format import CORE_COLUMNS, EXTRA_COLUMNS, Scale, cells_markup, columns_width, core_cells, extra_cells
+from workbench.tui.format import (CORE_COLUMNS, EXTRA_COLUMNS, Cell, Scale, cells_markup, columns_width, core_cells,
+                                  extra_cells)
 from workbench.tui.widgets.slider import Slider
 
 LABEL_WIDTH = 6
@@ -33,6 +35,7 @@ class StatRow(Horizontal):
     def compose(self) -> ComposeResult:
         yield Static(self.label_text, classes="row-label")
         yield Slider(self.key, self.initial, label=self.title)
+        yield Static("", classes="heat")
         yield Static("", classes="stats")
         yield Static("", classes="stats-extra")
 
@@ -49,6 +52,10 @@ class StatRow(Horizontal):
         """Show the statistics of a `BlockState` or `LinearState`."""
         self.query_one(".stats", Static).update(cells_markup(core_cells(row, scale)))
         self.query_one(".stats-extra", Static).update(cells_markup(extra_cells(row)))
+
+    def show_heat(self, cell: Cell | None) -> None:
+        """The sensitivity column's cell (None: blank)."""
+        self.query_one(".heat", Static).update(cells_markup([cell]) if cell else "")
 
     def show_target(self, value: float, overridden: bool, locked: bool) -> None:
         """Move the slider to `value` (no change message); mark manual values and locked sliders."""

@@ -1,0 +1,125 @@
+"""Pilot tests of the Compare screen and the sensitivity scan on the tiny Llama: variants added, run,
+picked and undone; a cancelled comparison hands the engine back in the app's plan; both are saved with the
+session and shown again when it is opened."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from tests.tui.conftest import settle, tiny_factory
+from workbench.errors import Cancelled
+from workbench.plan import Plan
+from workbench.tui.screens.compare import CompareScreen, CompareTable
+from workbench.tui.widgets.block_pane import BlockPane
+
+
+def consistent(app) -> bool:
+    """The app's plan is what the engine holds, and the state shown is the engine's."""
+    engine, shown = app.engine.state(), app.controller.state
+    return (app.engine.plan == app.controller.plan and app.controller.applied
+            and [b.achieved for b in engine.blocks] == [b.achieved for b in shown.blocks])
+
+
+async def add_owl_variant(pilot) -> None:
+    """a, then owl (the list is sorted: owl, uniform), the plan's method, the plan's target."""
+    for keys in (["a"], ["up", "enter"], ["enter"], ["enter"]):
+        await pilot.press(*keys)
+        await pilot.pause()
+
+
+async def test_add_variants_run_use_a_column_and_undo(make_app):
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("c")
+        assert isinstance(app.screen, CompareScreen)
+        await pilot.press("p")
+        await add_owl_variant(pilot)
+        assert [name for name, _, _ in app.controller.columns] == ["current", "owl"]
+        await pilot.press("r")
+        await settle(pilot)
+        comparison = app.controller.comparison
+        assert [r.name for r in comparison.results] == ["current", "owl"] and app.controller.queued == []
+        assert comparison.best("perplexity") in ("current", "owl") and comparison.dense_probe("perplexity")
+        assert consistent(app) and app.controller.plan == Plan()  # back in the user's plan
+        table = app.screen.query_one(CompareTable)
+        assert table.row_count == 7 and len(table.columns) == 4  # label, dense, current, owl
+        await pilot.press("enter")  # the cursor is on owl, the column added last
+        await settle(pilot)
+        assert not isinstance(app.screen, CompareScreen)
+        assert app.controller.plan == comparison.result("owl").plan and consistent(app)
+        assert app.controller.history.current.label == "variant owl"
+        assert [b.target for b in app.controller.state.blocks] == pytest.approx(comparison.result("owl").block_targets)
+        await pilot.press("u")
+        await settle(pilot)
+        assert app.controller.plan == Plan() and consistent(app)
+
+
+async def test_a_cancelled_comparison_keeps_what_finished_and_gives_the_plan_back(make_app):
+    waiting, gate = threading.Event(), threading.Event()
+
+    def gated_engine(**_):
+        engine = tiny_factory()
+        probe = engine.probe
+
+        def gated(names=("perplexity",), size="quick", progress=None, cancel=None):
+            if engine.plan is not None and engine.plan.allocator == "owl":  # the second variant waits
+                waiting.set()
+                while not gate.wait(0.02):
+                    if cancel is not None and cancel():
+                        raise Cancelled()
+            return probe(names, size, progress, cancel)
+
+        engine.probe = gated
+        return engine
+
+    app = make_app(engine_factory=gated_engine)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("right")  # the plan the engine must come back in
+        await settle(pilot)
+        await pilot.press("c", "p")
+        await add_owl_variant(pilot)
+        await pilot.press("r")
+        while not waiting.is_set():
+            await asyncio.sleep(0.02)
+        assert "comparing variants" in str(app.query_one("#sparsity-line").render())
+        await pilot.press("escape")  # cancels, the screen stays
+        await settle(pilot)
+        assert isinstance(app.screen, CompareScreen) and "comparison cancelled" in app.notices
+        assert [r.name for r in app.controller.comparison.results] == ["current"]
+        assert [name for name, _ in app.controller.queued] == ["owl"]
+        assert app.controller.plan.block_overrides == {0: pytest.approx(0.51)} and consistent(app)
+        await pilot.press("escape")  # nothing runs: back to the blocks
+        assert not isinstance(app.screen, CompareScreen)
+
+
+async def test_comparison_and_sensitivity_are_saved_and_shown_again(make_app, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("s")
+        await settle(pilot)
+        scan = app.controller.sensitivity
+        assert scan.probe == "perplexity" and len(scan.deltas) == 4 and all(d is not None for d in scan.deltas)
+        assert app.screen.has_class("-heat") and consistent(app)
+        heat = str(app.query_one("#block-0", BlockPane).row.query_one(".heat").render())
+        assert heat.strip()[0] in "▁▂▃▄▅▆▇█"
+        await pilot.press("c", "p", "r")
+        await settle(pilot)
+        await pilot.press("c", "ctrl+s", *"run.toml", "enter")
+        await settle(pilot)
+        await pilot.pause(0.2)
+        assert not app.controller.dirty
+    reopened = make_app(session=tmp_path / "run.toml")
+    async with reopened.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        assert reopened.controller.sensitivity.deltas == pytest.approx(scan.deltas)
+        assert reopened.screen.has_class("-heat")
+        await pilot.press("c")
+        assert [name for name, _, result in reopened.controller.columns if result] == ["current"]
+        assert len(reopened.screen.query_one(CompareTable).columns) == 3

@@ -1,0 +1,195 @@
+"""The Compare screen: variants side by side. A table with one row per probe (and the plan, achieved
+sparsity, weights left and prune time) and one column per variant after the dense reference, and a plot
+of the variants' allocations. The app runs the comparison; this screen edits the controller's variants
+and asks the app to run them or to make one the current plan."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Static
+from textual.worker import Worker
+
+from workbench.plan import MAX_SPARSITY
+from workbench.tui.controller import Controller
+from workbench.tui.edits import allocator_options, method_options
+from workbench.tui.format import Cell, comparison_labels, dense_column, pct, variant_column
+from workbench.tui.screens.picker import PickerScreen
+from workbench.tui.screens.value_prompt import ValuePrompt
+from workbench.tui.widgets.activity import Activity
+from workbench.tui.widgets.plots import VariantsPlot
+
+DENSE = "dense"
+VARIANT = "variant:"  # column keys of the variants: "variant:owl"
+
+
+class CompareTable(DataTable):
+    """The comparison table; enter on a column makes that variant the current plan."""
+
+    BINDINGS = [Binding("enter", "select_cursor", "Use column", id="compare.use")]
+
+
+class CompareScreen(Screen):
+    """p adds the current plan, a adds a variant (allocator, method, target), delete removes the column,
+    r runs the variants not measured yet (escape cancels), enter on a column uses it; c or escape goes back."""
+
+    BINDINGS = [
+        Binding("escape", "back", "Back / cancel", id="compare.back"),
+        Binding("c", "app.pop_screen", "Back", show=False, id="compare.close"),
+        Binding("p", "add_plan", "Add plan", id="compare.add_plan"),
+        Binding("a", "add_variant", "Add variant", id="compare.add_variant"),
+        Binding("delete,backspace", "remove", "Remove", id="compare.remove"),
+        Binding("r", "run", "Run", id="compare.run"),
+    ]
+
+    DEFAULT_CSS = """
+    CompareScreen > #compare-status { height: 1; padding: 0 1; background: $panel; text-wrap: nowrap;
+                                      text-overflow: ellipsis; }
+    CompareScreen > CompareTable { height: auto; max-height: 60%; }
+    CompareScreen > VariantsPlot { height: 1fr; min-height: 6; }
+    """
+
+    class RunRequested(Message):
+        """Run the variants not measured yet."""
+
+    class UseRequested(Message):
+        """Make `variant` the current plan."""
+
+        def __init__(self, variant: str):
+            super().__init__()
+            self.variant = variant
+
+    def __init__(self, controller: Controller, probes: list[str]):
+        super().__init__()
+        self.controller = controller
+        self.probes = probes
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="compare-status")
+        yield Activity()
+        yield CompareTable(fixed_columns=1, cursor_type="column", zebra_stripes=True)
+        yield VariantsPlot()
+        yield Footer(show_command_palette=False)
+
+    def on_mount(self) -> None:
+        self.refresh_view()
+        self.query_one(CompareTable).focus()
+
+    # ----- showing ------------------------------------------------------------------------------------
+    @property
+    def shown_probes(self) -> list[str]:
+        """The probe rows: those of the comparison, then any the next run adds."""
+        comparison = self.controller.comparison
+        known = list(comparison.probes) if comparison else []
+        return known + [p for p in self.probes if p not in known]
+
+    def refresh_view(self) -> None:
+        """Rebuild the table and the plot from the controller (the cursor stays on its column)."""
+        controller, probes = self.controller, self.shown_probes
+        columns = controller.columns
+        table = self.query_one(CompareTable)
+        cursor = table.cursor_column
+        table.clear(columns=True)
+        table.add_column("", key="label")
+        table.add_column(DENSE, key=DENSE)
+        for name, _, _ in columns:
+            table.add_column(name, key=VARIANT + name)
+        cells = [dense_column(probes, controller.comparison)]
+        cells += [variant_column(plan, result, probes, controller.comparison) for _, plan, result in columns]
+        for row, label in enumerate(comparison_labels(probes)):
+            table.add_row(Text(label, style="bold"), *[self._styled(column[row]) for column in cells])
+        table.move_cursor(column=min(max(cursor, 1), len(columns) + 1))
+        measured = {name: result.block_targets for name, _, result in columns if result is not None}
+        self.query_one(VariantsPlot).draw(measured, controller.comparison.outlier_ratios if controller.comparison else None)
+        self._show_status()
+
+    def _styled(self, cell: Cell) -> Text:
+        """A cell as Rich text in the theme's colours."""
+        style = cell.tone if cell.tone in ("", "dim") else self.app.get_css_variables().get(cell.tone, "")
+        return Text(cell.text, style=style)
+
+    def _show_status(self) -> None:
+        queued = len(self.controller.queued)
+        waiting = f"{queued} to run (r) · " if queued else ""
+        hint = "p adds the plan · a adds a variant" if not self.controller.columns else "enter uses a column"
+        self.query_one("#compare-status", Static).update(
+            f"Compare · {waiting}probes: {', '.join(self.shown_probes)} (quick) · {hint}")
+
+    # ----- editing the variants -----------------------------------------------------------------------
+    def action_add_plan(self) -> None:
+        """Add the current plan (with its manual targets) as a variant."""
+        self._added(self.controller.add_variant("current", self.controller.plan))
+
+    @work(exclusive=True, group="add-variant", exit_on_error=False)
+    async def action_add_variant(self) -> None:
+        """Ask for an allocator, a method and a global target, then add that variant."""
+        from workbench.compare import grid
+
+        plan = self.controller.plan
+        allocator = await self.app.push_screen_wait(PickerScreen("Variant: allocator", allocator_options(), plan.allocator))
+        if allocator is None:
+            return
+        method = await self.app.push_screen_wait(PickerScreen("Variant: method", method_options(), plan.method))
+        if method is None:
+            return
+        sparsity = await self.app.push_screen_wait(ValuePrompt(f"Variant {method} / {allocator}: global target",
+                                                               plan.sparsity, MAX_SPARSITY))
+        if sparsity is None:
+            return
+        variant = grid([method], [allocator], sparsity, plan.pattern)[0]
+        name = variant.name if method == plan.method else f"{method}/{allocator}"
+        if sparsity != plan.sparsity:
+            name += f" {pct(sparsity, 0)}"
+        self._added(self.controller.add_variant(name, variant.plan))
+
+    def _added(self, name: str) -> None:
+        self.refresh_view()
+        self.query_one(CompareTable).move_cursor(column=len(self.controller.columns) + 1)
+        self.notify(f"added {name}; r runs it")
+
+    def _cursor_variant(self) -> str | None:
+        """The variant under the cursor (None on the dense column)."""
+        table = self.query_one(CompareTable)
+        if not table.columns:
+            return None
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).column_key.value or ""
+        return key.removeprefix(VARIANT) if key.startswith(VARIANT) else None
+
+    def action_remove(self) -> None:
+        name = self._cursor_variant()
+        if name is not None:
+            self.controller.remove_variant(name)
+            self.refresh_view()
+
+    # ----- running and using --------------------------------------------------------------------------
+    def action_run(self) -> None:
+        if not self.controller.queued:
+            self.notify("nothing to run: p adds the current plan, a adds a variant")
+        elif "compare" in self.app.running_groups:
+            self.notify("the comparison is running; escape cancels it")
+        else:
+            self.post_message(self.RunRequested())
+
+    def action_back(self) -> None:
+        """Cancel the running comparison, else go back to the blocks."""
+        if "compare" in self.app.running_groups:
+            self.app.action_cancel()
+        else:
+            self.app.pop_screen()
+
+    def on_data_table_column_selected(self, event: DataTable.ColumnSelected) -> None:
+        name = self._cursor_variant()
+        if name is None:
+            self.notify("the dense model is the reference; pick a variant")
+        elif self.controller.variant(name) is None:
+            self.notify(f"{name} is not measured yet: r runs it")
+        else:
+            self.post_message(self.UseRequested(name))
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """Worker failures are reported by the app, in one place."""
+        self.app.post_message(Worker.StateChanged(event.worker, event.state))
