@@ -33,10 +33,12 @@ def test_every_stage_is_measured_on_a_local_model(tiny_model_dir):
             assert row["ratio"] == pytest.approx(row["seconds"] / forward), name
     assert stages["probe-suite"]["seconds"] > stages["perplexity"]["seconds"]  # the suite runs, not a cached result
     assert report["meta"]["calibration_tokens"] == 4 * 32
+    assert report["meta"]["params"] > 0 and report["meta"]["random_weights"] is False
+    assert report["meta"]["efficiency"]["tokens_per_second"] > 0
     assert "x (wanda + suite) + dense suite =" in stages["compare"]["target"]
     meta = report["meta"]
     for names, budget in ((("wanda", "wanda-one-pass", "sparsegpt", "magnitude"), meta["memory_budget_mib"]),
-                          (("probe-dense", "perplexity", "probe-suite", "sensitivity", "compare"), meta["probe_memory_budget_mib"])):
+                          (("probe-dense", "perplexity", "probe-suite", "efficiency", "sensitivity", "compare"), meta["probe_memory_budget_mib"])):
         for name in names:
             assert stages[name]["target"].endswith(f"<= {budget:.0f} MiB"), name
             assert stages[name]["ok"] is not None, name

@@ -161,7 +161,7 @@ def test_hessians_are_spilled_to_disk_and_cleaned_up(engine):
     (Plan(sparsity=1.0), "sparsity"),
     (Plan(sparsity=-0.1), "sparsity"),
     (Plan(method="obc"), "method"),
-    (Plan(allocator="layerif"), "allocator"),
+    (Plan(allocator="layerwise"), "allocator"),
     (Plan(block_overrides={4: 0.5}), "overrides.blocks.4"),
     (Plan(linear_overrides={"layers.0.mlp.fc1": 0.5}), "overrides.linears.layers.0.mlp.fc1"),
     (Plan(pattern="2:4", block_overrides={0: 0.5}), "overrides"),

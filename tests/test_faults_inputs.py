@@ -134,7 +134,8 @@ def test_model_spec_errors(tiny_model_dir, tmp_path, capsys, monkeypatch):
     weights.write_bytes(weights.read_bytes()[:1000])
     fake_gguf = tmp_path / "fake.gguf"
     fake_gguf.write_bytes(BINARY)
-    accepted = "(use embedded, a hub id (org/name), a local Hugging Face directory (with config.json) or a .gguf file)"
+    accepted = ("(use embedded, a hub id (org/name), a local Hugging Face directory (with config.json), a .gguf file "
+                "or random:SHAPE[@SEED] (random:llama-1b, random:PATH/config.json))")
     cases = [
         (str(text), f"is a file but not a .gguf file {accepted}"),
         (str(tmp_path / "missing" / "model"), f"no such file or directory {accepted}"),

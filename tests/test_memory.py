@@ -5,13 +5,13 @@ import ctypes
 import json
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 from tests.tiny import tiny_llama
 from workbench import bench
+from workbench.cli import build_parser
 from workbench.engine import Engine
 from workbench.memory import settle, status_kib
 from workbench.plan import Plan
@@ -117,8 +117,8 @@ def test_probe_working_set_is_three_batches_of_float32_logits():
 
 
 def _run(tiny_model_dir, only: str, capsys) -> tuple[int, dict]:
-    args = SimpleNamespace(model=str(tiny_model_dir), device="cpu", dtype="float32", calibration="embedded",
-                           samples=2, seqlen=32, seed=0, only=only, json=True)
+    args = build_parser().parse_args(["bench", "--model", str(tiny_model_dir), "--device", "cpu", "--dtype", "float32",
+                                      "--samples", "2", "--seqlen", "32", "--only", only, "--json"])
     code = bench.run_bench(args)
     return code, json.loads(capsys.readouterr().out)
 

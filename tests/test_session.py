@@ -83,7 +83,7 @@ BAD = [
     (GOOD.replace("version = 1", "version = 2") + '[masks]\nfile = "x.masks.safetensors"\n[masks.linears]\n',
      "masks.sha256: missing (needed with masks.file)"),
     (GOOD.replace('method = "wanda"', 'method = "obc"'), "plan.method: unknown method 'obc'"),
-    (GOOD.replace('allocator = "owl"', 'allocator = "layerif"'), "plan.allocator: unknown allocator 'layerif'"),
+    (GOOD.replace('allocator = "owl"', 'allocator = "layerwise"'), "plan.allocator: unknown allocator 'layerwise'"),
     (GOOD.replace("sparsity = 0.7", "sparsity = 1.2"), "plan.sparsity: sparsity must be in [0, 1), got 1.2"),
     (GOOD.replace("sparsity = 0.7", "sparsity = -0.1"), "plan.sparsity: sparsity must be in [0, 1)"),
     (GOOD.replace("sparsity = 0.7", 'sparsity = "half"'), "plan.sparsity: expected int/float, got str"),

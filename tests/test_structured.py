@@ -140,3 +140,205 @@ def test_dropping_blocks_is_real_undoable_and_generates_with_a_cache():
     depth.drop([])
     assert torch.equal(model(ids).logits, dense_logits) and model.config.num_hidden_layers == 4
     assert [b.self_attn.layer_idx for b in model.model.layers] == [0, 1, 2, 3]
+
+
+def test_sessions_keep_the_structure_and_refuse_bad_values(tmp_path):
+    from workbench.plan import Plan, Structure
+    from workbench.session import Session, load_session, save_session
+
+    structure = Structure(width_ratio=2.4, width_score="data", width_divisor=64, width_overrides={3: 2.0}, drop_blocks=[22, 23])
+    save_session(Session(plan=Plan(structure=structure)), tmp_path / "s.toml")
+    assert load_session(tmp_path / "s.toml").plan.structure == structure
+    save_session(Session(plan=Plan()), tmp_path / "dense.toml")
+    assert "structure" not in (tmp_path / "dense.toml").read_text()
+    text = (tmp_path / "s.toml").read_text()
+    for old, new, message in [("width_ratio = 2.4", "width_ratio = 0", "plan.structure.width_ratio: an expansion ratio"),
+                              ("width_divisor = 64", "width_divisor = 100", "plan.structure.width_divisor: must be one of"),
+                              ("drop_blocks = [\n    22,\n    23,\n]", "drop_blocks = [1, 1]", "plan.structure.drop_blocks: expected distinct"),
+                              ("width_ratio = 2.4", 'width_ratio = "x"', "plan.structure.width_ratio: expected int/float")]:
+        assert old in text, old
+        (tmp_path / "bad.toml").write_text(text.replace(old, new))
+        with pytest.raises(WorkbenchError, match=message):
+            load_session(tmp_path / "bad.toml")
+
+
+# ----- through the engine (tiny model: hidden 128, intermediate 320, 4 blocks) ---------------------------
+def _engine():
+    from tests.conftest import make_engine
+
+    return make_engine()
+
+
+def _ids():
+    return torch.randint(0, 512, (2, 16), generator=torch.Generator().manual_seed(1))
+
+
+def test_width_shrinks_for_real_and_equals_masking_the_same_neurons():
+    from workbench.plan import Plan, Structure
+
+    engine = _engine()
+    ids = _ids()
+    engine.prune(Plan(sparsity=0.0, structure=Structure(width_ratio=2.0)))
+    state = engine.state()
+    assert [b.width for b in state.blocks] == [256] * 4 and state.blocks[0].intermediate == 320
+    mlp = engine.loaded.model.model.layers[0].mlp
+    assert mlp.gate_proj.weight.shape == (256, 128) and mlp.down_proj.weight.shape == (128, 256)
+    assert state.params_total - state.params_nonzero == 4 * 3 * 128 * 64
+    shrunk = engine.loaded.model(ids).logits
+    masked = _engine()  # the dense model with the same neurons zeroed instead of removed
+    for block in range(4):
+        glu = {r.kind: r for r in masked.linears[block]}
+        kept = kept_neurons(neuron_scores("ppm", *(glu[k].module.weight for k in ("gate", "up", "down"))), 256)
+        drop = torch.ones(320, dtype=torch.bool)
+        drop[kept] = False
+        glu["gate"].module.weight.data[drop] = 0
+        glu["up"].module.weight.data[drop] = 0
+        glu["down"].module.weight.data[:, drop] = 0
+    torch.testing.assert_close(shrunk, masked.loaded.model(ids).logits, rtol=1e-4, atol=1e-5)
+
+
+def test_unstructured_pruning_composes_with_width_and_depth():
+    from workbench.plan import Plan, Structure
+
+    engine = _engine()
+    engine.prune(Plan(sparsity=0.5, structure=Structure(width_ratio=2.0, width_divisor=32, drop_blocks=[2])))
+    state = engine.state()
+    assert [b.dropped for b in state.blocks] == [False, False, True, False]
+    assert len(engine.loaded.model.model.layers) == 3
+    for b in state.blocks:
+        if not b.dropped:
+            assert b.achieved == pytest.approx(0.5, abs=0.01) and b.width == 256
+    assert state.blocks[2].achieved == 0 and state.blocks[2].act_norm is None
+    assert engine.needs_full_prune(Plan(sparsity=0.6, structure=Structure(width_ratio=2.0, width_divisor=32, drop_blocks=[2]))) is False
+    assert engine.needs_full_prune(Plan(sparsity=0.5))
+    engine.apply(Plan(sparsity=0.6, structure=Structure(width_ratio=2.0, width_divisor=32, drop_blocks=[2])))
+    assert engine.state().blocks[0].achieved == pytest.approx(0.6, abs=0.01)
+
+
+def test_structural_edits_undo_from_dense_bit_for_bit():
+    from workbench.plan import Plan, Structure
+
+    engine, reference = _engine(), _engine()
+    dense = {n: r.module.weight.detach().clone() for n, r in engine.refs.items()}
+    dense_logits = engine.loaded.model(_ids()).logits
+    for structure in (Structure(width_ratio=1.5, width_score="data"), Structure(drop_blocks=[0, 3]),
+                      Structure(width_overrides={1: 1.0}, drop_blocks=[2])):
+        engine.prune(Plan(method="sparsegpt", sparsity=0.5, structure=structure))
+    engine.prune(Plan(sparsity=0.5))
+    reference.prune(Plan(sparsity=0.5))
+    assert engine.weights_digest() == reference.weights_digest()
+    engine.restore_dense()
+    assert all(torch.equal(r.module.weight, dense[n]) for n, r in engine.refs.items())
+    assert torch.equal(engine.loaded.model(_ids()).logits, dense_logits)
+
+
+def test_dense_reference_runs_the_full_model():
+    from workbench.plan import Plan, Structure
+
+    engine, reference = _engine(), _engine()
+    engine.prune(Plan(sparsity=0.3, structure=Structure(width_ratio=2.0, drop_blocks=[1])))
+    shrunk = engine.probe(["perplexity"])[0]
+    dense = engine.dense_probes["perplexity"]
+    assert dense.score == reference.probe(["perplexity"])[0].score and shrunk.score != dense.score
+
+
+def test_a_cancelled_structured_prune_puts_everything_back():
+    from workbench.errors import Cancelled
+    from workbench.plan import Plan, Structure
+
+    engine = _engine()
+    engine.prune(Plan(sparsity=0.5, structure=Structure(width_ratio=2.0)))
+    before, layers = engine.weights_digest(), len(engine.loaded.model.model.layers)
+    calls = []
+    with pytest.raises(Cancelled):
+        engine.prune(Plan(sparsity=0.6, structure=Structure(drop_blocks=[1])), cancel=lambda: calls.append(1) or len(calls) > 3)
+    assert engine.weights_digest() == before and len(engine.loaded.model.model.layers) == layers
+    assert engine.state().blocks[0].width == 256
+
+
+def test_blocks_to_drop_from_depth_scores():
+    engine = _engine()
+    bi = engine.depth_scores().block_influence()
+    assert len(bi) == 4 and all(0 <= x <= 2 for x in bi)
+    assert engine.choose_drops(2, "bi") == drop_by_influence(bi, 2)
+    run = engine.choose_drops(2, "angular")
+    assert run[1] == run[0] + 1
+    assert engine.choose_drops(0, "1,3") == [1, 3]
+    engine.prune(__import__("workbench.plan", fromlist=["Plan"]).Plan(sparsity=0.5))
+    assert engine.state().blocks[0].block_influence == pytest.approx(bi[0])
+
+
+def test_bad_structures_are_refused_before_any_change():
+    from workbench.plan import Plan, Structure
+
+    engine = _engine()
+    for structure, where in [(Structure(drop_blocks=[0, 1, 2, 3]), "structure.drop_blocks"),
+                             (Structure(drop_blocks=[7]), "structure.drop_blocks"),
+                             (Structure(width_overrides={9: 2.0}), "structure.width_overrides"),
+                             (Structure(width_ratio=2.0, width_score="nope"), "structure.width_score"),
+                             (Structure(width_ratio=-1.0), "structure.width_ratio")]:
+        with pytest.raises(WorkbenchError) as err:
+            engine.prune(Plan(structure=structure))
+        assert err.value.where == where
+    assert engine.plan is None and len(engine.loaded.model.model.layers) == 4
+
+
+@pytest.mark.parametrize("structure, intermediate, layers, padded", [
+    (dict(width_ratio=2.0, drop_blocks=[1]), 256, 3, False),
+    (dict(width_ratio=2.0, width_overrides={0: 1.5}), 256, 4, True),
+])
+def test_export_loads_as_the_smaller_architecture_with_the_same_logits(tmp_path, structure, intermediate, layers, padded):
+    from transformers import AutoModelForCausalLM
+
+    from workbench.plan import Plan, Structure
+
+    engine = _engine()
+    engine.prune(Plan(sparsity=0.5, structure=Structure(**structure)))
+    notes = []
+    engine.loaded.tokenizer.save_pretrained = lambda directory: None  # the byte tokenizer has no files
+    engine.export(tmp_path / "out", notice=notes.append)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert loaded.config.intermediate_size == intermediate and loaded.config.num_hidden_layers == layers
+    assert bool(notes) == padded and (not padded or "padded with zero neurons to 256" in notes[0])
+    torch.testing.assert_close(loaded(_ids()).logits, engine.loaded.model(_ids()).logits, rtol=1e-4, atol=1e-5)
+    assert engine.loaded.model.config.intermediate_size == 320  # the engine's own config is untouched
+
+
+def test_cli_prune_with_width_and_depth_exports_and_replays(tiny_model_dir, tmp_path, capsys):
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from workbench.cli import main
+
+    tiny = ["--samples", "4", "--seqlen", "32"]
+    session, out = tmp_path / "s.toml", tmp_path / "out"
+    assert main(["prune", "--model", str(tiny_model_dir), *tiny, "--sparsity", "0.3", "--width-ratio", "2.0",
+                 "--drop-blocks", "1", "--drop-by", "angular", "--probes", "perplexity,efficiency",
+                 "--save-session", str(session), "--export", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    efficiency = next(p for p in summary["probes"] if p["name"] == "efficiency")
+    assert efficiency["pruned"] < efficiency["dense"]
+    assert summary["plan"]["structure"]["drop_blocks"] and summary["plan"]["structure"]["width_ratio"] == 2.0
+    loaded = AutoModelForCausalLM.from_pretrained(out)
+    assert loaded.config.num_hidden_layers == 3 and loaded.config.intermediate_size == 256
+    assert main(["replay", str(session), "--check", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ok"]
+    assert main(["prune", "--model", str(tiny_model_dir), *tiny, "--drop-by", "9"]) == 2
+    assert "--drop-by: no block 9" in capsys.readouterr().err
+
+
+def test_cli_compare_structured_variants(tiny_model_dir, capsys):
+    import json
+
+    from workbench.cli import main
+
+    assert main(["compare", "--model", str(tiny_model_dir), "--samples", "4", "--seqlen", "32", "--allocators", "uniform",
+                 "--sparsity", "0.25", "--width-ratios", "2.0", "--drops", "1", "--probes", "perplexity,efficiency",
+                 "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [v["name"] for v in data["variants"]] == ["uniform", "width 2", "drop 1"]
+    nonzero = {v["name"]: v["params_nonzero"] for v in data["variants"]}
+    per_block = 2 * 128 * 128 + 2 * 128 * 64 + 3 * 128 * 320  # q, o; k, v (2 of 4 heads); gate, up, down
+    assert nonzero["width 2"] == 4 * per_block - 4 * 3 * 128 * 64  # 64 of 320 neurons gone in every block
+    assert nonzero["drop 1"] == 3 * per_block

@@ -4,9 +4,11 @@ Stages: model load (first, from an empty cache, and cached), one dense forward p
 tokens (the unit every other time is divided by), calibration capture, each method's full prune at 50%
 (sequential; Wanda also one-pass), re-pruning one linear and one block from cached statistics, the
 dense reference probes (the pruned weights swapped for the dense ones), the perplexity probe, the
-quick probe suite, a sensitivity scan of every block, and a comparison of every allocator with Wanda
-at 70% (quick probes and the dense reference included). The first load runs in a child process with an empty cache (its time includes
-starting Python).
+quick probe suite, the efficiency probe alone (generation speed; 2:4 sparse kernels on a GPU), a
+sensitivity scan of every block, and a comparison of every allocator with Wanda at 70% (quick probes and
+the dense reference included). The first load runs in a child process with an empty cache (its time
+includes starting Python). On a random model (`random:...`) every probe runs for its time only.
+`--sizes` sweeps several models instead (see `workbench.sweep`).
 
 Memory: before each stage, garbage is collected, freed heap is handed back to the OS and the peak
 resident set (Linux VmHWM) is reset, so a stage starts from what is alive (the model, the engine's dense
@@ -36,7 +38,6 @@ import time
 from dataclasses import dataclass
 
 import torch
-from transformers import AutoTokenizer
 
 from workbench.allocators import ALLOCATORS
 from workbench.capture import capture, dense_forward
@@ -45,14 +46,32 @@ from workbench.data import calibration_windows
 from workbench.engine import Engine
 from workbench.errors import WorkbenchError
 from workbench.memory import settle, status_kib
-from workbench.model import EMBEDDED, load_model, resolve_source
+from workbench.model import EMBEDDED, load_model, load_tokenizer, resolve_device, resolve_dtype, resolve_source
 from workbench.plan import ONE_PASS, SEQUENTIAL, CalibrationSpec, Plan
-from workbench.probes import PROBES
+from workbench.probes import PROBES, timing_only
 from workbench.probes import perplexity
 from workbench.sensitivity import scan
+from workbench.shapes import random_weights_of
 
 STAGES = ("load-first", "load-cached", "forward", "capture", "wanda", "wanda-one-pass", "sparsegpt", "magnitude",
-          "reprune-linear", "reprune-block", "probe-dense", "perplexity", "probe-suite", "sensitivity", "compare")
+          "reprune-linear", "reprune-block", "probe-dense", "perplexity", "probe-suite", "efficiency", "sensitivity",
+          "compare")
+
+
+def add_bench_parser(sub) -> None:
+    """The `workbench bench` subcommand."""
+    from workbench.cliargs import add_calibration_args, add_model_args
+
+    p = sub.add_parser("bench", help="time and memory of load, calibration, each method, re-pruning and probes")
+    add_model_args(p)
+    add_calibration_args(p)
+    p.add_argument("--only", default="", help="comma-separated stages to run (default: all; with --sizes: the sweep's)")
+    p.add_argument("--offload", action="store_true", help="keep the weights on the CPU (memory-mapped), one block at a time on the device")
+    p.add_argument("--sizes", default="", help="sweep these model specs (comma-separated), e.g. embedded,random:llama-1b")
+    p.add_argument("--sweep-samples", default="", metavar="N,N", help="with --sizes: calibration sample counts to sweep (default: --samples)")
+    p.add_argument("--plot", metavar="FILE", help="with --sizes: a picture of the cost curves (.png or .svg)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run_bench)
 
 
 @dataclass
@@ -97,7 +116,18 @@ def _format_row(r: Row) -> str:
 
 
 def run_bench(args) -> int:
-    """Run the selected stages on `args.model` and print the table (or JSON with --json)."""
+    """Run the selected stages on `args.model` and print the table (or JSON with --json); sweep with --sizes."""
+    if args.sizes:
+        from workbench.sweep import run_sweep
+
+        return run_sweep(args)
+    if args.plot or args.sweep_samples:
+        raise WorkbenchError("--plot" if args.plot else "--sweep-samples", "needs --sizes")
+    with timing_only():  # on random weights the probes' times are real, their scores are not reported
+        return _bench(args)
+
+
+def _bench(args) -> int:
     only = {s for s in args.only.split(",") if s}
     unknown = only - set(STAGES)
     if unknown:
@@ -141,11 +171,12 @@ def run_bench(args) -> int:
             env = {**os.environ, "WORKBENCH_CACHE": empty}
             measure("load-first", lambda: subprocess.run([sys.executable, "-c", code], env=env, check=True),
                     "child process, empty cache", child=True)
-    source = resolve_source(args.model)
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    source = resolve_source(args.model, dtype=resolve_dtype(args.dtype, resolve_device(args.device)))
+    tokenizer = load_tokenizer(source)
     calibration_windows(tokenizer, calibration.source, calibration.samples, calibration.seqlen, calibration.seed)
     baseline = settle()
-    loaded = measure("load-cached", lambda: load_model(args.model, args.device, args.dtype), "<= 3 s", limit_s=3.0)
+    loaded = measure("load-cached", lambda: load_model(args.model, args.device, args.dtype, offload=args.offload or None),
+                     "<= 3 s", limit_s=3.0)
     loaded.tokenizer = tokenizer  # the tokenized calibration text is cached per tokenizer object
     engine = Engine(loaded, calibration)
     ids = engine.calibration_ids()
@@ -202,6 +233,13 @@ def run_bench(args) -> int:
         measure("probe-suite", lambda: engine.probe(names), f"<= 15 s, {len(names)} probes", limit_s=15.0,
                 memory_budget_mib=probe_budget)
 
+    efficiency = None
+    if wanted("efficiency"):
+        engine.apply(half)
+        engine.dense_reference(["efficiency"])
+        efficiency = measure("efficiency", lambda: engine.probe(["efficiency"]), "generation speed, Wanda 50%",
+                             memory_budget_mib=probe_budget)[0].details
+
     if wanted("sensitivity"):
         engine.apply(half)
         measure("sensitivity", lambda: scan(engine, half, step=0.1), f"<= 60 s, {len(engine.linears)} blocks +10%, quick perplexity",
@@ -222,8 +260,15 @@ def run_bench(args) -> int:
 
     meta = {"model": args.model, "device": str(loaded.device), "dtype": str(loaded.dtype).replace("torch.", ""),
             "calibration_tokens": ids.numel(), "threads": torch.get_num_threads(),
+            "params": sum(p.numel() for p in loaded.model.parameters()), "random_weights": bool(random_weights_of(loaded.model)),
             "dense_weight_mib": round(weight_mib, 1), "memory_budget_mib": round(budget, 1),
             "probe_memory_budget_mib": round(probe_budget, 1)}
+    if torch.cuda.is_available() and loaded.device.type == "cuda":
+        meta["gpu"] = torch.cuda.get_device_name(loaded.device)
+    if loaded.device_weights is not None:
+        meta["offload_device_weights_peak_mib"] = round(loaded.device_weights.peak / 2**20, 1)
+    if efficiency is not None:
+        meta["efficiency"] = {k: efficiency[k] for k in ("tokens_per_second", "sparse_2to4") if k in efficiency}
     if args.json:
         print(json.dumps({"meta": meta, "stages": [r.__dict__ for r in rows]}, indent=2))
     else:

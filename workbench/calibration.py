@@ -9,7 +9,7 @@ import shutil
 import tempfile
 import weakref
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ContextManager
 
 import torch
 from torch.utils.serialization import config as serialization_config
@@ -19,7 +19,6 @@ from workbench.data import calibration_windows
 from workbench.methods import LinearStats
 from workbench.model import INPUT_GROUPS, Loaded, LinearRef
 from workbench.plan import ONE_PASS, CalibrationSpec
-from workbench.weights import WeightBank
 
 Progress = Callable[[str, float], None]
 Cancel = Callable[[], bool]
@@ -73,7 +72,7 @@ class HessianStore:
 
     def keep_only(self, stats: list[BlockStats] | None) -> None:
         """Delete the spilled Hessians of every block statistics not in `stats`."""
-        keep = {id(b) for b in (stats or [])}
+        keep = {id(b) for b in (stats or []) if b is not None}
         for key in [k for k in self._files if k not in keep]:
             self._files.pop(key)[1].unlink(missing_ok=True)
         self._loaded = (None, {})
@@ -83,11 +82,10 @@ class CalibrationCache:
     """Token windows and statistics for one model and calibration spec. `committed` are the statistics
     every pruned linear was pruned from; `dense` the dense model's one-pass statistics, computed once."""
 
-    def __init__(self, loaded: Loaded, spec: CalibrationSpec, linears: list[list[LinearRef]], bank: WeightBank):
+    def __init__(self, loaded: Loaded, spec: CalibrationSpec, dense_model: Callable[[], ContextManager]):
         self.loaded = loaded
         self.spec = spec
-        self.linears = linears
-        self.bank = bank
+        self.dense_model = dense_model
         self.hessians = HessianStore()
         self.committed: list[BlockStats] | None = None
         self.dense: list[BlockStats] | None = None
@@ -111,8 +109,8 @@ class CalibrationCache:
 
     def has_hessian(self) -> bool:
         """Whether the committed statistics include Hessians."""
-        stats = self.committed
-        return bool(stats) and (self.hessians.spilled(stats[0]) or stats[0]["q"].hessian is not None)
+        first = next((b for b in self.committed or [] if b is not None), None)
+        return first is not None and (self.hessians.spilled(first) or first["q"].hessian is not None)
 
     def capture(self, hessian: bool, before_block: Callable[[int], None], on_block: Callable[[int, BlockStats], None],
                 progress: Progress | None, cancel: Cancel | None) -> list[BlockStats]:
@@ -138,20 +136,9 @@ class CalibrationCache:
             self.dense = stats
 
     def dense_statistics(self, progress: Progress | None = None, cancel: Cancel | None = None) -> list[BlockStats]:
-        """Statistics of the dense model, computed once: pruned blocks run with their dense weights."""
+        """Statistics of the dense model at full size, computed once (`dense_model` swaps it in)."""
         if self.dense is None:
-            stash: dict[str, torch.Tensor] = {}
-
-            def to_dense(i: int) -> None:
-                stash.update(self.bank.swap_to_dense(self.linears[i]))
-
-            def back(_i: int, _stats) -> None:
-                self.bank.swap_back(stash)
-                stash.clear()
-
-            try:
+            with self.dense_model():
                 self.dense = capture(self.loaded.model, self.ids(), self.loaded.device, ONE_PASS, hessian=False,
-                                     before_block=to_dense, on_block=back, progress=progress, cancel=cancel)
-            finally:
-                back(-1, None)
+                                     progress=progress, cancel=cancel)
         return self.dense

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from workbench.console import progress_line
 from workbench.errors import Cancelled, WorkbenchError, out_of_memory
-from workbench.cliargs import add_calibration_args, add_model_args, add_plan_args, calibration_of, plan_of
+from workbench.cliargs import add_calibration_args, add_model_args, add_plan_args, calibration_of, plan_of, resolve_drops
 from workbench.plan import DTYPES
 
 EXIT_USAGE = 2
@@ -36,13 +36,14 @@ def _print(data: dict) -> None:
 
 def block_table(state) -> str:
     """The per-block table of `workbench stats` and `workbench prune`."""
-    head = f"{'block':>5} {'params':>9} {'target':>7} {'achieved':>8} {'mean|W|':>8} {'max|W|':>7} {'kurt':>7} {'outlier%':>8} {'act':>7} {'recon':>7}"
+    head = (f"{'block':>5} {'params':>9} {'target':>7} {'achieved':>8} {'mean|W|':>8} {'max|W|':>7} {'kurt':>7} "
+            f"{'outlier%':>8} {'act':>7} {'recon':>7} {'influence':>9}")
     rows = [head, "-" * len(head)]
     for b in state.blocks:
         rows.append(
             f"{b.index:>5} {b.numel:>9,} {b.target:>7.1%} {b.achieved:>8.1%} {b.w_mean_abs:>8.4f} {b.w_max_abs:>7.3f} "
             f"{b.kurtosis:>7.1f} {_fmt(None if b.outlier_ratio is None else 100 * b.outlier_ratio, '.2f'):>8} "
-            f"{_fmt(b.act_norm):>7} {_fmt(b.recon_error):>7}"
+            f"{_fmt(b.act_norm):>7} {_fmt(b.recon_error):>7} {_fmt(b.influence, '.3g'):>9}"
         )
     return "\n".join(rows)
 
@@ -93,7 +94,7 @@ def _write_outputs(args, engine, pruned) -> str | None:
     export_was_empty_dir = export is not None and export.is_dir() and not any(export.iterdir())
     export_is_ours = export is not None and (export_was_empty_dir or not os.path.lexists(export))
     try:
-        exported = str(engine.export(export)) if export is not None else None
+        exported = str(engine.export(export, notice=lambda note: print(f"workbench: {note}", file=sys.stderr))) if export is not None else None
         if session is not None:
             with _interrupts_held() as held:
                 if masks is not None:
@@ -122,6 +123,7 @@ def cmd_prune(args) -> int:
     progress = progress_line(args.json)
     t0 = time.perf_counter()
     engine = Engine.load(args.model, args.device, args.dtype, calibration_of(args), progress=progress)
+    plan = resolve_drops(args, engine, plan, progress)
     engine.check_plan(plan)
     t_load = time.perf_counter() - t0
     names = [n for n in args.probes.split(",") if n]
@@ -203,12 +205,6 @@ def cmd_tui(args) -> int:
     return run_app(model=args.model, session=args.session, theme=args.theme, device=args.device, dtype=args.dtype)
 
 
-def cmd_bench(args) -> int:
-    from workbench.bench import run_bench
-
-    return run_bench(args)
-
-
 def _add_tui_args(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     p.add_argument("--session", help="open this session file")
@@ -218,6 +214,8 @@ def _add_tui_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `workbench` command."""
+    from workbench.agenting import add_agent_parser
+    from workbench.bench import add_bench_parser
     from workbench.comparing import add_compare_parser, add_sensitivity_parser
     from workbench.probing import add_eval_parser, add_probe_parser
 
@@ -261,13 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(sub)
     add_compare_parser(sub)
     add_sensitivity_parser(sub)
+    add_agent_parser(sub)
 
-    p = sub.add_parser("bench", help="time and memory of load, calibration, each method, re-pruning and probes")
-    add_model_args(p)
-    add_calibration_args(p)
-    p.add_argument("--only", default="", help="comma-separated stages to run (default: all)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_bench)
+    add_bench_parser(sub)
     return parser
 
 

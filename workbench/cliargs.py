@@ -4,9 +4,10 @@ they become a `CalibrationSpec` and a `Plan`."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from workbench.errors import WorkbenchError
-from workbench.plan import DTYPES, MODES, CalibrationSpec, Plan
+from workbench.plan import DROP_BY, DTYPES, MODES, CalibrationSpec, Plan, Structure
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -73,6 +74,20 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pattern", default=None, help="N:M semi-structured pattern, e.g. 2:4")
     p.add_argument("--block-sparsity", action="append", metavar="BLOCK=VALUE", help="manual block target, e.g. 3=0.6")
     p.add_argument("--linear-sparsity", action="append", metavar="NAME=VALUE", help="e.g. layers.3.mlp.down_proj=0.7")
+    add_structure_args(p)
+
+
+def add_structure_args(p: argparse.ArgumentParser) -> None:
+    """Width (GLU expansion ratio) and depth (dropped blocks) options."""
+    p.add_argument("--width-ratio", type=float, default=None,
+                   help="GLU expansion ratio to keep (kept neurons / hidden size), e.g. 2.4")
+    p.add_argument("--width-score", default=Structure.width_score, help="neuron importance: ppm (default), vow, pon, data")
+    p.add_argument("--width-divisor", type=int, default=None, help="round kept neurons to a multiple of 32, 64, 128 or 256")
+    p.add_argument("--width-block", action="append", metavar="BLOCK=RATIO", help="per-block expansion ratio, e.g. 3=2.0")
+    p.add_argument("--drop-blocks", type=int, default=0, metavar="N", help="drop N blocks from the forward pass")
+    p.add_argument("--drop-by", default="bi",
+                   help="bi (lowest block influence, default), angular (the run of lowest angular distance), "
+                        "or block numbers such as 22,23")
 
 
 def plan_of(args) -> Plan:
@@ -83,4 +98,14 @@ def plan_of(args) -> Plan:
         sparsity=args.sparsity, pattern=args.pattern,
         block_overrides=key_values(args.block_sparsity, "--block-sparsity", int),
         linear_overrides=key_values(args.linear_sparsity, "--linear-sparsity"),
+        structure=Structure(width_ratio=args.width_ratio, width_score=args.width_score, width_divisor=args.width_divisor,
+                            width_overrides=key_values(args.width_block, "--width-block", int)),
     )
+
+
+def resolve_drops(args, engine, plan: Plan, progress=None) -> Plan:
+    """`plan` with the blocks `--drop-blocks/--drop-by` choose (scored on the dense model when by score)."""
+    if not args.drop_blocks and args.drop_by in DROP_BY:
+        return plan
+    drops = engine.choose_drops(args.drop_blocks, args.drop_by, progress)
+    return dataclasses.replace(plan, structure=dataclasses.replace(plan.structure, drop_blocks=drops))

@@ -13,9 +13,10 @@ import json
 import sys
 from pathlib import Path
 
-from workbench.cliargs import add_calibration_args, add_model_args, add_plan_args, calibration_of, plan_of
+from workbench.cliargs import add_calibration_args, add_model_args, add_plan_args, calibration_of, plan_of, resolve_drops
 from workbench.console import progress_line
 from workbench.errors import Cancelled, WorkbenchError
+from workbench.plan import Structure
 
 EXIT_CHECK_FAILED = 1
 
@@ -34,12 +35,18 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("compare", help="compare allocators and methods side by side on one sparsity")
     add_model_args(p)
     add_calibration_args(p)
-    p.add_argument("--allocators", default="uniform,owl", help="comma-separated allocators (default: uniform,owl)")
+    p.add_argument("--allocators", default="uniform,owl",
+                   help="comma-separated allocators (default: uniform,owl; '' for none, with structured variants)")
     p.add_argument("--methods", default="wanda", help="comma-separated methods (default: wanda)")
     p.add_argument("--sparsity", type=float, default=0.5, help="global target in [0, 1)")
     p.add_argument("--pattern", default=None, help="N:M pattern for every variant, e.g. 2:4")
     p.add_argument("--probes", default=",".join(SUITE), help=f"comma-separated probes (default: {','.join(SUITE)})")
     p.add_argument("--full", action="store_true", help="full-size probes instead of quick ones")
+    p.add_argument("--width-ratios", default="", help="also compare GLU width pruning alone at these expansion ratios, e.g. 2.4,2.0")
+    p.add_argument("--width-score", default=Structure.width_score, help="neuron importance for --width-ratios (default ppm)")
+    p.add_argument("--width-divisor", type=int, default=None, help="round kept neurons to a multiple of 32, 64, 128 or 256")
+    p.add_argument("--drops", default="", help="also compare dropping this many blocks alone, e.g. 3,6")
+    p.add_argument("--drop-by", default="bi", help="how --drops chooses blocks: bi (default) or angular")
     p.add_argument("--session", action="append", default=[], metavar="FILE",
                    help="also compare this session's plan (e.g. a hand-tuned one); repeatable")
     p.add_argument("--save", metavar="DIR", help="write each variant as a session and DIR/comparison.toml")
@@ -116,15 +123,33 @@ def _comparison_json(comparison) -> dict:
 # ----- commands -------------------------------------------------------------------------------------
 def _variants(args, engine):
     from workbench.compare import Variant, grid
+    from workbench.plan import Plan
     from workbench.session import load_session
 
-    variants = grid(_names(args.methods, "--methods"), _names(args.allocators, "--allocators"), args.sparsity, args.pattern)
+    methods = _names(args.methods, "--methods")
+    allocators = [a.strip() for a in args.allocators.split(",") if a.strip()]
+    variants = grid(methods, allocators, args.sparsity, args.pattern)
+    for text in [r for r in args.width_ratios.split(",") if r.strip()]:
+        ratio = _number(text, "--width-ratios")
+        structure = Structure(width_ratio=ratio, width_score=args.width_score, width_divisor=args.width_divisor)
+        variants.append(Variant(f"width {ratio:g}", Plan(method=methods[0], sparsity=0.0, structure=structure)))
+    for text in [n for n in args.drops.split(",") if n.strip()]:
+        count = int(_number(text, "--drops"))
+        drops = engine.choose_drops(count, args.drop_by)
+        variants.append(Variant(f"drop {count}", Plan(method=methods[0], sparsity=0.0, structure=Structure(drop_blocks=drops))))
     for file in args.session:
         session = load_session(file)
         if session.model != engine.loaded.spec:
             raise WorkbenchError(f"--session {file}", f"is for model {session.model!r}, this comparison runs {engine.loaded.spec!r}")
         variants.append(Variant(Path(file).stem, session.plan))
     return variants
+
+
+def _number(text: str, where: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise WorkbenchError(where, f"expected numbers separated by commas, got {text!r}") from None
 
 
 def cmd_compare(args) -> int:
@@ -139,6 +164,8 @@ def cmd_compare(args) -> int:
     progress = progress_line(args.json)
     engine = Engine.load(args.model, args.device, args.dtype, calibration_of(args), progress=progress)
     variants = _variants(args, engine)
+    if not variants:
+        raise WorkbenchError("--allocators", "no variant to compare (give allocators, --width-ratios, --drops or --session)")
     sessions: dict[str, object] = {}
     finished = []
 
@@ -240,7 +267,7 @@ def cmd_sensitivity(args) -> int:
         plan = session.plan
     else:
         engine = Engine.load(args.model, args.device, args.dtype, calibration_of(args), progress=progress)
-        plan = plan_of(args)
+        plan = resolve_drops(args, engine, plan_of(args), progress)
         engine.prune(plan, progress=progress)
     blocks = None if args.blocks == "all" else [_block(b) for b in _names(args.blocks, "--blocks")]
     result = scan(engine, plan, args.step, args.probe, blocks, progress=progress)

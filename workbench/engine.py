@@ -7,7 +7,7 @@ from any thread:
   is `method.prune(dense, stats, target, pattern)` for its recorded assignment, or dense.
 - `CalibrationCache` (workbench.calibration): token windows, the committed statistics of the last full
   prune, the dense model's statistics, Hessians spilled to disk.
-- `BlockSignals` (workbench.signals): per-block signals (outlier ratios), computed lazily and cached.
+- `BlockSignals` (workbench.signals): per-block signals (outlier ratios, influence scores), computed lazily and cached.
 - `Planner` (workbench.planner): a plan checked and turned into per-linear assignments.
 - `read_state` (workbench.state): the read model.
 
@@ -34,7 +34,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from workbench.allocators import DENSE_STATISTICS
+from workbench.allocators import ALLOCATORS, DENSE_STATISTICS, GRADIENTS, SEARCH
 from workbench.calibration import LEADER, CalibrationCache
 from workbench.capture import BlockStats, release_freed_memory
 from workbench.errors import Cancelled, WorkbenchError
@@ -42,11 +42,14 @@ from workbench.masks import MaskFingerprint, StoredMask
 from workbench.memory import configure_allocator
 from workbench.methods import METHODS
 from workbench.model import Loaded, LinearRef, find_linears, load_model
-from workbench.plan import MODES, CalibrationSpec, Plan
+from workbench.plan import DROP_BY, MODES, CalibrationSpec, Plan, Structure
 from workbench.planner import Planner
 from workbench.probes import ProbeContext, ProbeResult, run_probes
 from workbench.signals import BlockSignals
 from workbench.state import EngineState, read_state
+from workbench.structured.depth import DepthStatistics, drop_by_angular, drop_by_influence, parse_drop
+from workbench.structured.depth import collect as collect_depth
+from workbench.structured.shaper import Shaper
 from workbench.weights import Assignment, WeightBank
 
 Progress = Callable[[str, float], None]
@@ -97,9 +100,10 @@ class Engine:
         self.linears: list[list[LinearRef]] = find_linears(loaded.model)
         self.refs: dict[str, LinearRef] = {r.name: r for block in self.linears for r in block}
         self.bank = WeightBank(self.refs, loaded.device)
-        self.statistics = CalibrationCache(loaded, self.calibration, self.linears, self.bank)
+        self.shaper = Shaper(loaded.model, self.linears, self.bank)
+        self.statistics = CalibrationCache(loaded, self.calibration, self.dense_weights)
         self.signals = BlockSignals(self.linears, self.bank, self.statistics)
-        self.planner = Planner(self.linears, self.calibration, self.signals)
+        self.planner = Planner(self.linears, self.calibration, self.signals, self.shaper)
         self._lock = threading.RLock()
         self.plan: Plan | None = None
         self.calibrated_with: Plan | None = None
@@ -123,7 +127,7 @@ class Engine:
 
     # ----- plans and allocation -----------------------------------------------------------------
     def block_numels(self) -> list[int]:
-        """Parameters in the linears of each block."""
+        """Parameters in the linears of each block as the model runs now (0 for dropped blocks)."""
         return self.planner.block_numels()
 
     @_locked
@@ -134,12 +138,22 @@ class Engine:
     @_locked
     def prepare(self, plan: Plan, progress: Progress | None = None, cancel: Cancel | None = None) -> None:
         """Compute (once) what the plan's allocator reads before it can allocate, e.g. the dense model's
-        statistics; a no-op when they are cached or not needed."""
+        statistics; a no-op when they are cached or not needed. A searching allocator (the agent) whose
+        params lack recorded decisions runs its search on this engine and records them in
+        `plan.allocator_params`, so the plan is self-contained afterwards."""
         self.planner.check(plan)
-        if DENSE_STATISTICS in self.planner.needs(plan) and self.statistics.dense is None:
+        needs = self.planner.needs(plan)
+        if self.planner.needs_dense_statistics(plan) and self.statistics.dense is None:
             if progress:
-                progress(f"{plan.allocator}: statistics of the dense model", 0.0)
+                progress(f"{plan.allocator if DENSE_STATISTICS in needs else 'width'}: statistics of the dense model", 0.0)
             self.statistics.dense_statistics(progress, cancel)
+        if GRADIENTS in needs:
+            spec = self.planner.influence_spec(plan)
+            if progress and self.signals.influence_if_computed(spec) is None:
+                progress(f"{plan.allocator}: influence scores from gradients of the dense model", 0.0)
+            self.signals.influence(spec, progress, cancel)
+        if SEARCH in needs:
+            ALLOCATORS.get(plan.allocator).search(self, plan, progress, cancel)
 
     @_locked
     def allocate(self, plan: Plan) -> dict[str, float]:
@@ -170,6 +184,24 @@ class Engine:
         statistics (`dense=True`) or the committed ones."""
         return self.signals.outlier_ratios(M, dense)
 
+    @_locked
+    def depth_scores(self, progress: Progress | None = None, cancel: Cancel | None = None) -> DepthStatistics:
+        """Block influence and angular distances of the dense model (one pass, computed once)."""
+        if self.shaper.depth_statistics is None:
+            with self.dense_weights():
+                self.shaper.depth_statistics = collect_depth(self.loaded.model, self.statistics.ids(), self.loaded.device,
+                                                             progress, cancel)
+        return self.shaper.depth_statistics
+
+    @_locked
+    def choose_drops(self, count: int, by: str, progress: Progress | None = None, cancel: Cancel | None = None) -> list[int]:
+        """The `count` blocks to drop: lowest block influence (`bi`), the run of lowest angular distance
+        (`angular`), or a hand-picked list ("22,23", `count` ignored)."""
+        if by not in DROP_BY:
+            return parse_drop(by, len(self.linears))
+        scores = self.depth_scores(progress, cancel)
+        return drop_by_influence(scores.block_influence(), count) if by == "bi" else drop_by_angular(scores, count)
+
     # ----- pruning ------------------------------------------------------------------------------
     @_locked
     def prune(self, plan: Plan, progress: Progress | None = None, cancel: Cancel | None = None) -> Report:
@@ -178,37 +210,50 @@ class Engine:
         start = time.perf_counter()
         method = self.planner.check(plan)
         self.prepare(plan, progress, cancel)
+        old_stats, old_assigned, old_structure = self.statistics.committed, self.bank.assignments(), self.shaper.current
+        touched: list[str] = self.shaper.apply(plan.structure, self._down_norms)
+        dropped = [r.name for i in self.shaper.depth.dropped for r in self.linears[i]]
+        self.bank.restore(dropped, {}, None)  # a dropped block is dense, so bringing it back is exact
+        touched += dropped
         assigned = self.planner.assignments(plan)
-        old_stats, old_assigned = self.statistics.committed, self.bank.assignments()
-        touched: list[str] = []
+        active = self.shaper.depth.active  # capture numbers the blocks that run; these are their numbers
 
-        def to_dense(i: int) -> None:
-            touched.extend(ref.name for ref in self.linears[i] if self.bank.to_dense(ref))
+        def to_dense(position: int) -> None:
+            touched.extend(ref.name for ref in self.linears[active[position]] if self.bank.to_dense(ref))
 
-        def prune_block(i: int, block_stats: BlockStats) -> None:
-            for group in _prune_units(self.linears[i], assigned):
+        def prune_block(position: int, block_stats: BlockStats) -> None:
+            for group in _prune_units(self.linears[active[position]], assigned):
                 if cancel is not None and cancel():
                     raise Cancelled()
                 touched.extend(r.name for r in group)
                 self.bank.prune_group(group, self.statistics.hessians.linear(group[0].kind, block_stats), assigned)
 
         try:
-            stats = self.statistics.capture(method.needs_hessian or bool(self.calibration.hessian), to_dense,
-                                            prune_block, progress, cancel)
+            captured = self.statistics.capture(method.needs_hessian or bool(self.calibration.hessian), to_dense,
+                                               prune_block, progress, cancel)
         except BaseException:
+            touched += self.shaper.apply(old_structure, self._down_norms)
             self.bank.restore(dict.fromkeys(touched), old_assigned,
                               (lambda ref: self.statistics.linear(ref, old_stats)) if old_stats else None)
             raise
+        stats: list[BlockStats | None] = [None] * len(self.linears)
+        for position, block_stats in zip(active, captured):
+            stats[position] = block_stats
         self.statistics.commit(stats)
         self.plan = plan
         self.calibrated_with = plan
         return Report(seconds=time.perf_counter() - start, linears_pruned=len(self.refs))
 
+    def _down_norms(self, block: int) -> torch.Tensor | None:
+        """down_proj's input channel norms in the dense model (for the data-aware width score)."""
+        dense = self.statistics.dense
+        return None if dense is None else dense[block][LEADER["down"]].sq_norm
+
     @_locked
     def needs_full_prune(self, plan: Plan) -> bool:
-        """Whether `apply(plan)` must run a full `prune`: no statistics cached yet, or the plan's method
-        needs a Hessian that was not captured."""
-        if self.statistics.committed is None or self.calibrated_with is None:
+        """Whether `apply(plan)` must run a full `prune`: no statistics cached yet, another structure (width
+        or depth), or the plan's method needs a Hessian that was not captured."""
+        if self.statistics.committed is None or self.calibrated_with is None or plan.structure != self.shaper.current:
             return True
         return METHODS.get(plan.method).needs_hessian and not self.statistics.has_hessian()
 
@@ -223,7 +268,9 @@ class Engine:
         start = time.perf_counter()
         self.prepare(plan, progress, cancel)
         assigned = self.planner.assignments(plan)
-        todo = [ref for ref in self.refs.values() if self.bank.assignment(ref.name) != assigned[ref.name]]
+        dropped = self.shaper.depth.dropped
+        todo = [ref for ref in self.refs.values()
+                if ref.block not in dropped and self.bank.assignment(ref.name) != assigned[ref.name]]
         done = 0
         for group in _prune_units(todo, assigned):
             if cancel is not None and cancel():
@@ -241,15 +288,17 @@ class Engine:
 
     @_locked
     def restore_dense(self) -> None:
-        """Every linear back to its dense weight (statistics stay cached)."""
+        """Every linear back to its dense weight, every block at full width and in the forward pass
+        (statistics stay cached)."""
+        self.shaper.apply(Structure(), self._down_norms)
         self.bank.restore(list(self.bank.assignments()), {}, None)
         self.plan = None
 
     @contextlib.contextmanager
     def dense_weights(self) -> Iterator[None]:
-        """Temporarily run the dense model (for dense reference probes); the pruning comes back after.
-        The engine stays locked meanwhile."""
-        with self._lock, self.bank.dense_weights():
+        """Temporarily run the dense model at full width and depth (for dense reference probes and dense
+        statistics); the pruning and the structure come back after. The engine stays locked meanwhile."""
+        with self._lock, self.shaper.depth.full(), self.bank.dense_weights():
             yield
 
     # ----- reading --------------------------------------------------------------------------------
@@ -257,7 +306,7 @@ class Engine:
     def state(self) -> EngineState:
         """A snapshot of every block and linear as plain dataclasses."""
         return read_state(self.loaded.spec, self.plan, self.linears, self.bank, self.statistics, self.signals,
-                          self.planner.outlier_M(self.plan))
+                          self.shaper, self.planner.outlier_M(self.plan))
 
     @_locked
     def histogram(self, name: str, bins: int = 40) -> tuple[list[float], list[int], list[int]]:
@@ -316,16 +365,20 @@ class Engine:
         return ProbeContext(self.loaded.model, self.loaded.tokenizer, self.loaded.device,
                             eval_source=self.calibration.source, seed=self.calibration.seed, cancel=cancel)
 
-    def export(self, directory: str | os.PathLike) -> Path:
+    def export(self, directory: str | os.PathLike, notice: Callable[[str], None] | None = None) -> Path:
         """Save the pruned model and tokenizer with save_pretrained (safetensors), atomically: a failed
-        export (disk full...) is one WorkbenchError and leaves neither the directory nor a temporary."""
+        export (disk full...) is one WorkbenchError and leaves neither the directory nor a temporary. A
+        shrunk model is saved as the smaller architecture (fewer layers, smaller intermediate_size);
+        `notice` hears when the layout had to be padded to be loadable."""
         from workbench.atomic import atomic_directory
 
         with self._lock:
             target = Path(directory).expanduser().resolve()
             if target.exists() and (not target.is_dir() or any(target.iterdir())):
                 raise WorkbenchError(f"--export {target}", "exists and is not an empty directory")
-            with atomic_directory(target, f"--export {target}") as tmp:
+            with atomic_directory(target, f"--export {target}") as tmp, self.shaper.loadable(self.loaded.model.config) as note:
+                if note and notice:
+                    notice(note)
                 self.loaded.model.save_pretrained(tmp)
                 self.loaded.tokenizer.save_pretrained(tmp)
             return target

@@ -26,7 +26,7 @@ import os
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 from unittest import mock
@@ -55,7 +55,9 @@ INPUT_GROUPS: tuple[tuple[str, ...], ...] = (("q", "k", "v"), ("o",), ("gate", "
 MANIFEST = "workbench-manifest.json"
 CHECK_WHOLE_BELOW = 8 << 20  # bytes: smaller cached files are hashed whole on every load, larger ones sampled
 CHECK_SAMPLES, CHECK_SAMPLE_BYTES = 32, 64 << 10
-ACCEPTED_SPECS = "embedded, a hub id (org/name), a local Hugging Face directory (with config.json) or a .gguf file"
+ACCEPTED_SPECS = ("embedded, a hub id (org/name), a local Hugging Face directory (with config.json), a .gguf file "
+                  "or random:SHAPE[@SEED] (random:llama-1b, random:PATH/config.json)")
+MULTI = "multi"  # --device: every visible GPU, whole blocks per GPU (accelerate's device map)
 
 # Every dtype name of `workbench.plan.DTYPES` but "auto" -> its torch dtype.
 TORCH_DTYPES = {name: getattr(torch, name) for name in DTYPES if name != "auto"}
@@ -78,6 +80,29 @@ class LinearRef:
 
 
 @dataclass
+class DeviceWeights:
+    """Bytes of weights on the execution device under offload: the parts that stay there (embeddings,
+    final norm, head) plus the blocks visiting it, with the peak. A visit that would exceed `limit`
+    (bytes) raises, so a test can hold a model larger than the limit to it."""
+
+    resident: int
+    limit: int | None = None
+    visiting: dict[int, int] = field(default_factory=dict)  # block -> bytes
+    peak: int = 0
+
+    def arrive(self, block: int, nbytes: int) -> None:
+        total = self.resident + sum(self.visiting.values()) + nbytes
+        if self.limit is not None and total > self.limit:
+            raise WorkbenchError("device memory", f"block {block}'s visit would hold {total / 2**20:.0f} MiB of weights, "
+                                                  f"over the limit of {self.limit / 2**20:.0f} MiB")
+        self.visiting[block] = nbytes
+        self.peak = max(self.peak, total)
+
+    def leave(self, block: int) -> None:
+        self.visiting.pop(block, None)
+
+
+@dataclass
 class Loaded:
     """A loaded model with its tokenizer and where it runs."""
 
@@ -87,23 +112,30 @@ class Loaded:
     device: torch.device
     dtype: torch.dtype
     offload: bool  # weights live on the CPU and blocks visit `device` one at a time
+    device_weights: DeviceWeights | None = None  # with offload: what the blocks' visits put on `device`
+    device_map: dict | None = None  # with --device multi: accelerate's module -> GPU placement
 
 
 def resolve_device(device: str) -> torch.device:
-    """`auto` picks cuda:0 when available, else cpu; `cuda:N` is checked against the machine."""
+    """`auto` picks cuda:0 when available, else cpu; `cuda:N` is checked against the machine; `multi`
+    (every visible GPU) runs its inputs from cuda:0."""
     if device == "auto":
         return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    if device == MULTI:
+        if not torch.cuda.is_available():
+            raise WorkbenchError("--device", "multi asked for but CUDA is not available on this machine")
+        return torch.device("cuda:0")
     try:
         dev = torch.device(device)
     except RuntimeError as exc:
-        raise WorkbenchError("--device", f"unknown device {device!r} (use auto, cpu or cuda:N)") from exc
+        raise WorkbenchError("--device", f"unknown device {device!r} (use auto, cpu, cuda:N or multi)") from exc
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise WorkbenchError("--device", f"{device} asked for but CUDA is not available on this machine")
         if (dev.index or 0) >= torch.cuda.device_count():
             raise WorkbenchError("--device", f"{device} asked for but only {torch.cuda.device_count()} GPU(s) exist")
     elif dev.type != "cpu":
-        raise WorkbenchError("--device", f"unsupported device {device!r} (use auto, cpu or cuda:N)")
+        raise WorkbenchError("--device", f"unsupported device {device!r} (use auto, cpu, cuda:N or multi)")
     return dev
 
 
@@ -301,10 +333,15 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def resolve_source(spec: str, progress: Progress | None = None) -> str:
-    """Turn a model spec into something `from_pretrained` takes: a directory or a hub id."""
+def resolve_source(spec: str, progress: Progress | None = None, dtype: torch.dtype = torch.float32) -> str:
+    """Turn a model spec into something `from_pretrained` takes: a directory or a hub id (a random
+    spec's checkpoint is drawn in `dtype`)."""
+    from workbench import shapes
+
     if spec == EMBEDDED:
         return str(_load_gguf(embedded_gguf_path(), progress))
+    if shapes.is_random(spec):
+        return str(shapes.checkpoint(spec, dtype, progress))
     path = Path(spec).expanduser()
     if spec.endswith(".gguf"):
         if not path.is_file():
@@ -329,56 +366,92 @@ def load_model(
     dtype: str = "auto",
     offload: bool | None = None,
     progress: Progress | None = None,
+    device_limit: int | None = None,
 ) -> Loaded:
     """Load a causal LM and its tokenizer.
 
-    `spec` is `embedded`, a hub id, a local HF directory or a `.gguf` path. With `offload` (default:
-    automatic on CUDA when the weights would fill more than 80% of free GPU memory) the weights stay on
-    the CPU and the engine moves one block at a time to the device.
+    `spec` is `embedded`, a hub id, a local HF directory, a `.gguf` path or a random spec (see
+    `workbench.shapes`). With `offload` (default: automatic on CUDA when the weights would fill more
+    than 80% of free GPU memory) the weights stay on the CPU, memory-mapped from the checkpoint, and the
+    engine moves one block at a time to the device. `device="multi"` spreads whole blocks over every
+    visible GPU (`spread_blocks`). `device_limit` (bytes) caps the weights held on the device: a model
+    over it must be offloaded, and an offloaded one is held to it block by block (`DeviceWeights`).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     from huggingface_hub.utils import logging as hub_logging
+    from workbench.shapes import random_weights_of
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     hub_logging.set_verbosity_error()  # no retry warnings on stderr: an unreachable hub is one error line
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    source = resolve_source(spec, progress)
+    source = resolve_source(spec, progress, torch_dtype)
     if progress:
         progress(f"loading {spec}", 0.5)
     from safetensors import SafetensorError
 
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, low_cpu_mem_usage=True)
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = load_tokenizer(source, model.config)
     except (OSError, ValueError, SafetensorError) as exc:  # missing or damaged files, an unknown config
         raise WorkbenchError(f"model {spec!r}", f"cannot load: {_first_line(exc)}") from exc
     model.eval()
     model.requires_grad_(False)
     find_linears(model)  # refuse unsupported layouts before anything else runs
+    random = random_weights_of(model)
+    if random:
+        _notice(f"{random} has random weights: times and memory are real, quality scores are meaningless "
+                "(only the efficiency probe runs)", progress)
+    weight_bytes = _nbytes(model)
     if offload is None:
-        offload = False
-        if dev.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(dev)
-            weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-            offload = weight_bytes > 0.8 * free
-    if offload:
-        attach_offload(model, dev)
+        offload = dev.type == "cuda" and device != MULTI and weight_bytes > 0.8 * torch.cuda.mem_get_info(dev)[0]
+    loaded = Loaded(model=model, tokenizer=tokenizer, spec=spec, device=dev, dtype=torch_dtype, offload=offload)
+    if device == MULTI:
+        if offload:
+            raise WorkbenchError("--offload", "not with --device multi (offload one GPU: --device cuda:0 --offload)")
+        free = {i: int(0.85 * torch.cuda.mem_get_info(i)[0]) for i in range(torch.cuda.device_count())}
+        loaded.device_map = spread_blocks(model, free)
+        loaded.device = model.get_input_embeddings().weight.device
+    elif offload:
+        loaded.device_weights = attach_offload(model, dev, device_limit)
     else:
+        if device_limit is not None and weight_bytes > device_limit:
+            raise WorkbenchError("device memory", f"{spec}'s weights take {weight_bytes / 2**20:.0f} MiB, over the limit of "
+                                                  f"{device_limit / 2**20:.0f} MiB: use --offload")
         model.to(dev)
     if progress:
         progress("model ready", 1.0)
-    return Loaded(model=model, tokenizer=tokenizer, spec=spec, device=dev, dtype=torch_dtype, offload=offload)
+    return loaded
 
 
-def attach_offload(model: torch.nn.Module, device: torch.device) -> None:
+def load_tokenizer(source: str, config=None):
+    """The tokenizer of `source`; for a random model whose vocabulary is smaller than the tokenizer's, a
+    `workbench.shapes.VocabFit` (ids modulo the vocabulary)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from workbench.shapes import MARK, VocabFit
+
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    config = config or AutoConfig.from_pretrained(source)
+    vocab = getattr(config, "vocab_size", None)
+    if getattr(config, MARK, None) and vocab and len(tokenizer) > vocab:
+        return VocabFit(tokenizer, vocab)
+    return tokenizer
+
+
+def _nbytes(module: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def attach_offload(model: torch.nn.Module, device: torch.device, limit: int | None = None) -> DeviceWeights:
     """Keep decoder blocks on the CPU and move each to `device` only while it runs.
 
     Everything else (embeddings, final norm, head) lives on `device`. This lets a model larger than
-    GPU memory run forward passes and calibration one block at a time.
+    GPU memory run forward passes and calibration one block at a time. Returns the accounting of the
+    weights on `device` (held to `limit` bytes when given).
     """
     layers = blocks_of(model)
     for name, child in model.named_children():
@@ -387,12 +460,42 @@ def attach_offload(model: torch.nn.Module, device: torch.device) -> None:
     for name, child in model.model.named_children():
         if name != "layers":
             child.to(device)
-    for block in layers:
+    meter = DeviceWeights(resident=_nbytes(model) - sum(_nbytes(block) for block in layers), limit=limit)
+    if limit is not None and meter.resident > limit:
+        raise WorkbenchError("device memory", f"embeddings, norm and head alone take {meter.resident / 2**20:.0f} MiB, "
+                                              f"over the limit of {limit / 2**20:.0f} MiB")
+    for i, block in enumerate(layers):
         block.to("cpu")
-        block.register_forward_pre_hook(lambda module, args: module.to(device) and None)
+
+        def arrive(module, args, i=i, nbytes=_nbytes(block)):
+            meter.arrive(i, nbytes)
+            module.to(device)
+
+        def leave(module, args, output, i=i):
+            module.to("cpu")
+            meter.leave(i)
+
+        block.register_forward_pre_hook(arrive)
         # always_call: back to the CPU even when the forward stops early (a statistics-only pass ends
         # at the last linear's input by raising)
-        block.register_forward_hook(lambda module, args, output: module.to("cpu") and None, always_call=True)
+        block.register_forward_hook(leave, always_call=True)
+    return meter
+
+
+def spread_blocks(model: torch.nn.Module, max_memory: dict) -> dict:
+    """Place whole blocks over devices (`max_memory`: device -> bytes) with accelerate's
+    `infer_auto_device_map` and `dispatch_model`. Each block's inputs move to its device as it runs, so
+    block-by-block calibration still moves one block's activations at a time. Returns the device map."""
+    from accelerate import dispatch_model, infer_auto_device_map
+
+    device_map = infer_auto_device_map(model, max_memory=max_memory,
+                                       no_split_module_classes=getattr(model, "_no_split_modules", None))
+    spilled = [name for name, d in device_map.items() if d not in max_memory]
+    if spilled:
+        raise WorkbenchError("--device multi", f"the weights do not fit the GPUs ({spilled[0]} would go to "
+                                               f"{device_map[spilled[0]]}): use --device cuda:0 --offload")
+    dispatch_model(model, device_map, force_hooks=True)
+    return device_map
 
 
 def blocks_of(model: torch.nn.Module) -> torch.nn.ModuleList:

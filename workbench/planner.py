@@ -3,27 +3,30 @@
 
 from __future__ import annotations
 
-from workbench.allocators import ALLOCATORS, DEFAULT_M, AllocationContext
+from workbench.allocators import ALLOCATORS, DEFAULT_M, DENSE_STATISTICS, AllocationContext, InfluenceSpec
 from workbench.errors import WorkbenchError
 from workbench.methods import METHODS, Method, parse_pattern
 from workbench.model import LinearRef
 from workbench.plan import CalibrationSpec, Plan, check_fraction, weighted_mean
 from workbench.signals import BlockSignals
+from workbench.structured.shaper import Shaper
 from workbench.weights import Assignment
 
 
 class Planner:
     """Plans for one model (`linears`: its linears block by block)."""
 
-    def __init__(self, linears: list[list[LinearRef]], calibration: CalibrationSpec, signals: BlockSignals):
+    def __init__(self, linears: list[list[LinearRef]], calibration: CalibrationSpec, signals: BlockSignals, shaper: Shaper):
         self.linears = linears
         self.refs = {r.name: r for block in linears for r in block}
         self.calibration = calibration
         self.signals = signals
+        self.shaper = shaper
 
-    def block_numels(self) -> list[int]:
-        """Parameters in the linears of each block."""
-        return [sum(r.numel for r in block) for block in self.linears]
+    def block_numels(self, plan: Plan | None = None) -> list[int]:
+        """Parameters in the linears of each block as the model runs now (0 for the blocks `plan` drops)."""
+        dropped = set(plan.structure.drop_blocks) if plan is not None else set(self.shaper.depth.dropped)
+        return [0 if i in dropped else sum(r.numel for r in block) for i, block in enumerate(self.linears)]
 
     def check(self, plan: Plan) -> Method:
         """Refuse an invalid plan with a one-line error naming the key; return its method."""
@@ -42,6 +45,7 @@ class Planner:
             if name not in self.refs:
                 raise WorkbenchError(f"overrides.linears.{name}", "no such linear (names look like layers.3.mlp.down_proj)")
             check_fraction(value, f"overrides.linears.{name}")
+        self.shaper.check(plan.structure)
         if self.calibration.hessian is False and method.needs_hessian:
             raise WorkbenchError("calibration.hessian", f"method {method.name} needs the Hessian; set hessian = true or leave it unset")
         return method
@@ -57,8 +61,9 @@ class Planner:
         if pattern is not None:
             return {name: pattern.sparsity for name in self.refs}
         allocator = ALLOCATORS.get(plan.allocator)
-        ctx = AllocationContext(block_numels=self.block_numels(),
-                                outlier_ratios=lambda M: self.signals.outlier_ratios(M, dense=True)[0])
+        ctx = AllocationContext(block_numels=self.block_numels(plan),
+                                outlier_ratios=lambda M: self.signals.outlier_ratios(M, dense=True)[0],
+                                influence=self.signals.influence)
         per_block = allocator.allocate(ctx, plan.sparsity, **allocator.params(plan.allocator_params))
         for block, value in plan.block_overrides.items():
             per_block[block] = value
@@ -70,6 +75,11 @@ class Planner:
         """Parameter-weighted target of each block under `plan` (or of the given per-linear `targets`)."""
         targets = self.allocate(plan) if targets is None else targets
         return [weighted_mean((targets[r.name] for r in block), (r.numel for r in block)) for block in self.linears]
+
+    def needs_dense_statistics(self, plan: Plan) -> bool:
+        """Whether the plan reads the dense model's statistics: its allocator, or a data-aware width score."""
+        return DENSE_STATISTICS in self.needs(plan) or (
+            plan.structure.width_score == "data" and bool(self.shaper.widths(plan.structure)))
 
     def assignments(self, plan: Plan) -> dict[str, Assignment]:
         """What every linear is pruned with under `plan`."""
@@ -85,3 +95,8 @@ class Planner:
             return DEFAULT_M
         allocator = ALLOCATORS.get(plan.allocator)
         return allocator.outlier_M(allocator.params(plan.allocator_params)) if allocator.outlier_M else DEFAULT_M
+
+    def influence_spec(self, plan: Plan) -> InfluenceSpec | None:
+        """The influence scores the plan's allocator reads, or None."""
+        allocator = ALLOCATORS.get(plan.allocator)
+        return allocator.influence(allocator.params(plan.allocator_params)) if allocator.influence else None

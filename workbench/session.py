@@ -36,6 +36,7 @@ Schema (version 1); every key but `version`, `[model]` and `[plan]` is optional:
     sha256 = "..."                      # of that file
     [masks.linears]                     # "layers.3.mlp.down_proj" = "KEPT HASH SAMPLE" per linear:
                                         # kept weights, mask hash, sampled keep bits (base64)
+    [agent]                             # an agent run's step log (see workbench.agent.record.AgentLog)
 
 Replay = load the model, `prune(calibrated_with)` (which captures the same statistics), then
 `apply(plan)`: on the same machine the weights are a pure function of these, so the numbers come back
@@ -57,12 +58,13 @@ from typing import Any
 
 import tomli_w
 
+from workbench.agent.record import OUTCOMES, AgentLog, StepRecord
 from workbench.atomic import atomic_write_text
 from workbench.compare import Comparison, VariantResult
 from workbench.engine import Engine
 from workbench.errors import WorkbenchError
 from workbench.masks import MaskAgreement, MaskFingerprint, compare_fingerprints, exact_agreement, load_mask_file, mask_file_for
-from workbench.plan import DTYPES, MODES, CalibrationSpec, Plan, plan_to_dict
+from workbench.plan import DTYPES, MODES, CalibrationSpec, Plan, Structure, check_structure, plan_to_dict, structure_from_dict
 from workbench.probes import ProbeResult
 from workbench.sensitivity import Sensitivity
 
@@ -108,6 +110,7 @@ class Session:
     masks: MaskRecord | None = None
     comparison: Comparison | None = None
     sensitivity: Sensitivity | None = None
+    agent: AgentLog | None = None  # the step log of an agent run (workbench.agent)
 
 
 @dataclass
@@ -168,6 +171,8 @@ def session_to_dict(session: Session) -> dict:
         data["comparison"] = comparison_to_dict(session.comparison)
     if session.sensitivity is not None:
         data["sensitivity"] = session.sensitivity.to_dict()
+    if session.agent is not None:
+        data["agent"] = session.agent.to_dict()
     return data
 
 
@@ -264,7 +269,8 @@ class Reader:
         from workbench.allocators import ALLOCATORS
         from workbench.methods import METHODS, parse_pattern
 
-        self.known(data, prefix, {"method", "allocator", "sparsity", "pattern", "method_params", "allocator_params", "overrides"})
+        self.known(data, prefix, {"method", "allocator", "sparsity", "pattern", "method_params", "allocator_params", "overrides",
+                                  "structure"})
         method = self.get(data, "method", prefix, str, required=True)
         allocator = self.get(data, "allocator", prefix, str, default="uniform")
         for key, name, registry in (("method", method, METHODS), ("allocator", allocator, ALLOCATORS)):
@@ -296,7 +302,28 @@ class Reader:
             method=method, method_params=method_params, allocator=allocator, allocator_params=allocator_params,
             sparsity=self.fraction(self.get(data, "sparsity", prefix, (int, float), required=True), f"{prefix}sparsity"),
             pattern=pattern or None, block_overrides=blocks, linear_overrides=linears,
+            structure=self.structure(self.table(data, "structure", prefix), f"{prefix}structure."),
         )
+
+    def structure(self, data: dict, prefix: str) -> Structure:
+        """A plan's [structure] table (see `workbench.plan.structure_to_dict`)."""
+        self.known(data, prefix, {"width_ratio", "width_score", "width_divisor", "width_overrides", "drop_blocks"})
+        self.get(data, "width_ratio", prefix, (int, float), default=None)
+        self.get(data, "width_score", prefix, str, default=None)
+        self.get(data, "width_divisor", prefix, int, default=None)
+        for key, value in self.table(data, "width_overrides", prefix).items():
+            if not key.isdigit():
+                raise self.fail(f"{prefix}width_overrides.{key}", "block keys are block indices such as \"3\"")
+            self.get(data["width_overrides"], key, f"{prefix}width_overrides.", (int, float))
+        for i, block in enumerate(self.get(data, "drop_blocks", prefix, list, default=[])):
+            if isinstance(block, bool) or not isinstance(block, int):
+                raise self.fail(f"{prefix}drop_blocks[{i}]", f"expected a block number, got {block!r}")
+        structure = structure_from_dict(data)
+        try:
+            check_structure(structure, where=prefix.rstrip("."))
+        except WorkbenchError as exc:
+            raise self.fail(exc.where, exc.what) from None
+        return structure
 
     def header(self, data: dict) -> tuple[str, str, str, CalibrationSpec]:
         """The [model] and [calibration] tables: model spec, device, dtype and calibration spec."""
@@ -372,6 +399,27 @@ class Reader:
         self.get(data, "probe", prefix, str, required=True)
         return Sensitivity.from_dict(data)
 
+    def agent(self, data: dict, prefix: str) -> AgentLog:
+        """An [agent] table (see `AgentLog.to_dict`): the scalars typed, every record's keys known."""
+        self.known(data, prefix, set(AgentLog.__dataclass_fields__))
+        for key in ("policy", "stop_reason", "agent_model", "agent_url", "system_prompt"):
+            self.get(data, key, prefix, str, required=key == "policy", default="")
+        for key in ("target", "start", "start_ppl", "dense_ppl", "final_ppl", "seconds"):
+            self.get(data, key, prefix, (int, float), required=key in ("target", "start"), default=0.0)
+        self.table(data, "settings", prefix)
+        for i, record in enumerate(self.get(data, "records", prefix, list, default=[])):
+            where = f"{prefix}records[{i}]."
+            if not isinstance(record, dict):
+                raise self.fail(where[:-1], "expected a table")
+            self.known(record, where, set(StepRecord.__dataclass_fields__))
+            if self.get(record, "outcome", where, str, required=True) not in OUTCOMES:
+                raise self.fail(f"{where}outcome", f"expected one of {', '.join(OUTCOMES)}")
+            self.get(record, "index", where, int, required=True)
+            self.get(record, "sparsity", where, (int, float), required=True)
+            for key in ("blocks", "by", "replies", "errors"):
+                self.get(record, key, where, list, default=[])
+        return AgentLog.from_dict(data)
+
     def masks(self, data: dict) -> MaskRecord | None:
         if "masks" not in data:
             return None
@@ -433,7 +481,8 @@ def load_session(path: str | os.PathLike) -> Session:
     if version not in READS:
         raise r.fail("version", f"unsupported session version {version} (this workbench reads {', '.join(map(str, READS))})")
     r.known(data, "", {"version", "theme", "versions", "model", "calibration", "plan", "calibrated_with",
-                       "history", "probes", "dense_probes", "evaluations", "masks", "comparison", "sensitivity"})
+                       "history", "probes", "dense_probes", "evaluations", "masks", "comparison", "sensitivity",
+                       "agent"})
     model, device, dtype, calibration = r.header(data)
     plan = r.plan(r.table(data, "plan", "", required=True), "plan.")
     calibrated_with = r.plan(data["calibrated_with"], "calibrated_with.") if "calibrated_with" in data else None
@@ -448,6 +497,7 @@ def load_session(path: str | os.PathLike) -> Session:
         versions=r.table(data, "versions", ""), masks=r.masks(data),
         comparison=r.comparison(r.table(data, "comparison", ""), "comparison.") if "comparison" in data else None,
         sensitivity=r.sensitivity(r.table(data, "sensitivity", ""), "sensitivity.") if "sensitivity" in data else None,
+        agent=r.agent(r.table(data, "agent", ""), "agent.") if "agent" in data else None,
     )
 
 

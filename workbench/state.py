@@ -8,6 +8,7 @@ from workbench.calibration import CalibrationCache
 from workbench.model import LinearRef
 from workbench.plan import Plan, weighted_mean
 from workbench.signals import BlockSignals
+from workbench.structured.shaper import Shaper
 from workbench.stats import activation_norm, pool_weight_summaries, relative_error
 from workbench.weights import WeightBank
 
@@ -43,10 +44,18 @@ class LinearState(WeightStatistics):
 
 @dataclass
 class BlockState(WeightStatistics):
-    """One block: pooled statistics of its seven linears."""
+    """One block: pooled statistics of its seven linears, its influence score when computed (LayerIF), its
+    structure (dropped from the forward pass; GLU neurons kept of `intermediate`, None at full width) and
+    its depth scores when computed (block influence, angular distance to the next block)."""
 
     index: int
     linears: list[LinearState]
+    influence: float | None = None
+    dropped: bool = False
+    width: int | None = None
+    intermediate: int = 0
+    block_influence: float | None = None
+    angular_distance: float | None = None
 
 
 @dataclass
@@ -66,7 +75,8 @@ class EngineState:
 def _linear_state(ref: LinearRef, bank: WeightBank, cache: CalibrationCache, outlier_ratio: float | None) -> LinearState:
     s = bank.summary(ref.name)
     a = bank.assignment(ref.name)
-    act = activation_norm(cache.channel_norms(ref)) if cache.committed else (None, None)
+    measured = cache.committed is not None and cache.committed[ref.block] is not None
+    act = activation_norm(cache.channel_norms(ref)) if measured else (None, None)
     recon = bank.reconstruction(ref.name)
     return LinearState(
         name=ref.name, block=ref.block, kind=ref.kind, shape=tuple(ref.module.weight.shape), numel=ref.numel,
@@ -77,10 +87,17 @@ def _linear_state(ref: LinearRef, bank: WeightBank, cache: CalibrationCache, out
 
 
 def read_state(spec: str, plan: Plan | None, linears: list[list[LinearRef]], bank: WeightBank,
-               cache: CalibrationCache, signals: BlockSignals, M: float) -> EngineState:
-    """A snapshot of every block and linear; outlier ratios (threshold `M`) from the committed statistics."""
+               cache: CalibrationCache, signals: BlockSignals, shaper: Shaper, M: float) -> EngineState:
+    """A snapshot of every block and linear; outlier ratios (threshold `M`) from the committed statistics,
+    influence scores as last read (when any were computed). `params_total` counts the model as loaded and
+    `params_nonzero` what runs now, so structured removal counts as sparsity; a block's `achieved` is the
+    share of zeros in its linears as they are (shrunk or not)."""
     calibrated = cache.committed is not None
     block_ratios, linear_ratios = signals.outlier_ratios(M) if calibrated else (None, {})
+    influence = signals.influence_if_computed()
+    depth = shaper.depth_statistics
+    bi = depth.block_influence() if depth else None
+    angular = depth.angular_distance(1) if depth else None
     blocks = []
     for i, block in enumerate(linears):
         states = [_linear_state(ref, bank, cache, linear_ratios.get(ref.name)) for ref in block]
@@ -93,13 +110,16 @@ def read_state(spec: str, plan: Plan | None, linears: list[list[LinearRef]], ban
             achieved=weighted_mean((x.achieved for x in states), numels),
             w_mean_abs=pooled.mean_abs, w_std=pooled.std, w_max_abs=pooled.max_abs, kurtosis=pooled.kurtosis,
             outlier_ratio=block_ratios[i] if block_ratios else None,
-            act_norm=sum(x.act_norm for x in states) / len(states) if calibrated else None,
+            act_norm=sum(x.act_norm for x in states) / len(states) if states[0].act_norm is not None else None,
             recon_error=relative_error(sum(r[0] for r in recons), sum(r[1] for r in recons)) if all(recons) else None,
-            linears=states,
+            linears=states, influence=influence[i] if influence else None,
+            dropped=i in shaper.depth.dropped, width=shaper.kept(i), intermediate=shaper.intermediate(i),
+            block_influence=bi[i] if bi else None, angular_distance=angular[i] if angular and i < len(angular) else None,
         ))
-    total = sum(b.numel for b in blocks)
-    nonzero = sum(round(x.numel * (1 - x.achieved)) for b in blocks for x in b.linears)
+    total = sum(bank.original(r.name).numel() for block in linears for r in block)
+    nonzero = sum(round(x.numel * (1 - x.achieved)) for b in blocks if not b.dropped for x in b.linears)
     return EngineState(
-        model=spec, plan=plan, target=weighted_mean((b.target for b in blocks), (b.numel for b in blocks)),
+        model=spec, plan=plan,
+        target=weighted_mean((b.target for b in blocks if not b.dropped), (b.numel for b in blocks if not b.dropped)),
         achieved=1 - nonzero / total, params_total=total, params_nonzero=nonzero, calibrated=calibrated, blocks=blocks,
     )

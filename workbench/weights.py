@@ -49,6 +49,7 @@ class WeightBank:
                 param.data = param.detach().clone()
             else:
                 self._dense[name] = param.detach().to("cpu")
+        self._views: dict[str, torch.Tensor] = {}  # shrunk linears: the kept rows or columns of the dense weight
         self._assigned: dict[str, Assignment] = {}
         self._achieved: dict[str, float] = {}
         self._recon: dict[str, tuple[float, float]] = {}
@@ -56,8 +57,31 @@ class WeightBank:
 
     # ----- reading ------------------------------------------------------------------------------
     def dense(self, name: str) -> torch.Tensor:
-        """The dense weight of a linear (never written)."""
+        """The dense weight of a linear as the model's structure has it (its kept rows or columns when it
+        was shrunk); never written."""
+        return self._views.get(name, self._dense[name])
+
+    def original(self, name: str) -> torch.Tensor:
+        """The dense weight of a linear at its full size, as loaded."""
         return self._dense[name]
+
+    def select(self, ref: LinearRef, dim: int, index: torch.Tensor | None) -> None:
+        """Shrink a linear for real to the `index` rows (dim 0) or columns (dim 1) of its dense weight, or
+        back to full size (None). It is dense afterwards: re-prune it."""
+        name = ref.name
+        if index is None:
+            self._views.pop(name, None)
+        else:
+            self._views[name] = self._dense[name].index_select(dim, index.to(self._dense[name].device))
+        param = ref.module.weight
+        param.data = self.dense(name).to(param.device, param.dtype, copy=True)
+        ref.module.out_features, ref.module.in_features = param.shape
+        for record in (self._assigned, self._achieved, self._recon, self._summaries):
+            record.pop(name, None)
+
+    def shrunk(self) -> list[str]:
+        """The linears that are smaller than loaded."""
+        return list(self._views)
 
     def assignment(self, name: str) -> Assignment | None:
         """What the linear is pruned with now; None when it is dense."""
@@ -78,14 +102,14 @@ class WeightBank:
     def summary(self, name: str) -> WeightSummary:
         """|W| moments of the dense weight (computed once)."""
         if name not in self._summaries:
-            self._summaries[name] = weight_summary(self._dense[name])
+            self._summaries[name] = weight_summary(self.dense(name))
         return self._summaries[name]
 
     def histogram(self, name: str, bins: int = 40) -> tuple[list[float], list[int], list[int]]:
         """|W| histograms of one linear: (bin edges, dense counts, current non-zero counts)."""
         if name not in self.refs:
             raise WorkbenchError(f"linear {name!r}", "no such linear")
-        dense = self._dense[name].abs().to(torch.float32).flatten()
+        dense = self.dense(name).abs().to(torch.float32).flatten()
         current = self.refs[name].module.weight.detach().abs().to("cpu", torch.float32).flatten()
         top = dense.max().item() or 1.0
         edges = torch.linspace(0, top, bins + 1)
@@ -102,23 +126,8 @@ class WeightBank:
         """Write the dense weight into a pruned linear (its record stays); whether it was pruned."""
         if ref.name not in self._assigned:
             return False
-        self.put(ref, self._dense[ref.name])
+        self.put(ref, self.dense(ref.name))
         return True
-
-    def swap_to_dense(self, refs: list[LinearRef]) -> dict[str, torch.Tensor]:
-        """Write the dense weight into each pruned linear of `refs`; return copies of what they held, for
-        `swap_back` (exact: a weight restored from a mask file is not a re-prune)."""
-        stash = {}
-        for ref in refs:
-            if ref.name in self._assigned:
-                stash[ref.name] = ref.module.weight.detach().clone()
-                self.put(ref, self._dense[ref.name])
-        return stash
-
-    def swap_back(self, stash: dict[str, torch.Tensor]) -> None:
-        """Undo `swap_to_dense`."""
-        for name, weight in stash.items():
-            self.put(self.refs[name], weight)
 
     def prune_group(self, refs: list[LinearRef], stats: LinearStats | None, assigned: dict[str, Assignment]) -> None:
         """Re-prune linears that read the same input (`stats`) from their dense weights, with one method, in
@@ -126,7 +135,7 @@ class WeightBank:
         first = assigned[refs[0].name]
         method, params, pattern = METHODS.get(first.method), dict(first.params), parse_pattern(first.pattern)
         targets = {r.name: assigned[r.name].target for r in refs}
-        denses = [self._dense[r.name].to(self.device, torch.float32) for r in refs]
+        denses = [self.dense(r.name).to(self.device, torch.float32) for r in refs]
         results = [Pruned(dense, 0.0) for dense in denses]  # a linear with no target stays dense
         todo = [n for n, r in enumerate(refs) if pattern is not None or targets[r.name] > 0]
         if todo and method.prune_group is not None:
@@ -151,7 +160,7 @@ class WeightBank:
             ref = self.refs[name]
             a = assigned.get(name)
             if a is None or stats_of is None:
-                self.put(ref, self._dense[name])
+                self.put(ref, self.dense(name))
                 self._assigned.pop(name, None)
                 self._achieved.pop(name, None)
                 self._recon.pop(name, None)
@@ -160,11 +169,11 @@ class WeightBank:
 
     @contextlib.contextmanager
     def dense_weights(self) -> Iterator[None]:
-        """Temporarily run the dense model: each pruned linear's weight is pointed at its dense weight (on
-        the CPU, the kept tensor itself: no copy) and back at its own tensor after."""
+        """Temporarily run the dense weights at full size: each pruned or shrunk linear's weight is pointed
+        at its dense weight (on the CPU, the kept tensor itself: no copy) and back at its own tensor after."""
         stash: dict[str, torch.Tensor] = {}
         try:
-            for name in self._assigned:
+            for name in {**self._assigned, **self._views}:
                 weight = self.refs[name].module.weight
                 stash[name] = weight.data
                 weight.data = self._dense[name].to(weight.device, weight.dtype)
@@ -184,7 +193,7 @@ class WeightBank:
 
     def save_masks(self, path: str | os.PathLike) -> str:
         """Write the exact masks (and non-dense kept values) to a mask file; return its SHA-256."""
-        return save_mask_file(path, {n: r.module.weight for n, r in self.refs.items()}, self._dense)
+        return save_mask_file(path, {n: r.module.weight for n, r in self.refs.items()}, {n: self.dense(n) for n in self.refs})
 
     def restore_masks(self, stored: dict[str, StoredMask], where: str) -> int:
         """Put every linear's weight back exactly as stored (see `Engine.restore_masks`)."""
@@ -200,7 +209,7 @@ class WeightBank:
         changed = 0
         for name, s in stored.items():
             ref = self.refs[name]
-            weight = self._dense[name].to(torch.float32).masked_fill(~s.keep, 0)
+            weight = self.dense(name).to(torch.float32).masked_fill(~s.keep, 0)
             if s.values is not None:
                 weight[s.keep] = s.values.to(torch.float32)
             current = ref.module.weight.detach().to("cpu", torch.float32)

@@ -61,6 +61,13 @@ def make_app(tmp_path, monkeypatch):
     return build
 
 
+def consistent(app: WorkbenchApp) -> bool:
+    """The app's plan is what the engine holds, and the state shown is the engine's."""
+    engine, shown = app.engine.state(), app.controller.state
+    return (app.engine.plan == app.controller.plan and app.controller.applied
+            and [b.achieved for b in engine.blocks] == [b.achieved for b in shown.blocks])
+
+
 def idle(app: WorkbenchApp) -> bool:
     """True when the current plan is applied and no worker or pending edit is left."""
     busy = any(w.is_running or w.state.name == "PENDING" for w in app.workers)

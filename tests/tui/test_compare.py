@@ -9,18 +9,11 @@ import threading
 
 import pytest
 
-from tests.tui.conftest import settle, tiny_factory
+from tests.tui.conftest import consistent, settle, tiny_factory
 from workbench.errors import Cancelled
 from workbench.plan import Plan
 from workbench.tui.screens.compare import CompareScreen, CompareTable
 from workbench.tui.widgets.block_pane import BlockPane
-
-
-def consistent(app) -> bool:
-    """The app's plan is what the engine holds, and the state shown is the engine's."""
-    engine, shown = app.engine.state(), app.controller.state
-    return (app.engine.plan == app.controller.plan and app.controller.applied
-            and [b.achieved for b in engine.blocks] == [b.achieved for b in shown.blocks])
 
 
 async def add_owl_variant(pilot) -> None:

@@ -125,7 +125,7 @@ def test_probes_belong_to_the_plan_they_were_measured_on():
 def test_sessions_open_restore_and_save(tmp_path):
     plan, calibrated = Plan(sparsity=0.6, block_overrides={1: 0.7}), Plan(sparsity=0.6)
     session = SimpleNamespace(plan=plan, calibrated_with=calibrated, history=[], probes=[result(20.0)],
-                              dense_probes=[result(18.0)], comparison=None, sensitivity=None)
+                              dense_probes=[result(18.0)], comparison=None, sensitivity=None, agent=None)
     controller = Controller()
     assert controller.open(session, tmp_path / "run.toml", restored=False, applied=None) == calibrated
     assert controller.session_path == tmp_path / "run.toml" and not controller.dirty
@@ -195,3 +195,28 @@ def test_variants_are_queued_measured_merged_and_used():
     assert controller.comparison.outlier_ratios == [0.1, 0.2] and controller.comparison.best("perplexity") == "current"
     controller.remove_variant("owl")
     assert [r.name for r in controller.comparison.results] == ["current"]
+
+
+def fake_run(done: bool, final: Plan) -> SimpleNamespace:
+    """What the controller reads of an agent run."""
+    return SimpleNamespace(done=done, final_plan=lambda: final, log=lambda: "the log")
+
+
+def test_an_agent_run_keeps_the_engine_while_paused_and_its_allocation_is_one_edit():
+    controller = applied_controller()
+    final = Plan(allocator="agent", allocator_params={"start": 0.4, "steps": []})
+    controller.agent_run, controller.agent_stepping = fake_run(False, final), True
+    controller.lend("agent run", Plan())
+    assert not controller.agent_paused and controller.note(pruning=False) == "agent run"
+    controller.agent_stepping = False
+    assert controller.agent_paused and controller.note(pruning=False) == "agent run paused (A)"
+    controller.agent_run.done = True  # stopped: the engine holds the final plan, measured with the run's statistics
+    assert controller.use_agent(calibrate=None) and controller.agent == "the log"
+    assert controller.history.current.label == "agent allocation" and controller.plan == final
+    landing = controller.returned(final)
+    assert landing.current and landing.prune is None and controller.applied  # nothing to re-establish
+    assert not controller.use_agent(calibrate=Plan(sparsity=0.4))  # already the plan
+    controller.undo()
+    assert controller.plan == Plan() and controller.agent == "the log"
+    controller.start(controller.plan)
+    assert controller.agent is None and controller.agent_run is None  # a done run belongs to the old session

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from workbench.agent.record import ACCEPTED, NO_ACTION, ROLLED_BACK, StepRecord
 from workbench.engine import Plan
 from workbench.errors import WorkbenchError
 from workbench.probes import ProbeResult
@@ -16,10 +17,14 @@ from workbench.tui.format import (
     CORE_COLUMNS,
     Cell,
     Scale,
+    agent_run_line,
+    agent_settings_line,
+    agent_step_cells,
     cells_markup,
     columns_width,
     core_cells,
     heat_cells,
+    influence_cells,
     level,
     params,
     parse_percent,
@@ -128,7 +133,7 @@ def test_edits_never_modify_the_old_plan():
     owl, _ = edits.choose_allocator(plan, "owl")
     assert owl.allocator == "owl" and not owl.block_overrides and not owl.linear_overrides
     tuned, label = edits.set_allocator_params(owl, {"M": 3.0, "lambda": 0.1})
-    assert tuned.allocator_params == {"M": 3.0, "lambda": 0.1} and label == "owl M=3, lambda=0.1"
+    assert tuned.allocator_params == {"M": 3.0, "lambda": 0.1} and label == "owl M=3 λ=0.1"
     assert edits.choose_method(tuned, "sparsegpt")[0].method == "sparsegpt"
 
 
@@ -241,3 +246,112 @@ def test_header_lines_fit_80_columns():
     dense = {r.name: replace(r, score=r.score * 1.5) for r in results}
     text = " ".join(c.text for c in probes_line(results, dense, True))
     assert len(text) <= 2 * 78
+
+
+def test_allocator_parameters_of_every_kind_are_shown_and_edited():
+    agent = Plan(allocator="agent", allocator_params={"start": 0.4, "steps": [{"blocks": [1], "by": [0.025]}] * 12})
+    defaults = {"policy": "builtin", "step": 0.025, "start": None, "steps": ()}
+    assert plan_line("tiny", agent, None, False, defaults) == \
+        "tiny · wanda · agent 12 steps policy=builtin start=0.4 step=0.025 · unstructured"
+    assert plan_line("tiny", Plan(allocator="agent"), None, False, defaults).startswith("tiny · wanda · agent 0 steps policy")
+    fields = dict((key, text) for key, text, _ in edits.param_fields("layerif", {"eps": 0.2}))
+    assert fields["eps"] == "0.2" and fields["estimator"] == "datainf" and fields["train"] == "24"
+    assert set(dict((k, t) for k, t, _ in edits.param_fields("agent", {}))) == {"policy", "step", "span", "max_steps",
+                                                                             "rollback"}
+    typed = edits.parse_allocator_params("layerif", {"eps": "0.2", "estimator": " identity "})
+    assert typed == {"eps": 0.2, "estimator": "identity"}
+    with pytest.raises(ValueError, match="estimator: unknown"):
+        edits.parse_allocator_params("layerif", {"estimator": "nope"})
+    tuned, label = edits.set_allocator_params(agent, {"step": 0.01})
+    assert tuned.allocator_params["steps"] == agent.allocator_params["steps"] and label == "agent step=0.01"
+    assert edits.searches("agent") and not edits.searches("owl")
+
+
+def test_agent_settings_are_typed_in_percent_and_checked():
+    form = edits.AgentForm("builtin", None, 0.025, 40, 0.1, "", "")
+    texts = {key: text for key, text, _ in edits.agent_fields(form, 0.6)}
+    assert texts == {"policy": "builtin", "target": "60", "step": "2.5", "max_steps": "40", "rollback": "10",
+                     "url": "", "model": ""}
+    assert edits.parse_agent_form(texts, 0.6) == form  # the plan's target is followed
+    assert edits.parse_agent_form({**texts, "target": "70", "max_steps": "3"}, 0.6).target == pytest.approx(0.7)
+    assert form.plan_for(Plan(sparsity=0.6, allocator="owl")).sparsity == 0.6
+    assert form.settings().step == 0.025 and form.settings().llm.url == ""
+    for bad, reason in (({"policy": "oracle"}, "policy: unknown"), ({"step": "0"}, "step: must be in"),
+                        ({"max_steps": "2.5"}, "max_steps: not a whole number"), ({"target": "x"}, "target: not a number"),
+                        ({"policy": "llm"}, "url: the llm policy needs")):
+        with pytest.raises(ValueError, match=reason):
+            edits.parse_agent_form({**texts, **bad}, 0.6)
+    llm = edits.parse_agent_form({**texts, "policy": "llm", "url": "http://127.0.0.1:9/v1", "model": "m"}, 0.6)
+    assert llm.asks_llm and agent_settings_line(llm, 0.6) == \
+        "Agent · llm · m · target 60.0% · step 2.5 pts · max 40 steps · rollback 10%"
+
+
+def test_agent_step_rows_and_run_line():
+    steps = [StepRecord(1, ACCEPTED, [3, 5], [0.025, 0.0125], 0.40625, ppl=31.25, change=0.012, seconds=0.5),
+             StepRecord(2, ROLLED_BACK, [1], [0.025], 0.40625, ppl=40.0, change=0.28, seconds=0.25),
+             StepRecord(3, NO_ACTION, [], [], 0.40625, reason="no valid reply")]
+    assert [c.text for c in agent_step_cells(steps[0])] == ["1", "+1.25/2.5 on 3,5", "40.6%", "31.2", "+1.2%",
+                                                            "accepted", "0.5s"]
+    assert [c.tone for c in map(lambda r: agent_step_cells(r)[5], steps)] == ["success", "error", "dim"]
+    assert [c.text for c in agent_step_cells(steps[2])][1:5] == ["-", "40.6%", "-", "-"]
+    assert agent_run_line(None, False)[0].tone == "dim"
+    run = SimpleNamespace(records=steps, done=False, stop_reason=None, final_ppl=None)
+    texts = lambda stepping: " ".join(c.text for c in agent_run_line(run, stepping))  # noqa: E731
+    assert texts(True) == "3 steps: 1 accepted, 1 rolled back · global 40.6% · running"
+    assert texts(False).endswith("· paused (r resumes)")
+    run.done, run.stop_reason, run.final_ppl = True, "target reached", 33.0
+    assert texts(False).endswith("· stopped: target reached, ppl 33.0")
+
+
+def test_influence_cells_fit_their_column():
+    cells = influence_cells([0.01234, 154244.3, None, -2.5])
+    assert [c.text for c in cells] == [" 0.012", " 2e+05", "     -", "-2.500"] and cells[2].tone == "dim"
+    assert all(len(c.text) == 6 for c in cells)
+
+
+def test_structure_edits_copy_the_structure_and_never_drop_every_block():
+    plan = Plan()
+    narrow, label = edits.set_width(plan, 2.4)
+    assert narrow.structure.width_ratio == 2.4 and plan.structure.width_ratio is None and label == "global width 2.4x"
+    own, label = edits.set_block_width(narrow, 1, 2.0)
+    assert own.structure.width_overrides == {1: 2.0} and not narrow.structure.width_overrides
+    assert label == "block 1 width 2x"
+    back, label = edits.reset_block_width(own, 1)
+    assert not back.structure.width_overrides and own.structure.width_overrides == {1: 2.0}
+    dropped, label = edits.toggle_drop(own, 3, 4)
+    assert dropped.structure.drop_blocks == [3] and not own.structure.drop_blocks and label == "drop block 3"
+    assert edits.toggle_drop(dropped, 3, 4)[0].structure.drop_blocks == [] and dropped.structure.drop_blocks == [3]
+    two = edits.toggle_drop(edits.toggle_drop(dropped, 0, 4)[0], 1, 4)[0]
+    with pytest.raises(ValueError, match="cannot drop every block"):
+        edits.toggle_drop(two, 2, 4)
+    scored, label = edits.choose_width_score(two, "vow")
+    assert scored.structure.width_score == "vow" and two.structure.width_score == "ppm" and label == "width score vow"
+    assert edits.set_width(scored, None)[1] == "global full width"
+    assert {name for name, _ in edits.width_score_options()} >= {"ppm", "vow", "pon", "data"}
+
+
+def test_width_steps_land_on_the_grid_and_stop_at_full_width():
+    assert edits.step_ratio(None, 2.5, -1) == 2.4 and edits.step_ratio(None, 2.5, 1) is None
+    assert edits.step_ratio(2.45, 2.5, -1) == 2.4
+    assert edits.step_ratio(2.43, 2.5, 1) is None  # 2.5 is full width
+    assert edits.step_ratio(2.43, 3.0, 1) == 2.5 and edits.step_ratio(0.1, 2.5, -3) == 0.1  # one step stays
+
+
+def test_structure_cells_and_plan_line():
+    from workbench.plan import Structure
+    from workbench.tui.format import block_widths, depth_cells, global_width_cell, structure_text, width_cells
+
+    blocks = [SimpleNamespace(index=i, width=w, intermediate=320, dropped=d, block_influence=bi, angular_distance=ad)
+              for i, (w, d, bi, ad) in enumerate([(None, False, 0.25, 0.5), (295, False, 0.125, None),
+                                                  (None, True, None, None)])]
+    structure = Structure(width_overrides={1: 2.3}, drop_blocks=[2])
+    assert [(c.text.strip(), c.tone) for c in width_cells(blocks, structure, 128)] == \
+        [("2.5x  320", "dim"), ("2.3x  295", ""), ("dropped", "dim")]
+    assert global_width_cell(Structure(width_ratio=2.4)).text.strip() == "2.4x ppm"
+    assert global_width_cell(structure).text.strip() == "full ppm"
+    assert [c.text.split() for c in depth_cells(blocks)] == [["0.250", "0.500"], ["0.125", "-"], ["-", "-"]]
+    assert block_widths(blocks, 128) == [2.5, 295 / 128, 0.0]
+    assert structure_text(Structure(width_ratio=2.4, width_overrides={1: 2.3}, drop_blocks=[2, 3])) == \
+        "width 2.4x ppm, 1 block width, drop 2,3"
+    line = plan_line("tiny", Plan(structure=Structure(drop_blocks=[1])), None, False)
+    assert line == "tiny · wanda · uniform · unstructured · drop 1" and structure_text(Structure()) == ""

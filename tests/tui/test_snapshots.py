@@ -1,14 +1,18 @@
 """Snapshot tests of the main screens at 80x24 and 120x40 (tiny seeded model, so the numbers are fixed; the
-Compare screen and the sensitivity column show hand-built results).
+Compare screen, the sensitivity column and the Agent screen show hand-built results).
 Regenerate with `pytest tests/tui/test_snapshots.py --snapshot-update` after a deliberate change."""
 
 from __future__ import annotations
 
 from tests.tui.conftest import settle
+from workbench.agent.loop import AgentRun, AgentSettings
+from workbench.agent.policies import make_policy
+from workbench.agent.record import ACCEPTED, NO_ACTION, ROLLED_BACK, StepRecord
 from workbench.compare import Comparison, VariantResult
 from workbench.plan import Plan
 from workbench.probes import ProbeResult
 from workbench.sensitivity import Sensitivity
+from workbench.tui.edits import AgentForm
 
 
 async def _ready(pilot) -> None:
@@ -56,7 +60,6 @@ def test_light_theme_owl_120x40(snap_compare, make_app):
         await settle(pilot)
 
     assert snap_compare(make_app(theme="light"), terminal_size=(120, 40), run_before=owl)
-
 
 
 def hand_built_comparison() -> Comparison:
@@ -108,3 +111,40 @@ def test_sensitivity_column_80x24(snap_compare, make_app):
 
 def test_sensitivity_column_120x40(snap_compare, make_app):
     assert snap_compare(make_app(), terminal_size=(120, 40), run_before=_sensitivity_column)
+
+
+def hand_built_steps() -> list[StepRecord]:
+    """Agent steps with fixed numbers and timings (no run, so the snapshot is the same on every machine)."""
+    return [StepRecord(1, ACCEPTED, [3], [0.025], 0.40625, ppl=31.25, change=0.012, seconds=0.5),
+            StepRecord(2, ACCEPTED, [1], [0.025], 0.4125, ppl=32.5, change=0.04, seconds=0.5),
+            StepRecord(3, ROLLED_BACK, [0, 2], [0.025, 0.0125], 0.4125, ppl=40.0, change=0.231, seconds=0.7),
+            StepRecord(4, ACCEPTED, [2], [0.025], 0.41875, ppl=33.0, change=0.015, seconds=0.5),
+            StepRecord(5, NO_ACTION, [], [], 0.41875, reason="no valid reply", seconds=1.1)]
+
+
+async def _agent_screen(pilot) -> None:
+    """A paused run with hand-built steps, the built-in policy's default settings."""
+    await settle(pilot)
+    app = pilot.app
+    settings = AgentSettings()
+    run = AgentRun(app.engine, app.controller.plan, make_policy("builtin", settings), settings)
+    run.records = hand_built_steps()
+    app.controller.agent_run = run
+    app.controller.agent_form = AgentForm("builtin", None, settings.step, settings.max_steps, settings.rollback, "", "")
+    await pilot.press("A")
+    await pilot.pause(0.3)
+
+
+def test_agent_screen_80x24(snap_compare, make_app):
+    assert snap_compare(make_app(), terminal_size=(80, 24), run_before=_agent_screen)
+
+
+async def _structured(pilot) -> None:
+    """Block 1 narrowed to 2.3x (295 of 320 neurons), block 2 dropped."""
+    await settle(pilot)
+    await pilot.press("down", "left_square_bracket", "left_square_bracket", "down", "x")
+    await settle(pilot)
+
+
+def test_structured_blocks_80x24(snap_compare, make_app):
+    assert snap_compare(make_app(), terminal_size=(80, 24), run_before=_structured)

@@ -18,17 +18,34 @@ from workbench.plan import MAX_SPARSITY
 from workbench.registry import Registry, complete_params
 
 
+@dataclass(frozen=True)
+class InfluenceSpec:
+    """Which per-block influence scores (see `workbench.gradients`): per-example gradients of the linears in
+    `scope` on `train` and `val` calibration windows of `seqlen` tokens, combined by `estimator` and
+    `aggregate`."""
+
+    estimator: str
+    aggregate: str
+    scope: str
+    train: int
+    val: int
+    seqlen: int
+
+
 @dataclass
 class AllocationContext:
     """What an allocator may look at: block sizes, and lazily computed statistics of the dense model."""
 
     block_numels: list[int]
     outlier_ratios: Callable[[float], list[float]]  # M -> per-block OWL outlier ratio
+    influence: Callable[[InfluenceSpec], list[float]] | None = None  # spec -> per-block influence score (LayerIF)
 
 
 DEFAULT_M = 5.0  # outlier threshold: a Wanda score above M x its block mean is an outlier (OWL)
 DENSE_STATISTICS = "dense_statistics"  # one-pass calibration statistics of the dense model
-NEEDS = (DENSE_STATISTICS,)
+SEARCH = "search"  # the allocator decides by pruning and probing (the agent): `Engine.prepare` runs its `search`
+GRADIENTS = "gradients"  # per-example gradients of the dense model: `Engine.prepare` computes the allocator's `influence`
+NEEDS = (DENSE_STATISTICS, SEARCH, GRADIENTS)
 
 
 @dataclass(frozen=True)
@@ -37,7 +54,10 @@ class Allocator:
 
     `check(params, where)` refuses out-of-range parameters (a WorkbenchError naming `where.KEY`);
     `hints` is one line per parameter for the UI; `outlier_M(params)` is the M of the outlier ratios the
-    allocator reads, which the panes then show."""
+    allocator reads, which the panes then show; likewise `influence(params)`, the influence scores an
+    allocator that needs GRADIENTS reads. An allocator that needs SEARCH has `search(engine, plan,
+    progress, cancel)`: when `plan.allocator_params` lack the decisions `allocate` replays, it runs the search
+    on the engine and records them there (a no-op otherwise)."""
 
     name: str
     allocate: Callable[..., list[float]]
@@ -47,6 +67,8 @@ class Allocator:
     hints: dict[str, str] = field(default_factory=dict)
     check: Callable[[dict, str], None] | None = None
     outlier_M: Callable[[dict], float] | None = None
+    influence: Callable[[dict], InfluenceSpec] | None = None
+    search: Callable[..., None] | None = None
 
     def params(self, given: dict, where: str = "allocator_params") -> dict:
         """`given` completed with defaults; unknown keys, non-numbers and values out of range are refused."""

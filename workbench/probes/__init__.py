@@ -7,6 +7,8 @@ A probe is deterministic (fixed items or seeded generators, greedy decoding) and
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
@@ -118,6 +120,29 @@ class Probe(ABC):
 
 PROBES: Registry[type[Probe]] = Registry("probe", __name__)
 DEFAULT_PROBES = ("perplexity",)
+WEIGHT_FREE = ("efficiency",)  # probes that mean something on random weights
+_timing_only = contextvars.ContextVar("timing_only", default=False)
+
+
+@contextlib.contextmanager
+def timing_only():
+    """Let every probe run on random weights: `workbench bench` times them (their scores mean nothing)."""
+    token = _timing_only.set(True)
+    try:
+        yield
+    finally:
+        _timing_only.reset(token)
+
+
+def refuse_random_weights(model: torch.nn.Module, names) -> None:
+    """One-line error when probes of quality are asked of a model with random weights (`workbench.shapes`)."""
+    from workbench.shapes import random_weights_of
+
+    random = random_weights_of(model)
+    quality = [n for n in names if n not in WEIGHT_FREE]
+    if random and quality and not _timing_only.get():
+        raise WorkbenchError("--probes", f"{', '.join(quality)} on {random}: random weights, so quality scores mean "
+                                         f"nothing; only {', '.join(WEIGHT_FREE)} runs on a random model")
 
 
 def run_probes(
@@ -128,8 +153,9 @@ def run_probes(
     dense: dict[str, ProbeResult] | None = None,
 ) -> list[ProbeResult]:
     """Run the named probes in order; `progress(name, fraction_done)` before each; `dense` holds the
-    dense model's results, which some replay tolerances scale with."""
+    dense model's results, which some replay tolerances scale with. Quality probes refuse random weights."""
     probes = [PROBES.get(n, where="--probes")() for n in names]
+    refuse_random_weights(ctx.model, names)
     results = []
     for i, probe in enumerate(probes):
         ctx.check_cancel()

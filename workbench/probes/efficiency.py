@@ -15,11 +15,16 @@ Details:
   loading and the caching allocator's first allocations would otherwise count).
 - `joules_per_token`: on CUDA with `pynvml` importable, the GPU's energy counter
   (nvmlDeviceGetTotalEnergyConsumption) over the same generation; otherwise `energy` says why not.
+- `sparse_2to4`: when every block linear is 2:4 sparse, on a GPU of compute capability 8.0+ in float16
+  or bfloat16, the same generation with the block linears as PyTorch semi-structured sparse tensors
+  (`torch.sparse.to_sparse_semi_structured`, 2:4 sparse tensor-core kernels): dense and sparse tokens/s
+  and their ratio; otherwise a string saying why it was not measured.
 Dense matrix kernels do not skip zeros, so unstructured sparsity leaves the speed unchanged.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import torch
@@ -63,6 +68,44 @@ def _nvml_energy_reader(device: torch.device):
     return lambda: pynvml.nvmlDeviceGetTotalEnergyConsumption(handle) / 1000.0
 
 
+def is_2to4(weight: torch.Tensor) -> bool:
+    """At most two non-zeros in every group of four consecutive input weights."""
+    return weight.shape[-1] % 4 == 0 and bool((weight.reshape(-1, 4) != 0).sum(-1).le(2).all())
+
+
+def semi_structured_refusal(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why the 2:4 sparse kernels cannot run this model here, or None when they can."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return f"not measured: 2:4 sparse kernels need a CUDA GPU of compute capability 8.0+ (device {device})"
+    capability = torch.cuda.get_device_capability(device)
+    if capability < (8, 0):
+        return f"not measured: compute capability {capability[0]}.{capability[1]}, 2:4 sparse kernels need 8.0+"
+    if dtype not in (torch.float16, torch.bfloat16):
+        return f"not measured: 2:4 sparse kernels run float16 or bfloat16, the model is {str(dtype).removeprefix('torch.')}"
+    if not all(is_2to4(ref.module.weight) for block in find_linears(model) for ref in block):
+        return "not measured: the block linears are not all 2:4 sparse (prune with --pattern 2:4)"
+    return None
+
+
+@contextlib.contextmanager
+def semi_structured_linears(model: torch.nn.Module):
+    """Every block linear's weight as a semi-structured sparse tensor while inside; the weights after
+    are the very tensors before."""
+    from torch.sparse import to_sparse_semi_structured
+
+    kept = []
+    try:
+        for block in find_linears(model):
+            for ref in block:
+                kept.append((ref.module, ref.module.weight))
+                ref.module.weight = torch.nn.Parameter(to_sparse_semi_structured(ref.module.weight.detach()),
+                                                       requires_grad=False)
+        yield
+    finally:
+        for module, weight in kept:
+            module.weight = weight
+
+
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -88,14 +131,18 @@ class Efficiency(Probe):
             greedy_generate(ctx.model, ctx.tokenizer, prompts, new_tokens, ctx.device, stop_at_eos=False,
                             cancel=ctx.check_cancel, batch_size=len(prompts))
 
-        if ctx.device.type == "cuda":
-            generate(1)  # warm-up: kernels and allocations, not counted
+        def timed() -> tuple[float, float]:
+            """Seconds and joules of one generation."""
+            if ctx.device.type == "cuda":
+                generate(1)  # warm-up: kernels and allocations, not counted
+                _synchronize(ctx.device)
+            joules = energy() if callable(energy) else 0.0
+            start = time.perf_counter()
+            generate(NEW_TOKENS[size])
             _synchronize(ctx.device)
-        joules = energy() if callable(energy) else 0.0
-        start = time.perf_counter()
-        generate(NEW_TOKENS[size])
-        _synchronize(ctx.device)
-        seconds = time.perf_counter() - start
+            return time.perf_counter() - start, (energy() - joules if callable(energy) else 0.0)
+
+        seconds, joules = timed()
         tokens = BATCH[size] * NEW_TOKENS[size]
         details = {
             **counts,
@@ -106,7 +153,22 @@ class Efficiency(Probe):
             "generation_seconds": seconds,
         }
         if callable(energy):
-            details["joules_per_token"] = (energy() - joules) / tokens
+            details["joules_per_token"] = joules / tokens
         else:
             details["energy"] = energy
+        details["sparse_2to4"] = _sparse_speed(ctx, timed, tokens, tokens / seconds)
         return counts["model_nonzero"] / 1e6, tokens, details
+
+
+def _sparse_speed(ctx: ProbeContext, timed, tokens: int, dense_speed: float) -> dict | str:
+    """Dense vs 2:4 sparse tokens/s of the same generation (`timed()` runs it), or why not measured."""
+    refusal = semi_structured_refusal(ctx.model, ctx.device, next(ctx.model.parameters()).dtype)
+    if refusal:
+        return refusal
+    try:
+        with semi_structured_linears(ctx.model):
+            sparse_speed = tokens / timed()[0]
+    except (RuntimeError, NotImplementedError, TypeError, ValueError) as exc:  # shapes or builds the kernels refuse
+        return f"not measured: the 2:4 sparse kernels refused this model ({str(exc).splitlines()[0]})"
+    return {"dense_tokens_per_second": dense_speed, "sparse_tokens_per_second": sparse_speed,
+            "speedup": sparse_speed / dense_speed}

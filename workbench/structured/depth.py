@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from workbench.errors import WorkbenchError
-
-DROP_BY = ("bi", "angular")
+from workbench.capture import block0_inputs
+from workbench.errors import Cancelled, WorkbenchError
+from workbench.model import blocks_of
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -67,6 +67,28 @@ class DepthStatistics:
             cos = _cosine(states[start], states[start + n]).clamp(-1, 1)
             out.append((torch.arccos(cos) / math.pi).mean().item())
         return out
+
+
+def collect(model: torch.nn.Module, ids: torch.Tensor, device: torch.device, progress=None, cancel=None) -> DepthStatistics:
+    """Depth statistics of `model` as it runs now (the caller swaps in the dense model), one block at a
+    time over the calibration windows."""
+    stats = DepthStatistics()
+    layers = blocks_of(model)
+    with torch.no_grad():
+        hidden, kwargs = block0_inputs(model, ids, device)
+        for i, block in enumerate(layers):
+            if cancel is not None and cancel():
+                raise Cancelled()
+            if progress:
+                progress(f"block scores: block {i}/{len(layers)}", i / len(layers))
+            outputs = []
+            for h, kw in zip(hidden, kwargs):
+                out = block(h, **kw)
+                out = out[0] if isinstance(out, tuple) else out
+                stats.add(i, h, out)
+                outputs.append(out)
+            hidden = outputs
+    return stats
 
 
 def drop_by_influence(influence: list[float], n: int) -> list[int]:

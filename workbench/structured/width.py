@@ -13,9 +13,9 @@ from typing import Callable
 import torch
 
 from workbench.errors import WorkbenchError
+from workbench.plan import WIDTH_DIVISORS
 from workbench.registry import Registry
 
-DIVISORS = (32, 64, 128, 256)
 
 NeuronScore = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 NEURON_SCORES: Registry[NeuronScore] = Registry("width score", "workbench.structured")
@@ -68,10 +68,12 @@ def kept_count(intermediate: int, hidden: int, ratio: float, divisor: int | None
     0), k = I - n_prune; with a divisor d, k = round(k / d) * d clipped to [1, I]."""
     if ratio <= 0:
         raise WorkbenchError("width ratio", f"must be > 0, got {ratio}")
-    if divisor is not None and divisor not in DIVISORS:
-        raise WorkbenchError("width divisor", f"must be one of {', '.join(map(str, DIVISORS))}, got {divisor}")
+    if divisor is not None and divisor not in WIDTH_DIVISORS:
+        raise WorkbenchError("width divisor", f"must be one of {', '.join(map(str, WIDTH_DIVISORS))}, got {divisor}")
     pct = (1 - ratio * hidden / intermediate) * 100
-    n_prune = min(max(int(pct / 100 * intermediate), 0), intermediate - 1)
+    # OptiPFair truncates; the product is rounded first so that float noise (1 - 0.8 = 0.19999...) does
+    # not keep one neuron more than the ratio says.
+    n_prune = min(max(int(round(pct / 100 * intermediate, 9)), 0), intermediate - 1)
     k = intermediate - n_prune
     if divisor is not None:
         k = min(max(round(k / divisor) * divisor, 1), intermediate)

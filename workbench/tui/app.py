@@ -2,11 +2,12 @@
 
 Every number on screen comes from the engine (`workbench.engine`); the app turns key presses into plans
 and hands them to its `Controller`, which keeps the plan, its history and what to prune next. Heavy work
-runs in thread workers (one group per kind: engine, calibrate, prune, probe, save, compare, sensitivity)
-that never touch widgets: they post messages, and errors end up in `on_worker_state_changed` as
+runs in thread workers (one group per kind: engine, calibrate, prune, probe, save, compare, sensitivity,
+agent) that never touch widgets: they post messages, and errors end up in `on_worker_state_changed` as
 notifications. The engine is safe to call from any thread; a cancelled worker finishes its current
-linear and stops. A comparison or a sensitivity scan borrows the engine (it prunes other plans): the
-controller holds prunes back until the worker gives it back, then re-establishes the current plan.
+linear and stops. A comparison, a sensitivity scan or an agent run borrows the engine (it prunes other
+plans): the controller holds prunes back until the engine is given back (an agent run keeps it until the
+run ends, also while paused), then re-establishes the current plan.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import asyncio
 import os
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -38,11 +40,13 @@ from workbench.tui import edits
 from workbench.tui.commands import COMMANDS
 from workbench.tui.controller import Controller, PruneJob
 from workbench.tui.edits import BlockKey, GlobalKey, LinearKey
-from workbench.tui.format import PROBE_LABELS, Cell, Scale, cells_markup, heat_cells, params, pct
-from workbench.tui.messages import (Compared, EngineReady, FullPruneNeeded, ProbesDone, Saved, Scanned, StateChanged,
-                                    WorkProgress)
+from workbench.tui.format import (PROBE_LABELS, Cell, Scale, cells_markup, depth_cells, global_width_cell, heat_cells,
+                                  influence_cells, params, pct, structured, width_cells)
+from workbench.tui.messages import (AgentHalted, AgentStepped, Compared, EngineReady, FullPruneNeeded, ProbesDone,
+                                    Saved, Scanned, StateChanged, WorkProgress)
 from workbench.tui.recovery import (Autosave, claim_recovery, clear_recovery, default_recovery_path,
                                     describe_recovery, release_recovery)
+from workbench.tui.screens.agent import AgentScreen
 from workbench.tui.screens.confirm import ConfirmScreen
 from workbench.tui.screens.compare import CompareScreen, CompareTable
 from workbench.tui.screens.help import HelpScreen
@@ -65,12 +69,14 @@ DEBOUNCE_S = 0.3
 REFRESH_S = 0.25
 APP_ACTIONS = {c.action_name for c in COMMANDS}
 EDITING_ACTIONS = {"save_as", "open", "prune", "pick", "allocator_params", "focus_global", "plots", "compare",
-                   "sensitivity"}
+                   "sensitivity", "agent", "narrower", "wider", "width_reset", "drop", "block_scores"}
 PRUNING = ("prune", "calibrate")
-BORROWING = ("compare", "sensitivity")  # the workers that borrow the engine
-CANCELLABLE = ("prune", "calibrate", "probe", *BORROWING)
-ENGINE_GROUPS = ("engine", "prune", "calibrate", "probe", "save", *BORROWING)
-CANCELLED = {"probe": "probes", "compare": "comparison", "sensitivity": "sensitivity scan"}  # else "pruning"
+BORROWING = ("compare", "sensitivity", "agent")  # the workers that borrow the engine
+CANCELLABLE = ("prune", "calibrate", "probe", "scores", *BORROWING)
+ENGINE_GROUPS = ("engine", "prune", "calibrate", "probe", "save", "scores", *BORROWING)
+CANCELLED = {"probe": "probes", "compare": "comparison", "sensitivity": "sensitivity scan",
+             "agent": "agent step", "scores": "block scores"}  # else "pruning"
+OTHER_SCREENS = (PlotsScreen, CompareScreen, AgentScreen)  # full screens over the blocks
 SENSITIVITY_PROBE = "perplexity"
 UNSTRUCTURED = "unstructured"
 PATTERNS = [(UNSTRUCTURED, "any weight may go; sliders set each block and linear"),
@@ -85,6 +91,12 @@ def load_engine(model: str, device: str, dtype: str, calibration: CalibrationSpe
     from workbench.engine import Engine
 
     return Engine.load(model, device=device, dtype=dtype, calibration=calibration, progress=progress)
+
+
+def held_state(engine: Engine) -> StateChanged:
+    """What the engine holds now, as the landing of a prune (after a cancel, or with new block scores)."""
+    plan = engine.plan
+    return StateChanged(engine.state(), plan, engine.allocate(plan) if plan is not None else {}, final=True, full=False)
 
 
 def textual_theme(spec: ThemeSpec) -> Theme:
@@ -167,14 +179,19 @@ class WorkbenchApp(App):
         self._pause: Timer | None = None  # the short pause after an edit, before its re-prune
         self._user_cancelled = False
         self._loading_path: Path | None = None
+        self._agent_pause = threading.Event()  # the agent worker stops stepping after the current step
+        self._agent_use = False  # use the agent run's allocation once it has ended
+        self._agent_stop = False  # the agent run was asked to stop
         self.pickers = {
             "method": Picker("Method", "Pruning method", edits.method_options, lambda: self.controller.plan.method,
                              lambda name: self._edit(*edits.choose_method(self.controller.plan, name))),
             "pattern": Picker("Pattern", "Sparsity pattern", lambda: PATTERNS,
                               lambda: self.controller.plan.pattern or UNSTRUCTURED, self._choose_pattern),
             "allocator": Picker("Allocator", "Allocator (resets the sliders to its allocation)", edits.allocator_options,
-                                lambda: self.controller.plan.allocator,
-                                lambda name: self._edit(*edits.choose_allocator(self.controller.plan, name))),
+                                lambda: self.controller.plan.allocator, self._choose_allocator),
+            "width_score": Picker("Width score", "GLU neuron score (which neurons a narrower width keeps)",
+                                  edits.width_score_options, lambda: self.controller.plan.structure.width_score,
+                                  lambda name: self._edit(*edits.choose_width_score(self.controller.plan, name))),
             "theme": Picker("Theme", "Theme", lambda: [(name, "") for name in self.theme_names], lambda: self.theme,
                             self._choose_theme, needs_model=False),
         }
@@ -232,11 +249,11 @@ class WorkbenchApp(App):
         self.exit(return_code=129)
 
     def check_action(self, action: str, parameters: tuple) -> bool | None:
-        """Over a dialog only quit and help work; on the plots and compare screens also save, probes,
+        """Over a dialog only quit and help work; on the plots, compare and agent screens also save, probes,
         undo/redo and cancel (the other app keys are disabled and hidden there)."""
         if isinstance(self.screen, ModalScreen) and action not in ("quit", "help") and action in APP_ACTIONS:
             return False
-        if isinstance(self.screen, (PlotsScreen, CompareScreen)) and action in EDITING_ACTIONS:
+        if isinstance(self.screen, OTHER_SCREENS) and action in EDITING_ACTIONS:
             return False
         return True
 
@@ -403,6 +420,8 @@ class WorkbenchApp(App):
             if block.index in plan.block_overrides:
                 overridden.add("block")
             pane.show(block, scale, targets, overridden, locked)
+        self._show_influence(state)
+        self._show_structure()
         row = self.query_one(".global-row", StatRow)
         row.show_target(plan.sparsity, False, locked)
         row.query_one(".stats", Static).update(cells_markup([
@@ -410,6 +429,34 @@ class WorkbenchApp(App):
             Cell(f"{params(state.params_nonzero)} of {params(state.params_total)} left"),
         ]))
         self._refresh_header()
+
+    def _show_influence(self, state) -> None:
+        """The influence column next to the block sliders, once LayerIF influence scores are computed."""
+        scores = [b.influence for b in state.blocks]
+        shown = any(s is not None for s in scores)
+        self.screen_stack[0].set_class(shown, "-influence")
+        if shown:
+            for pane, cell in zip(self.query(BlockPane), influence_cells(scores)):
+                pane.show_column("influence", cell)
+
+    def _show_structure(self) -> None:
+        """The width column (once the plan or the model shows any structure; dropped blocks dimmed) and the
+        depth column (once block scores are computed) next to the block sliders."""
+        state, structure = self.controller.state, self.controller.plan.structure
+        if state is None:
+            return
+        screen, panes = self.screen_stack[0], list(self.query(BlockPane))
+        shown = structured(structure, state.blocks)
+        screen.set_class(shown, "-width")
+        for pane, block, cell in zip(panes, state.blocks, width_cells(state.blocks, structure, self.engine.shaper.hidden)):
+            pane.set_class(block.index in structure.drop_blocks, "-dropped")
+            pane.show_column("width", cell if shown else None)
+        self.query_one(".global-row", StatRow).show_column("width", global_width_cell(structure))
+        scored = any(b.block_influence is not None for b in state.blocks)
+        screen.set_class(scored, "-depth")
+        if scored:
+            for pane, cell in zip(panes, depth_cells(state.blocks)):
+                pane.show_column("depth", cell)
 
     def _refresh_header(self) -> None:
         controller = self.controller
@@ -471,6 +518,7 @@ class WorkbenchApp(App):
         self.workers.cancel_group(self, "probe")
         self._stop_pause()
         self._pause = self.set_timer(DEBOUNCE_S, self._run_prune)
+        self._show_structure()
         self._autosave()
         self._refresh_header()
 
@@ -521,6 +569,76 @@ class WorkbenchApp(App):
             self._plan_changed()
             self.notify(f"redid {label}")
 
+    def _focused_block(self) -> int | None:
+        """The block of the focused slider (a linear's block too); None on the global row."""
+        slider = self.screen.focused
+        match slider.key if isinstance(slider, Slider) else GlobalKey():
+            case BlockKey(index):
+                return index
+            case LinearKey(name):
+                return next(b.index for b in self.controller.state.blocks if any(x.name == name for x in b.linears))
+        return None
+
+    def _step_width(self, steps: int) -> None:
+        """Move the focused block's expansion ratio (on the global row, the global one) by `steps` steps."""
+        if not self._has_model() or self.controller.state is None:
+            return
+        plan, blocks, hidden = self.controller.plan, self.controller.state.blocks, self.engine.shaper.hidden
+        block = self._focused_block()
+        if block is None:
+            full = max(b.intermediate for b in blocks) / hidden
+            self._edit(*edits.set_width(plan, edits.step_ratio(plan.structure.width_ratio, full, steps)),
+                       source="width")
+            return
+        full = blocks[block].intermediate / hidden
+        ratio = edits.step_ratio(plan.structure.width_overrides.get(block, plan.structure.width_ratio), full, steps)
+        self._edit(*edits.set_block_width(plan, block, full if ratio is None else ratio), source=("width", block))
+
+    def action_narrower(self) -> None:
+        self._step_width(-1)
+
+    def action_wider(self) -> None:
+        self._step_width(1)
+
+    def action_width_reset(self) -> None:
+        """The focused block follows the global width again; on the global row, every block is at full width."""
+        if not self._has_model() or self.controller.state is None:
+            return
+        block, plan = self._focused_block(), self.controller.plan
+        self._edit(*(edits.set_width(plan, None) if block is None else edits.reset_block_width(plan, block)))
+
+    def action_drop(self) -> None:
+        """Drop the focused block from the forward pass, or bring it back (never every block)."""
+        if not self._has_model() or self.controller.state is None:
+            return
+        block = self._focused_block()
+        if block is None:
+            self.notify("focus a block to drop it (x)", severity="warning")
+            return
+        try:
+            self._edit(*edits.toggle_drop(self.controller.plan, block, len(self.controller.state.blocks)))
+        except ValueError as error:
+            self.notify(str(error), severity="warning")
+
+    def action_block_scores(self) -> None:
+        """Compute block influence and angular distance per block (of the dense model, once; esc cancels)."""
+        if self._has_model():
+            self._when_applied(self._start_block_scores)
+
+    def _start_block_scores(self) -> None:
+        if self._busy(("scores",)):
+            return
+        self._user_cancelled = False
+        self._activity("block scores", None, cancellable=True)
+        self._block_scores_worker()
+
+    @work(thread=True, exclusive=True, group="scores", exit_on_error=False)
+    def _block_scores_worker(self) -> None:
+        """Run the dense model once for the depth scores, then show the state with them."""
+        job = WorkerJob(self, "scores")
+        self.engine.depth_scores(job.progress, job.cancelled)
+        job.post(held_state(self.engine))
+
     def action_focus_global(self) -> None:
         self.screen.set_focus(self.query_one(".global-row", StatRow).slider)
 
@@ -540,10 +658,7 @@ class WorkbenchApp(App):
     @work(thread=True, exclusive=True, group="refresh", exit_on_error=False)
     def _refresh_after_cancel(self) -> None:
         """Show what the engine holds once the cancelled worker has let go of it."""
-        engine = self.engine
-        plan, state = engine.plan, engine.state()
-        targets = engine.allocate(plan) if plan is not None else {}
-        self.post_message(StateChanged(state, plan, targets, final=True, full=False))
+        self.post_message(held_state(self.engine))
 
     # ----- pickers ----------------------------------------------------------------------------------
     def action_pick(self, kind: str) -> None:
@@ -566,18 +681,31 @@ class WorkbenchApp(App):
         if self.controller.loaded:
             self._autosave()
 
+    def _choose_allocator(self, name: str) -> None:
+        """Another allocator; one that searches (prunes and probes to decide) opens the Agent screen instead,
+        so its loop never runs unseen inside a prune (the same allocator keeps its recorded decisions)."""
+        if edits.searches(name) and name != self.controller.plan.allocator:
+            self.action_agent()
+        else:
+            self._edit(*edits.choose_allocator(self.controller.plan, name))
+
     def action_allocator_params(self) -> None:
+        """Edit the numeric and word parameters of the plan's allocator; a searching allocator's settings are
+        on the Agent screen."""
         if not self._has_model():
             return
-        from workbench.allocators import ALLOCATORS
-
         plan = self.controller.plan
-        if not ALLOCATORS.get(plan.allocator).defaults:
+        if edits.searches(plan.allocator):
+            self.action_agent()
+            return
+        fields = edits.param_fields(plan.allocator, plan.allocator_params)
+        if not fields:
             self.notify(f"{plan.allocator} has no parameters; a picks another allocator")
             return
-        self.push_screen(ParamsScreen(plan.allocator, plan.allocator_params), self._set_allocator_params)
+        parse = partial(edits.parse_allocator_params, plan.allocator)
+        self.push_screen(ParamsScreen(f"{plan.allocator} parameters", fields, parse), self._set_allocator_params)
 
-    def _set_allocator_params(self, values: dict[str, float] | None) -> None:
+    def _set_allocator_params(self, values: dict | None) -> None:
         if values is not None:
             self._edit(*edits.set_allocator_params(self.controller.plan, values))
 
@@ -737,7 +865,128 @@ class WorkbenchApp(App):
 
         self.query_one(HeadingsRow).show_heat(f"Δ{PROBE_LABELS.get(scan.probe, scan.probe)}")
         for pane, cell in zip(self.query(BlockPane), heat_cells(scan.deltas, PROBES.get(scan.probe).higher_is_better)):
-            pane.show_heat(cell)
+            pane.show_column("heat", cell)
+
+    # ----- agent runs ---------------------------------------------------------------------------------
+    def action_agent(self) -> None:
+        """The Agent screen: an agent-guided allocation run on the current plan's method."""
+        if not self._has_model() or self.controller.state is None or isinstance(self.screen, AgentScreen):
+            return
+        if self.controller.agent_form is None:
+            self.controller.agent_form = edits.AgentForm.defaults()
+        self.push_screen(AgentScreen(self.controller), self._agent_screen_closed)
+
+    def _agent_screen_closed(self, _) -> None:
+        """A run is paused only while its screen shows: leaving stops it."""
+        if self.controller.agent_paused:
+            self._stop_agent(self.controller.agent_run)
+
+    def on_agent_screen_run_requested(self, _: AgentScreen.RunRequested) -> None:
+        if self.controller.agent_paused:
+            self._step_agent(self.controller.agent_run)
+        else:
+            self._when_applied(self._start_agent)
+
+    def _start_agent(self) -> None:
+        """A new run with the Agent screen's settings; it borrows the engine until it ends."""
+        from workbench.agent.loop import AgentRun
+        from workbench.agent.policies import make_policy
+
+        controller = self.controller
+        if controller.lent:
+            return
+        form, scan = controller.agent_form, controller.sensitivity
+        settings = form.settings()
+        try:
+            run = AgentRun(self.engine, form.plan_for(controller.plan), make_policy(form.policy, settings), settings,
+                           sensitivity=scan.deltas if scan else None)
+        except WorkbenchError as error:
+            self.notify(str(error), severity="error", timeout=10)
+            return
+        controller.agent_run, self._agent_use, self._agent_stop = run, False, False
+        self._lend("agent run", self.engine.calibrated_with or controller.plan)
+        self._step_agent(run)
+
+    def _step_agent(self, run) -> None:
+        """Start (or resume) stepping `run` in the worker."""
+        self.controller.agent_stepping = True
+        self._agent_pause.clear()
+        self._user_cancelled = False
+        self._activity("agent run", None, cancellable=True)
+        self._agent_worker(run)
+        self._refresh_agent()
+
+    @work(thread=True, exclusive=True, group="agent", exit_on_error=False)
+    def _agent_worker(self, run) -> None:
+        """Step until the run ends or is paused; after a cancel or a failure the engine is at the run's last
+        checkpoint. It stays lent to the run until the run has ended."""
+        job = WorkerJob(self, "agent")
+        try:
+            while not job.cancelled() and not self._agent_pause.is_set():
+                record = run.step(job.progress, job.cancelled)
+                if record is None:
+                    break
+                job.post(AgentStepped(record))
+        finally:
+            self.post_message(AgentHalted(run, run.engine.plan))
+
+    def on_agent_stepped(self, _: AgentStepped) -> None:
+        self._refresh_agent()
+
+    def on_agent_halted(self, message: AgentHalted) -> None:
+        """The run ended (its allocation is used if asked, the engine comes back), or paused: out of sight a
+        run is stopped instead, unless it was asked to stop already (a cancelled stop stays paused)."""
+        controller, run = self.controller, message.run
+        controller.agent_stepping = False
+        if run.done:
+            if self._agent_use and run is controller.agent_run:
+                self._agent_use = False
+                self._use_agent(calibrate=None)
+            self._engine_back(message.holds)
+        elif not any(isinstance(s, AgentScreen) for s in self.screen_stack) and not self._agent_stop:
+            self._stop_agent(run)
+        self._refresh_agent()
+
+    def on_agent_screen_pause_requested(self, _: AgentScreen.PauseRequested) -> None:
+        self._agent_pause.set()
+        self.notify("pausing after this step")
+
+    def on_agent_screen_stop_requested(self, _: AgentScreen.StopRequested) -> None:
+        self._stop_agent(self.controller.agent_run)
+
+    def _stop_agent(self, run) -> None:
+        """End `run`: its next step finishes it (the final allocation goes on the engine)."""
+        self._agent_stop = True
+        run.stop()
+        self._agent_pause.clear()
+        if not self.controller.agent_stepping:
+            self._step_agent(run)
+
+    def on_agent_screen_use_requested(self, _: AgentScreen.UseRequested) -> None:
+        """Make the run's allocation the current plan, with the statistics it was measured with; a run not
+        ended yet is stopped first and used when it has ended."""
+        run = self.controller.agent_run
+        self.screen.dismiss()
+        if run.done:
+            self._use_agent(calibrate=run.start_plan())
+        else:
+            self._agent_use = True
+            self._stop_agent(run)
+            self.notify("stopping the agent; its allocation is used when it has ended")
+
+    def _use_agent(self, calibrate: Plan | None) -> None:
+        if self.controller.use_agent(calibrate):
+            self._plan_changed()
+            if calibrate is not None:
+                self._run_prune(calibrate=calibrate)
+            self.notify("using the agent's allocation (u undoes)")
+
+    def _refresh_agent(self) -> None:
+        """Redraw the Agent screen (when it is open) and the header."""
+        for screen in self.screen_stack:
+            if isinstance(screen, AgentScreen):
+                screen.refresh_view()
+        self._refresh_header()
 
     # ----- sessions -----------------------------------------------------------------------------------
     def action_save(self) -> None:
@@ -763,15 +1012,16 @@ class WorkbenchApp(App):
     def _start_save(self, path: Path) -> None:
         controller = self.controller
         self._save_worker(path, controller.history.to_records(), controller.current_probes, self.theme,
-                          controller.comparison, controller.sensitivity)
+                          controller.comparison, controller.sensitivity, controller.agent)
 
     @work(thread=True, exclusive=True, group="save", exit_on_error=False)
-    def _save_worker(self, path: Path, history: list[dict], probes: list, theme: str, comparison, sensitivity) -> None:
+    def _save_worker(self, path: Path, history: list[dict], probes: list, theme: str, comparison, sensitivity,
+                     agent) -> None:
         from workbench.session import save_session, session_from_engine
 
         session = session_from_engine(self.engine, history=history, probes=probes, theme=theme,
                                       device=self.device, dtype=self.dtype)
-        session.comparison, session.sensitivity = comparison, sensitivity
+        session.comparison, session.sensitivity, session.agent = comparison, sensitivity, agent
         save_session(session, path)
         self.post_message(Saved(path))
 
@@ -825,6 +1075,7 @@ class WorkbenchApp(App):
             ("On a block", BlockPane.BINDINGS),
             ("Plots screen (v)", PlotsScreen.BINDINGS),
             ("Compare screen (c)", [*CompareScreen.BINDINGS, *CompareTable.BINDINGS]),
+            ("Agent screen (A)", AgentScreen.BINDINGS),
             ("Command palette", [Binding("ctrl+p", "", "Every command by name: methods, patterns, allocators, themes")]),
         ]
         if not isinstance(self.screen, HelpScreen):

@@ -1,8 +1,10 @@
 """The app's pruning state and its scheduling decisions, without any UI: the plan being edited and its
 history, the plan the engine has applied and the state it shows, the latest probe results, whether there
 are unsaved edits, whether an edit waits for its re-prune, and the work queued until a prune lands; the
-variants of the Compare screen with their comparison, and the sensitivity scan. While a comparison or a
-scan has the engine (it prunes other plans meanwhile), prunes and queued work wait until it is back.
+variants of the Compare screen with their comparison, the sensitivity scan, and the Agent screen's settings
+and run with the log of the run whose allocation was used. While a comparison, a scan or an agent run has
+the engine (it prunes other plans meanwhile), prunes and queued work wait until it is back; an agent run
+keeps it from its start until it ends, also while paused.
 
 The app's handlers and workers drive it (they own the timers, workers and widgets); it never calls the
 engine, so it is tested without Textual or a model. UI-free.
@@ -17,9 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from workbench.plan import Plan, weighted_mean
+from workbench.tui.edits import AgentForm
 from workbench.tui.history import EditHistory
 
 if TYPE_CHECKING:
+    from workbench.agent.loop import AgentRun
+    from workbench.agent.record import AgentLog
     from workbench.compare import Comparison, VariantResult
     from workbench.engine import Engine, EngineState
     from workbench.probes import ProbeResult
@@ -70,6 +75,10 @@ class Controller:
         self.comparison: Comparison | None = None
         self.queued: list[tuple[str, Plan]] = []  # variants added on the Compare screen, not measured yet
         self.sensitivity: Sensitivity | None = None
+        self.agent_form: AgentForm | None = None  # the Agent screen's settings, made when it first opens
+        self.agent_run: AgentRun | None = None  # the Agent screen's run, until the next one or another session
+        self.agent_stepping = False  # a worker steps the agent run
+        self.agent: AgentLog | None = None  # the log of the run whose allocation was used (saved with the session)
         self._edit_pending = False
         self._follow_ups: list[FollowUp] = []
         self._lent: str | None = None  # what has the engine: "comparing variants", "sensitivity scan"
@@ -83,7 +92,7 @@ class Controller:
         plan = applied or Plan()
         self._begin(plan, applied, EditHistory(plan))
         self.probes, self.probes_plan, self.dense_probes = [], None, {}
-        self.comparison, self.sensitivity = None, None
+        self.comparison, self.sensitivity, self.agent = None, None, None
         return None if applied is not None else plan
 
     def open(self, session: Session, path: Path, restored: bool, applied: Plan | None) -> Plan:
@@ -93,7 +102,7 @@ class Controller:
         self._begin(plan, applied, EditHistory.from_records(session.history, plan))
         self.probes, self.probes_plan = list(session.probes), plan
         self.dense_probes = {p.name: p for p in session.dense_probes}
-        self.comparison, self.sensitivity = session.comparison, session.sensitivity
+        self.comparison, self.sensitivity, self.agent = session.comparison, session.sensitivity, session.agent
         self.session_path = None if restored else path
         self.dirty = restored
         return session.calibrated_with or plan
@@ -101,6 +110,8 @@ class Controller:
     def _begin(self, plan: Plan, applied: Plan | None, history: EditHistory) -> None:
         self.plan, self.applied_plan, self.history = plan, applied, history
         self.queued = []
+        if self.agent_run is not None and self.agent_run.done:  # one still going keeps the engine: kept
+            self.agent_run = None
         self._edit_pending = False
         self._follow_ups.clear()
 
@@ -206,7 +217,7 @@ class Controller:
         """Why the state shown is not the current plan's ("re-pruning", or "not applied" after a cancel or
         a failure, or what has the engine); None when it is."""
         if self._lent is not None:
-            return self._lent
+            return "agent run paused (A)" if self.agent_paused else self._lent
         if self.applied:
             return None
         if self._edit_pending or pruning or self._follow_ups:
@@ -226,16 +237,16 @@ class Controller:
         """Whether the probe results shown were measured before the last edit."""
         return self.probes_plan != self.plan
 
-    # ----- comparisons and sensitivity scans ----------------------------------------------------------
+    # ----- comparisons, sensitivity scans and agent runs -----------------------------------------------
     def lend(self, what: str, restore: Plan | None) -> None:
-        """A comparison or a sensitivity scan (`what`) takes the engine. `restore`: the plan to calibrate
-        with afterwards, since the engine comes back holding statistics of its own (None: it comes back
-        in the plan it was given). A restore still pending (an earlier one was cancelled) is kept."""
+        """A comparison, a sensitivity scan or an agent run (`what`) takes the engine. `restore`: the plan to
+        calibrate with afterwards, since the engine comes back holding statistics of its own (None: it comes
+        back in the plan it was given). A restore still pending (an earlier one was cancelled) is kept."""
         self._lent, self._restore, self.applied_plan = what, restore or self._restore, None
 
     @property
     def lent(self) -> bool:
-        """Whether a comparison or a scan has the engine."""
+        """Whether a comparison, a scan or an agent run has the engine."""
         return self._lent is not None
 
     def returned(self, holds: Plan | None) -> Landing:
@@ -301,6 +312,19 @@ class Controller:
         self.dirty = True
 
     @property
+    def agent_paused(self) -> bool:
+        """Whether the agent run stopped stepping before it ended (it keeps the engine until it ends)."""
+        return self.agent_run is not None and not self.agent_run.done and not self.agent_stepping
+
+    def use_agent(self, calibrate: Plan | None) -> bool:
+        """Make the agent run's allocation the current plan (one edit) and keep the run's log for the session.
+        `calibrate`: the full prune that gives the plan the statistics the run measured with (None: the
+        engine holds them, as the run has just applied the plan). False when it is the current plan."""
+        run = self.agent_run
+        self.agent, self._restore, self.dirty = run.log(), calibrate, True
+        return self.edit(run.final_plan(), "agent allocation")
+
+    @property
     def current_probes(self) -> list[ProbeResult]:
         """The probe results of the current plan (none after an edit)."""
         return [] if self.probes_stale else list(self.probes)
@@ -311,15 +335,15 @@ class Controller:
         self.dirty = False
 
     def recovery_session(self, engine: Engine, device: str, dtype: str, theme: str) -> Session:
-        """What the recovery file holds: the current plan (applied or not), its history, probes, comparison
-        and sensitivity scan."""
+        """What the recovery file holds: the current plan (applied or not), its history, probes, comparison,
+        sensitivity scan and agent log."""
         from workbench.session import Session, current_versions
 
         return Session(
             model=engine.loaded.spec, device=device, dtype=dtype, calibration=engine.calibration, plan=self.plan,
             calibrated_with=self._restore or engine.calibrated_with or self.plan, history=self.history.to_records(),
             probes=self.current_probes, dense_probes=list(self.dense_probes.values()), theme=theme,
-            versions=current_versions(), comparison=self.comparison, sensitivity=self.sensitivity,
+            versions=current_versions(), comparison=self.comparison, sensitivity=self.sensitivity, agent=self.agent,
         )
 
     # ----- what the screens show ----------------------------------------------------------------------

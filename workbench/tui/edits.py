@@ -5,10 +5,12 @@ a short label for the history; the old plan is never modified. A slider says wha
 from __future__ import annotations
 
 import dataclasses
+import math
 
-from workbench.allocators import ALLOCATORS
+from workbench.allocators import ALLOCATORS, SEARCH
 from workbench.errors import WorkbenchError
 from workbench.plan import Plan
+from workbench.tui.format import params_text, parse_percent
 
 PARAMS_WHERE = "allocator_params"
 
@@ -52,10 +54,33 @@ def allocator_options() -> list[tuple[str, str]]:
     return described(ALLOCATORS)
 
 
-def parse_allocator_params(allocator: str, typed: dict[str, str]) -> dict[str, float]:
-    """Typed allocator parameters as numbers, checked by the allocator itself; ValueError naming one."""
-    values = {}
+def searches(allocator: str) -> bool:
+    """Whether the allocator decides by pruning and probing (a loop the Agent screen runs in sight)."""
+    return SEARCH in ALLOCATORS.get(allocator).needs
+
+
+def _editable(value) -> bool:
+    """A number or a word (not a recorded list, not a value left unset)."""
+    return isinstance(value, (int, float, str)) and not isinstance(value, bool)
+
+
+def param_fields(allocator: str, given: dict) -> list[tuple[str, str, str]]:
+    """(key, text, hint) of the parameters the params screen edits: numbers and words, `given` completed with
+    the defaults. Recorded parameters (lists, values unset until a search runs) are not edited."""
+    declared = ALLOCATORS.get(allocator)
+    values = {**declared.defaults, **given}
+    return [(key, f"{value:g}" if not isinstance(value, str) else value, declared.hints.get(key, ""))
+            for key, value in values.items() if _editable(declared.defaults[key])]
+
+
+def parse_allocator_params(allocator: str, typed: dict[str, str]) -> dict:
+    """Typed allocator parameters (numbers where the default is one, else words), checked by the allocator
+    itself; ValueError naming one."""
+    defaults, values = ALLOCATORS.get(allocator).defaults, {}
     for key, text in typed.items():
+        if isinstance(defaults.get(key), str):
+            values[key] = text.strip()
+            continue
         try:
             values[key] = float(text)
         except ValueError:
@@ -154,7 +179,169 @@ def choose_allocator(plan: Plan, allocator: str) -> tuple[Plan, str]:
             f"allocator {allocator}")
 
 
-def set_allocator_params(plan: Plan, params: dict[str, float]) -> tuple[Plan, str]:
-    """New parameters for the plan's allocator; manual overrides stay on top."""
-    shown = ", ".join(f"{k}={v:g}" for k, v in sorted(params.items()))
-    return _replace(plan, allocator_params=dict(params)), f"{plan.allocator} {shown}"
+def set_allocator_params(plan: Plan, params: dict) -> tuple[Plan, str]:
+    """New values for some parameters of the plan's allocator (the others are kept); manual overrides stay
+    on top."""
+    new = _replace(plan, allocator_params={**plan.allocator_params, **params})
+    return new, f"{plan.allocator} {params_text(params)}"
+
+
+# ----- structure: GLU width and dropped blocks ---------------------------------------------------------
+WIDTH_STEP = 0.1  # one key press moves an expansion ratio by this much, on a grid of this step
+
+
+def width_score_options() -> list[tuple[str, str]]:
+    """The GLU neuron scores to pick from, each with the first line of its description (they load torch)."""
+    from workbench.structured.width import NEURON_SCORES
+
+    return [(name, (NEURON_SCORES.get(name).__doc__ or "").split(":")[0]) for name in NEURON_SCORES.names()]
+
+
+def _structure(plan: Plan, **changes) -> Plan:
+    """`plan` with a copy of its structure changed (the old plan and structure are left alone)."""
+    old = plan.structure
+    fresh = {"width_overrides": dict(old.width_overrides), "drop_blocks": list(old.drop_blocks)}
+    fresh.update(changes)
+    return _replace(plan, structure=dataclasses.replace(old, **fresh))
+
+
+def _ratio_text(ratio: float | None) -> str:
+    return "full width" if ratio is None else f"width {ratio:g}x"
+
+
+def step_ratio(ratio: float | None, full: float, steps: int) -> float | None:
+    """An expansion ratio moved `steps` grid steps (None: full width, `full` = intermediate / hidden); the
+    first step from an in-between value lands on the grid, at least one step stays, reaching `full` is None."""
+    current = full if ratio is None else ratio
+    grid = current / WIDTH_STEP
+    start = math.floor(grid + 1e-6) if steps > 0 else math.ceil(grid - 1e-6)
+    moved = round(max(start + steps, 1) * WIDTH_STEP, 6)
+    return None if moved >= full - 1e-9 else moved
+
+
+def set_width(plan: Plan, ratio: float | None) -> tuple[Plan, str]:
+    """A new global expansion ratio (None: full width); per-block widths stay on top."""
+    return _structure(plan, width_ratio=ratio), f"global {_ratio_text(ratio)}"
+
+
+def set_block_width(plan: Plan, block: int, ratio: float) -> tuple[Plan, str]:
+    """An expansion ratio for one block (the block's full ratio keeps it at full width)."""
+    new = _structure(plan)
+    new.structure.width_overrides[block] = ratio
+    return new, f"block {block} {_ratio_text(ratio)}"
+
+
+def reset_block_width(plan: Plan, block: int) -> tuple[Plan, str]:
+    """Drop a block's own width: it follows the global expansion ratio again."""
+    new = _structure(plan)
+    new.structure.width_overrides.pop(block, None)
+    return new, f"block {block} width back to global"
+
+
+def toggle_drop(plan: Plan, block: int, blocks: int) -> tuple[Plan, str]:
+    """Drop block `block` from the forward pass, or bring it back; ValueError when it would drop every one
+    of the model's `blocks` blocks."""
+    dropped = list(plan.structure.drop_blocks)
+    if block in dropped:
+        dropped.remove(block)
+        return _structure(plan, drop_blocks=dropped), f"keep block {block}"
+    if len(dropped) + 1 >= blocks:
+        raise ValueError("cannot drop every block: at least one must run")
+    return _structure(plan, drop_blocks=sorted(dropped + [block])), f"drop block {block}"
+
+
+def choose_width_score(plan: Plan, score: str) -> tuple[Plan, str]:
+    """Another GLU neuron score (which neurons a narrower width keeps)."""
+    return _structure(plan, width_score=score), f"width score {score}"
+
+
+# ----- the Agent screen's settings -------------------------------------------------------------------
+LLM_POLICY = "llm"  # the policy that asks an endpoint (its URL and model are part of the form)
+AGENT_HINTS = {  # one line each in the settings form
+    "policy": "builtin (offline, greedy) or llm (an OpenAI-compatible endpoint)",
+    "target": "global target sparsity in percent (the plan's by default)",
+    "step": "largest raise of one block in one step, in points",
+    "max_steps": "the run stops after this many steps",
+    "rollback": "roll a step back when perplexity rises more than this (%)",
+    "url": "llm: the API base, e.g. http://127.0.0.1:8080/v1",
+    "model": "llm: the model name sent",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentForm:
+    """The Agent screen's settings (fractions, not percent); `target` None follows the plan's global target.
+    No key here: the LLM policy reads it from the environment, and it is never shown or saved."""
+
+    policy: str
+    target: float | None
+    step: float
+    max_steps: int
+    rollback: float
+    url: str
+    model: str
+
+    @classmethod
+    def defaults(cls) -> "AgentForm":
+        """The loop's defaults; URL and model from the environment (see `LLMSettings`)."""
+        from workbench.agent.loop import AgentSettings
+
+        s = AgentSettings()
+        return cls("builtin", None, s.step, s.max_steps, s.rollback, s.llm.url, s.llm.model)
+
+    @property
+    def asks_llm(self) -> bool:
+        """Whether the policy asks an endpoint (URL and model apply)."""
+        return self.policy == LLM_POLICY
+
+    def settings(self):
+        """The run's `AgentSettings`."""
+        from workbench.agent.loop import AgentSettings
+        from workbench.agent.policies.llm import LLMSettings
+
+        return AgentSettings(step=self.step, max_steps=self.max_steps, rollback=self.rollback,
+                             llm=LLMSettings(url=self.url, model=self.model))
+
+    def plan_for(self, plan: Plan) -> Plan:
+        """The plan the run starts from: `plan`'s method at the form's target."""
+        return _replace(plan, sparsity=self.target if self.target is not None else plan.sparsity)
+
+
+def agent_fields(form: AgentForm, plan_target: float) -> list[tuple[str, str, str]]:
+    """(key, text, hint) of each setting, percentages in percent."""
+    target = form.target if form.target is not None else plan_target
+    texts = {"policy": form.policy, "target": f"{100 * target:g}", "step": f"{100 * form.step:g}",
+             "max_steps": str(form.max_steps), "rollback": f"{100 * form.rollback:g}", "url": form.url,
+             "model": form.model}
+    return [(key, text, AGENT_HINTS[key]) for key, text in texts.items()]
+
+
+def _percent(key: str, text: str) -> float:
+    try:
+        return parse_percent(text)
+    except ValueError as error:
+        raise ValueError(f"{key}: {error}") from None
+
+
+def parse_agent_form(typed: dict[str, str], plan_target: float) -> AgentForm:
+    """The typed settings, checked as the loop and the policy check them; ValueError naming one. A target
+    equal to the plan's keeps following it."""
+    from workbench.agent.policies import POLICIES, make_policy
+
+    policy = typed["policy"].strip()
+    if policy not in POLICIES.names():
+        raise ValueError(f"policy: unknown {policy!r} (known: {', '.join(POLICIES.names())})")
+    target = _percent("target", typed["target"])
+    try:
+        max_steps = int(typed["max_steps"])
+    except ValueError:
+        raise ValueError(f"max_steps: not a whole number: {typed['max_steps']!r}") from None
+    form = AgentForm(policy, None if abs(target - plan_target) < 1e-9 else target, _percent("step", typed["step"]),
+                     max_steps, _percent("rollback", typed["rollback"]), typed["url"].strip(), typed["model"].strip())
+    try:
+        settings = form.settings()
+        settings.check()
+        make_policy(policy, settings)
+    except WorkbenchError as error:
+        raise ValueError(f"{error.where.removeprefix('--agent-')}: {error.what}") from None
+    return form

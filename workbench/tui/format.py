@@ -8,6 +8,8 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+from workbench.agent.record import ACCEPTED, NO_ACTION, ROLLED_BACK
+
 LEVELS = "▁▂▃▄▅▆▇█"
 MAX_PERCENT = 99.0
 
@@ -240,6 +242,62 @@ def heat_cells(deltas: Sequence[float | None], higher_is_better: bool) -> list[C
     return cells
 
 
+def influence_cells(scores: Sequence[float | None]) -> list[Cell]:
+    """The influence column, per block: the LayerIF influence score (lower: a better-trained block, pruned
+    less), right-aligned in 6 characters; a dim dash where it is unknown."""
+    return [Cell(f"{short(s):>6}") if s is not None else Cell(f"{'-':>6}", "dim") for s in scores]
+
+
+WIDTH_CELL = 9  # "2.4x 1383", "dropped"
+
+
+def kept_text(count: int) -> str:
+    """Neurons kept in at most 4 characters: 1383, 14k."""
+    return str(count) if count < 10_000 else f"{count // 1000}k"
+
+
+def width_cells(blocks: Sequence, structure, hidden: int) -> list[Cell]:
+    """The width column, per block: the expansion ratio the plan asks for (the full one where it sets none)
+    and the neurons the block keeps now, dim at full width; "dropped" for a block the plan drops."""
+    cells = []
+    for block in blocks:
+        if block.index in structure.drop_blocks:
+            cells.append(Cell(f"{'dropped':>{WIDTH_CELL}}", "dim"))
+            continue
+        ratio = structure.width_overrides.get(block.index, structure.width_ratio)
+        kept = block.width or block.intermediate
+        text = f"{ratio if ratio is not None else block.intermediate / hidden:.1f}x {kept_text(kept):>4}"
+        cells.append(Cell(f"{text:>{WIDTH_CELL}}", "dim" if block.width is None else ""))
+    return cells
+
+
+def global_width_cell(structure) -> Cell:
+    """The global row's width: its expansion ratio (or "full") and the neuron score."""
+    ratio = "full" if structure.width_ratio is None else f"{structure.width_ratio:.1f}x"
+    return Cell(f"{ratio + ' ' + structure.width_score:>{WIDTH_CELL}}")
+
+
+def depth_cells(blocks: Sequence) -> list[Cell]:
+    """The depth column, per block: block influence and the angular distance to the next block (of the dense
+    model; low values mark blocks that change the hidden state least); dim dashes where unknown."""
+    def number(value: float | None) -> str:
+        return f"{short(value) if value is not None else '-':>5}"
+
+    return [Cell(f"{number(b.block_influence)} {number(b.angular_distance)}",
+                 "" if b.block_influence is not None else "dim") for b in blocks]
+
+
+def structured(structure, blocks: Sequence) -> bool:
+    """Whether the plan removes anything or the state shown has shrunk or dropped blocks (the width column
+    and the width plot appear)."""
+    return not structure.is_dense() or any(b.dropped or b.width is not None for b in blocks)
+
+
+def block_widths(blocks: Sequence, hidden: int) -> list[float]:
+    """Each block's expansion ratio as it runs (kept neurons / hidden size; 0 for a dropped block)."""
+    return [0.0 if b.dropped else (b.width or b.intermediate) / hidden for b in blocks]
+
+
 def symbol(name: str) -> str:
     """A parameter named after a Greek letter as that letter ("lambda" -> "λ", "alpha" -> "α"); any other
     name as it is."""
@@ -251,14 +309,48 @@ def symbol(name: str) -> str:
         return name
 
 
+def param_text(key: str, value) -> str | None:
+    """One allocator parameter in a line of text: "M=5", "estimator=datainf", a list as its length
+    ("12 steps"); None (nothing recorded yet) as nothing."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        return f"{len(value)} {key}"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{symbol(key)}={value:g}"
+    return f"{symbol(key)}={value}"
+
+
+def params_text(values: dict) -> str:
+    """Allocator parameters in a line: lists first ("12 steps"), then the rest by name."""
+    ordered = sorted(values.items(), key=lambda kv: (not isinstance(kv[1], (list, tuple)), kv[0]))
+    return " ".join(text for k, v in ordered if (text := param_text(k, v)) is not None)
+
+
+def structure_text(structure) -> str:
+    """"width 2.4x ppm, 2 block widths, drop 1,3": the structure in a few words ("" when nothing is removed)."""
+    parts = []
+    if structure.width_ratio is not None or structure.width_overrides:
+        width = f"width {structure.width_ratio:g}x" if structure.width_ratio is not None else "width"
+        parts.append(f"{width} {structure.width_score}")
+        if structure.width_overrides:
+            count = len(structure.width_overrides)
+            parts.append(f"{count} block width{'s' if count > 1 else ''}")
+    if structure.drop_blocks:
+        parts.append("drop " + ",".join(map(str, structure.drop_blocks)))
+    return ", ".join(parts)
+
+
 def plan_line(model: str, plan, session: str | None, dirty: bool, allocator_defaults: dict | None = None) -> str:
-    """"tiny · wanda · owl M=5 λ=0.08 · unstructured · run.toml*": what is being pruned, and how (the
-    allocator's parameters completed with its defaults)."""
+    """"tiny · wanda · owl M=5 λ=0.08 · unstructured · width 2.4x ppm · run.toml*": what is being pruned,
+    and how (the allocator's parameters completed with its defaults, the structure when it removes anything)."""
     allocator = plan.allocator
-    values = {**(allocator_defaults or {}), **plan.allocator_params}
-    if values:
-        allocator += " " + " ".join(f"{symbol(k)}={v:g}" for k, v in sorted(values.items()))
+    shown = params_text({**(allocator_defaults or {}), **plan.allocator_params})
+    if shown:
+        allocator += " " + shown
     parts = [model, plan.method, allocator, plan.pattern or "unstructured"]
+    if not plan.structure.is_dense():
+        parts.append(structure_text(plan.structure))
     if session:
         parts.append(session + ("*" if dirty else ""))
     elif dirty:
@@ -287,3 +379,48 @@ def probes_line(results: list, dense: dict, stale: bool) -> list[Cell]:
     if stale:
         cells.append(Cell("(before the last edit)", "dim"))
     return cells
+
+
+# ----- the Agent screen ---------------------------------------------------------------------------------
+AGENT_COLUMNS = ("step", "raised", "global", "ppl", "Δppl", "outcome", "time")
+OUTCOME_TONES = {ACCEPTED: "success", ROLLED_BACK: "error", NO_ACTION: "dim"}
+
+
+def agent_step_cells(record) -> list[Cell]:
+    """One row of the step log (a `StepRecord`): step, the blocks raised and by how many points, the global
+    target after the step, the measured perplexity and its change over the checkpoint, the outcome, seconds."""
+    raised = "-"
+    if record.blocks:
+        points = sorted({round(100 * by, 2) for by in record.by})
+        raised = f"+{'/'.join(f'{p:g}' for p in points)} on {','.join(map(str, record.blocks))}"
+    change = "-" if record.change is None else f"{record.change:+.1%}"
+    return [Cell(str(record.index)), Cell(raised), Cell(pct(record.sparsity)), Cell(short(record.ppl)), Cell(change),
+            Cell(record.outcome, OUTCOME_TONES.get(record.outcome, "")), Cell(f"{record.seconds:.1f}s")]
+
+
+def agent_settings_line(form, target: float) -> str:
+    """"Agent · builtin · target 60.0% · step 2.5 pts · max 40 steps · rollback 10%" (an LLM policy adds
+    the model it asks)."""
+    parts = ["Agent", form.policy, f"target {pct(target)}", f"step {100 * form.step:g} pts",
+             f"max {form.max_steps} steps", f"rollback {pct(form.rollback, 0)}"]
+    if form.asks_llm and form.model:
+        parts.insert(2, form.model)
+    return " · ".join(parts)
+
+
+def agent_run_line(run, stepping: bool) -> list[Cell]:
+    """How the run stands (an `AgentRun`, or None): steps taken, accepted and rolled back, the global target
+    reached, and whether it runs, is paused or stopped (why, and the final perplexity)."""
+    if run is None:
+        return [Cell("no run yet: r starts the agent, e edits the settings", "dim")]
+    records = run.records
+    accepted, rolled = (sum(r.outcome == outcome for r in records) for outcome in (ACCEPTED, ROLLED_BACK))
+    cells = [Cell(f"{len(records)} steps: {accepted} accepted, {rolled} rolled back")]
+    if records:
+        cells.append(Cell(f"· global {pct(records[-1].sparsity)}"))
+    if stepping:
+        return cells + [Cell("· running", "warning")]
+    if not run.done:
+        return cells + [Cell("· paused (r resumes)", "warning")]
+    final = f", ppl {short(run.final_ppl)}" if run.final_ppl is not None else ""
+    return cells + [Cell(f"· stopped: {run.stop_reason}{final}", "dim")]

@@ -11,6 +11,8 @@ from textual.message import Message
 from workbench.plan import Plan
 
 if TYPE_CHECKING:  # torch stays unloaded until the model loads
+    from workbench.agent.loop import AgentRun
+    from workbench.agent.record import StepRecord
     from workbench.compare import Comparison
     from workbench.engine import Engine, EngineState
     from workbench.probes import ProbeResult
@@ -100,4 +102,20 @@ class Scanned(Message):
     back, holding `holds`."""
 
     sensitivity: Sensitivity | None
+    holds: Plan | None
+
+
+@dataclass
+class AgentStepped(Message):
+    """The agent run took a step."""
+
+    record: StepRecord
+
+
+@dataclass
+class AgentHalted(Message):
+    """The agent worker ended (the run ended, was paused or cancelled, or failed); the engine holds `holds`.
+    Until the run has ended the engine stays lent to it."""
+
+    run: AgentRun
     holds: Plan | None

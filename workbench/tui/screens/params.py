@@ -1,6 +1,9 @@
-"""A modal to edit the numeric parameters of the plan's allocator, with the allocator's own hints."""
+"""A modal form: the parameters of the plan's allocator, the Agent screen's settings; one input per field,
+each with its hint."""
 
 from __future__ import annotations
+
+from typing import Any, Callable
 
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -8,55 +11,59 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label
 
-from workbench.allocators import ALLOCATORS
-from workbench.tui.edits import parse_allocator_params
+Field = tuple[str, str, str]  # key, text, hint
 
 
-class ParamsScreen(ModalScreen[dict | None]):
-    """One input per parameter of `allocator` (`given` completed with its defaults); enter accepts (the
-    allocator checks the values), escape cancels. Dismisses with the values or None."""
+class ParamsScreen(ModalScreen[Any]):
+    """One input per field (key, text, hint) under `title`; enter hands the typed texts to `parse`, whose
+    ValueError (naming the field) is shown; escape cancels. `note` is one more line under the fields.
+    Dismisses with what `parse` returned, or None."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel", id="params.cancel")]
 
     DEFAULT_CSS = """
     ParamsScreen { align: center middle; }
     ParamsScreen > Vertical {
-        width: 70; max-width: 100%; height: auto; border: round $primary; background: $surface; padding: 0 1;
+        width: 76; max-width: 100%; height: auto; max-height: 100%; border: round $primary; background: $surface;
+        padding: 0 1; overflow-y: auto;
     }
-    ParamsScreen Horizontal { height: auto; }
-    ParamsScreen Horizontal > Label { width: 8; padding-top: 1; }
-    ParamsScreen Input { width: 1fr; }
-    ParamsScreen .hint { color: $foreground 60%; }
+    ParamsScreen Horizontal { height: 1; }
+    ParamsScreen Horizontal > Label { width: 10; }
+    ParamsScreen Input { width: 1fr; height: 1; border: none; padding: 0 1; background: $boost; }
+    ParamsScreen Input:focus { border: none; background: $primary 30%; }
+    ParamsScreen .hint { width: 1fr; color: $foreground 60%; }
     ParamsScreen .error { color: $error; }
     """
 
-    def __init__(self, allocator: str, given: dict[str, float]):
+    def __init__(self, title: str, fields: list[Field], parse: Callable[[dict[str, str]], Any], note: str = ""):
         super().__init__()
-        self.allocator = allocator
-        declared = ALLOCATORS.get(allocator)
-        self.params = {**declared.defaults, **given}
-        self.hints = declared.hints
+        self.title_text = title
+        self.fields = fields
+        self.parse = parse
+        self.note = note
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label(f"{self.allocator} parameters")
-            for key, value in self.params.items():
+            yield Label(self.title_text)
+            for key, text, hint in self.fields:
                 with Horizontal():
                     yield Label(key)
-                    yield Input(value=f"{value:g}", id=f"param-{key}")
-                if key in self.hints:
-                    yield Label(self.hints[key], classes="hint")
+                    yield Input(value=text, id=f"param-{key}")
+                if hint:
+                    yield Label(hint, classes="hint")
+            if self.note:
+                yield Label(self.note, classes="hint")
             yield Label("enter: apply   escape: cancel", classes="hint")
             yield Label("", classes="error", id="error")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
-        typed = {key: self.query_one(f"#param-{key}", Input).value for key in self.params}
+        typed = {key: self.query_one(f"#param-{key}", Input).value for key, _, _ in self.fields}
         try:
-            values = parse_allocator_params(self.allocator, typed)
+            value = self.parse(typed)
         except ValueError as exc:
             self.query_one("#error", Label).update(str(exc))
             return
-        self.dismiss(values)
+        self.dismiss(value)
 
     def action_cancel(self) -> None:
         self.dismiss(None)

@@ -1,5 +1,5 @@
-"""The plots: allocation across blocks with outlier ratios, the |W| histogram of the selected linear,
-and probe results across the edit history."""
+"""The plots: allocation across blocks with outlier ratios (and influence scores once computed, and the width
+per block with the depth scores once the plan is structured or they are computed), the |W| histogram of the selected linear, and probe results across the edit history."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from textual.widgets import Footer, TabbedContent, TabPane
 from textual.worker import Worker
 
 from workbench.tui.controller import Controller
-from workbench.tui.format import pct
+from workbench.tui.format import block_widths, pct, structured
 from workbench.tui.messages import HistogramReady
-from workbench.tui.widgets.plots import AllocationPlot, HistogramPlot, ProbePlot
+from workbench.tui.widgets.plots import AllocationPlot, HistogramPlot, InfluencePlot, ProbePlot, StructurePlot
 
 if TYPE_CHECKING:
     from workbench.engine import Engine
@@ -35,6 +35,8 @@ class PlotsScreen(Screen):
     DEFAULT_CSS = """
     PlotsScreen TabbedContent { height: 1fr; }
     PlotsScreen TabPane { padding: 0; }
+    PlotsScreen InfluencePlot, PlotsScreen StructurePlot { height: 40%; display: none; }
+    PlotsScreen InfluencePlot.-shown, PlotsScreen StructurePlot.-shown { display: block; }
     """
 
     def __init__(self, controller: Controller, engine: Engine, linear: str, tab: str = "allocation"):
@@ -48,6 +50,8 @@ class PlotsScreen(Screen):
         with TabbedContent(initial=self.initial_tab):
             with TabPane("1 allocation", id="allocation"):
                 yield AllocationPlot()
+                yield InfluencePlot()
+                yield StructurePlot()
             with TabPane("2 |W| histogram", id="histogram"):
                 yield HistogramPlot()
             with TabPane("3 probes", id="probes"):
@@ -68,6 +72,17 @@ class PlotsScreen(Screen):
         self.query_one(AllocationPlot).draw(controller.block_targets(), [b.achieved for b in blocks],
                                             [b.outlier_ratio for b in blocks],
                                             f"{plan.allocator} allocation, target {pct(plan.sparsity)}")
+        influence = [b.influence for b in blocks]
+        shown = any(s is not None for s in influence)
+        self.query_one(InfluencePlot).set_class(shown, "-shown")
+        if shown:
+            self.query_one(InfluencePlot).draw(influence)
+        bi, angular = [b.block_influence for b in blocks], [b.angular_distance for b in blocks]
+        widths = block_widths(blocks, self.engine.shaper.hidden)
+        shown = structured(plan.structure, blocks) or any(s is not None for s in bi)
+        self.query_one(StructurePlot).set_class(shown, "-shown")
+        if shown:
+            self.query_one(StructurePlot).draw(widths, bi, angular)
         edits, series = controller.history.probe_series()
         self.query_one(ProbePlot).draw(edits, series, controller.dense_probes)
         if histogram:

@@ -16,7 +16,8 @@ from workbench.tui.widgets.stat_row import StatRow
 
 class BlockPane(Vertical):
     """A block row with a slider and statistics; enter (or a click on its number) shows its linears, each
-    with a slider of its own. Linear rows are built on first expansion."""
+    with a slider of its own. Linear rows are built on first expansion. A dropped block is dimmed and struck
+    through (class -dropped)."""
 
     BINDINGS = [Binding("enter,space", "toggle", "Expand/collapse block", id="block.toggle", show=False)]
 
@@ -26,6 +27,9 @@ class BlockPane(Vertical):
     BlockPane.-expanded > .linears { display: block; }
     BlockPane.-expanded > .block-row { background: $boost; }
     BlockPane .linear-row > .row-label { color: $foreground 60%; }
+    BlockPane.-dropped > .block-row > .row-label, BlockPane.-dropped > .block-row > .stats {
+        color: $foreground 40%; text-style: strike;
+    }
     """
 
     expanded: reactive[bool] = reactive(False)
@@ -35,7 +39,7 @@ class BlockPane(Vertical):
         self.index = index
         self.initial = value
         self._last: tuple | None = None
-        self._heat: Cell | None = None
+        self._columns: dict[str, Cell | None] = {}  # the optional columns' cells (width, sensitivity, influence...)
 
     def compose(self) -> ComposeResult:
         yield StatRow(BlockKey(self.index), self._label(), f"block {self.index}", self.initial, classes="block-row")
@@ -80,16 +84,17 @@ class BlockPane(Vertical):
         if self.is_mounted:
             self._show_block(move=targets is not None)
 
-    def show_heat(self, cell: Cell | None) -> None:
-        """The block's cell of the sensitivity column."""
-        self._heat = cell
+    def show_column(self, column: str, cell: Cell | None) -> None:
+        """The block's cell of an optional column ("width", "heat": sensitivity, "influence", "depth")."""
+        self._columns[column] = cell
         if self.is_mounted:
-            self.row.show_heat(cell)
+            self.row.show_column(column, cell)
 
     def on_mount(self) -> None:
         if self._last is not None:
             self._show_block(move=True)
-        self.row.show_heat(self._heat)
+        for column, cell in self._columns.items():
+            self.row.show_column(column, cell)
 
     def _show_block(self, move: bool) -> None:
         block, scale, targets, overridden, locked = self._last

@@ -6,13 +6,14 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Static
 
-from workbench.tui.format import CORE_COLUMNS, EXTRA_COLUMNS, columns_width, headings
+from workbench.tui.format import CORE_COLUMNS, EXTRA_COLUMNS, WIDTH_CELL, columns_width, headings
 from workbench.tui.widgets.stat_row import LABEL_WIDTH
 
 
 class HeadingsRow(Horizontal):
-    """blk, target sparsity, the sensitivity column (once there is a scan) and the statistic columns (extra
-    ones on wide terminals)."""
+    """blk, target sparsity, the width column (once the plan shrinks or drops anything), the sensitivity
+    column (once there is a scan), the influence column (once LayerIF scores are computed), the depth column
+    (once block scores are computed) and the statistic columns (extra ones on wide terminals)."""
 
     DEFAULT_CSS = f"""
     HeadingsRow {{ height: 1; color: $foreground 60%; text-style: bold; }}
@@ -25,7 +26,10 @@ class HeadingsRow(Horizontal):
     def compose(self) -> ComposeResult:
         yield Static("blk", classes="row-label")
         yield Static("target sparsity", classes="heading-target")
+        yield Static(f"{'width':>{WIDTH_CELL}}", classes="width")
         yield Static("", classes="heat")
+        yield Static(f"{'infl':>6}", classes="influence")
+        yield Static(f"{'bi':>5} {'ang':>5}", classes="depth")
         yield Static(headings(CORE_COLUMNS), classes="stats")
         yield Static(headings(EXTRA_COLUMNS), classes="stats-extra")
 

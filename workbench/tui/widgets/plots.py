@@ -1,6 +1,8 @@
-"""The three plots of the plots screen: the allocation across blocks with outlier ratios, the |W|
-histogram of one linear, and probe results across the edit history; and the Compare screen's plot of the
-variants' allocations."""
+"""The plots of the plots screen: the allocation across blocks with outlier ratios (and below it the LayerIF
+influence scores once computed, and the width per block with block influence and angular distance once the
+plan is structured or they are computed), the |W| histogram of one linear, and probe results across the
+edit history; the Compare screen's plot of the variants' allocations; the Agent screen's perplexity and
+global target per step."""
 
 from __future__ import annotations
 
@@ -8,7 +10,10 @@ from typing import TYPE_CHECKING
 
 from textual_plotext import PlotextPlot
 
+from workbench.agent.record import ACCEPTED, ROLLED_BACK
+
 if TYPE_CHECKING:
+    from workbench.agent.record import StepRecord
     from workbench.probes import ProbeResult
 
 
@@ -38,6 +43,37 @@ class AllocationPlot(Plot):
         plt.plot(blocks, [100 * t for t in targets], label="target %", marker="hd")
         plt.scatter(blocks, [100 * a for a in achieved], label="achieved %", marker="x")
         plt.title(title)
+        plt.xlabel("block")
+        self.refresh()
+
+
+class InfluencePlot(Plot):
+    """The LayerIF influence score per block (lower: a better-trained block, pruned less)."""
+
+    def draw(self, scores: list[float | None]) -> None:
+        plt = self._clear()
+        points = [(i, s) for i, s in enumerate(scores) if s is not None]
+        plt.plot([i for i, _ in points], [s for _, s in points], label="influence", marker="hd")
+        plt.xticks(list(range(len(scores))))
+        plt.title("influence score per block (lower: pruned less)")
+        plt.xlabel("block")
+        self.refresh()
+
+
+class StructurePlot(Plot):
+    """The GLU expansion ratio each block runs with (left axis; 0: dropped), with block influence and the
+    angular distance to the next block (right axis) once computed."""
+
+    def draw(self, widths: list[float], influence: list[float | None], angular: list[float | None]) -> None:
+        plt = self._clear()
+        blocks = list(range(len(widths)))
+        plt.bar(blocks, widths, label="width x (0: dropped)", width=0.4, fill=False)
+        for name, scores in (("block influence (right)", influence), ("angular distance (right)", angular)):
+            points = [(i, s) for i, s in enumerate(scores) if s is not None]
+            if points:
+                plt.plot([i for i, _ in points], [s for _, s in points], label=name, marker="hd", yside="right")
+        plt.xticks(blocks)
+        plt.title("width and depth scores per block")
         plt.xlabel("block")
         self.refresh()
 
@@ -87,4 +123,22 @@ class VariantsPlot(Plot):
             plt.plot(list(range(len(targets))), [100 * t for t in targets], label=name, marker="hd")
         plt.title("target % per block" if allocations else "no results yet: r runs the variants")
         plt.xlabel("block")
+        self.refresh()
+
+
+class AgentPlot(Plot):
+    """Perplexity per step (left axis: accepted steps as a line, rolled-back ones as crosses) and the global
+    target after each step (right axis, percent)."""
+
+    def draw(self, records: list[StepRecord]) -> None:
+        plt = self._clear()
+        for outcome, marker, plot in ((ACCEPTED, "hd", plt.plot), (ROLLED_BACK, "x", plt.scatter)):
+            points = [(r.index, r.ppl) for r in records if r.outcome == outcome and r.ppl is not None]
+            if points:
+                plot([x for x, _ in points], [y for _, y in points], label=f"ppl {outcome}", marker=marker)
+        if records:
+            plt.plot([r.index for r in records], [100 * r.sparsity for r in records], label="global % (right)",
+                     marker="dot", yside="right")
+        plt.title("perplexity and global target per step" if records else "no steps yet: r runs the agent")
+        plt.xlabel("step")
         self.refresh()

@@ -1,5 +1,7 @@
-"""One line of the block list: a label, a sparsity slider, the sensitivity column (shown once there is a
-scan) and the statistics of a block or a linear."""
+"""One line of the block list: a label, a sparsity slider, the width column (shown once the plan shrinks
+or drops anything), the sensitivity column (shown once there is a scan), the influence column (shown once
+LayerIF scores are computed), the depth column (block influence and angular distance, once computed) and
+the statistics of a block or a linear."""
 
 from __future__ import annotations
 
@@ -35,7 +37,10 @@ class StatRow(Horizontal):
     def compose(self) -> ComposeResult:
         yield Static(self.label_text, classes="row-label")
         yield Slider(self.key, self.initial, label=self.title)
+        yield Static("", classes="width")
         yield Static("", classes="heat")
+        yield Static("", classes="influence")
+        yield Static("", classes="depth")
         yield Static("", classes="stats")
         yield Static("", classes="stats-extra")
 
@@ -53,9 +58,9 @@ class StatRow(Horizontal):
         self.query_one(".stats", Static).update(cells_markup(core_cells(row, scale)))
         self.query_one(".stats-extra", Static).update(cells_markup(extra_cells(row)))
 
-    def show_heat(self, cell: Cell | None) -> None:
-        """The sensitivity column's cell (None: blank)."""
-        self.query_one(".heat", Static).update(cells_markup([cell]) if cell else "")
+    def show_column(self, column: str, cell: Cell | None) -> None:
+        """The cell of an optional column ("width", "heat": sensitivity, "influence", "depth"); None: blank."""
+        self.query_one(f".{column}", Static).update(cells_markup([cell]) if cell else "")
 
     def show_target(self, value: float, overridden: bool, locked: bool) -> None:
         """Move the slider to `value` (no change message); mark manual values and locked sliders."""

@@ -1,0 +1,78 @@
+"""LayerIF, influence-guided layerwise sparsity (Askari et al., arXiv 2505.23811; scores as in
+HadiAskari/Expert_Allocation `LayerIF_Computation/`, mapping as in HadiAskari/LayerIF_Pruning_New
+`lib/prune.py`, which is AlphaPruning's `ww_sparsity`).
+
+Each block gets an influence score from per-example gradients of the dense model (`workbench.gradients`):
+DataInf (or the plain gradient dot product, `identity`) over training x validation windows of the
+calibration source, summed per block (`positive`: the paper's cumulative positive influence; `all`: the
+released notebook). A lower score marks a better-trained block, which is pruned less:
+r_i = (S_i - min S) / (max S - min S) * 2 eps + (1 - eps), scaled by S * sum N / sum N r so the
+parameter-weighted mean is the target, capped at 0.99 (a rebalance keeps the mean exact).
+
+Departures from the paper: for the cost on a CPU (the embedded model's scores take about 85 s on two
+cores; the time grows with (train + val) x seqlen), 24 training and 8 validation windows of 64 tokens
+from the calibration source instead of 300 and 96 task examples of up to 128 tokens (all sizes are
+parameters); a final rebalance instead of a bare cap, so the mean stays exact when a block is capped.
+"""
+
+from workbench.allocators import ALLOCATORS, GRADIENTS, AllocationContext, Allocator, InfluenceSpec, rebalance
+from workbench.errors import WorkbenchError
+
+ESTIMATORS = ("datainf", "identity")  # as in workbench.gradients.ESTIMATORS
+AGGREGATES = ("positive", "all")
+SCOPES = ("attention", "all")
+CHOICES = {"estimator": ESTIMATORS, "aggregate": AGGREGATES, "scope": SCOPES}
+COUNTS = {"train": 1, "val": 1, "seqlen": 2}  # integer parameters and their least value
+
+
+def check_layerif(params: dict, where: str) -> None:
+    """eps in [0, 1); estimator, aggregate and scope known; example counts and length whole numbers."""
+    if not 0 <= params["eps"] < 1:
+        raise WorkbenchError(f"{where}.eps", f"must be in [0, 1), got {params['eps']}")
+    for key, choices in CHOICES.items():
+        if params[key] not in choices:
+            raise WorkbenchError(f"{where}.{key}", f"unknown {key} {params[key]!r} (use {', '.join(choices)})")
+    for key, least in COUNTS.items():
+        if params[key] != int(params[key]) or params[key] < least:
+            raise WorkbenchError(f"{where}.{key}", f"must be a whole number >= {least}, got {params[key]}")
+
+
+def influence_spec(params: dict) -> InfluenceSpec:
+    """The influence scores the allocator reads."""
+    return InfluenceSpec(params["estimator"], params["aggregate"], params["scope"],
+                         int(params["train"]), int(params["val"]), int(params["seqlen"]))
+
+
+def linear_map(scores: list[float], numels: list[int], sparsity: float, eps: float) -> list[float]:
+    """AlphaPruning's map: scores linearly into [1 - eps, 1 + eps], times the factor that makes the
+    `numels`-weighted mean `sparsity`, capped at 0.99 (the mean kept exact); equal scores, uniform."""
+    lo, hi = min(scores), max(scores)
+    if hi <= lo:
+        return [sparsity] * len(scores)
+    ratios = [(s - lo) / (hi - lo) * 2 * eps + (1 - eps) for s in scores]
+    scale = sparsity * sum(numels) / sum(n * r for n, r in zip(numels, ratios))
+    return rebalance([r * scale for r in ratios], numels, sparsity)
+
+
+def allocate_layerif(ctx: AllocationContext, sparsity: float, **params) -> list[float]:
+    """Per-block targets from the dense model's influence scores (`params` checked by `check_layerif`)."""
+    if ctx.influence is None:
+        raise WorkbenchError("allocator layerif", "influence scores are not available here")
+    return linear_map(ctx.influence(influence_spec(params)), ctx.block_numels, sparsity, params["eps"])
+
+
+ALLOCATORS.add(Allocator(
+    "layerif", allocate_layerif,
+    defaults={"eps": 0.3, "estimator": "datainf", "aggregate": "positive", "scope": "attention",
+              "train": 24, "val": 8, "seqlen": 64},
+    description="influence-guided: blocks with lower influence (better trained) pruned less, about S x (1 +- eps)",
+    needs=frozenset({GRADIENTS}),
+    hints={"eps": "targets span the global target x [1 - eps, 1 + eps], in [0, 1)",
+           "estimator": "datainf (inverse-Hessian approximation) or identity (plain gradient dot product)",
+           "aggregate": "positive (sum of positive influences, the paper) or all (every influence)",
+           "scope": "gradients of attention (q, k, v, o, the paper) or all linears",
+           "train": "training windows for the influence (whole number >= 1; cost grows with train + val)",
+           "val": "validation windows for the influence (whole number >= 1)",
+           "seqlen": "tokens per window (>= 2; the paper uses up to 128)"},
+    check=check_layerif, influence=influence_spec,
+))
