@@ -291,3 +291,15 @@ def test_cli_agent_lines_per_step(tiny_model_dir, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("step 1: +2.5 on ") and ("accepted" in lines[0] or "rolled back" in lines[0])
     assert any("block targets" in line for line in lines)
+
+
+def test_the_agent_refuses_a_plan_that_drops_blocks():
+    from tests.conftest import make_engine
+    from workbench.agent.loop import AgentRun, AgentSettings
+    from workbench.agent.policies import make_policy
+    from workbench.errors import WorkbenchError
+    from workbench.plan import Plan, Structure
+
+    settings = AgentSettings()
+    with pytest.raises(WorkbenchError, match="agent: runs on plans that drop no blocks"):
+        AgentRun(make_engine(), Plan(sparsity=0.6, structure=Structure(drop_blocks=[1])), make_policy("builtin", settings), settings)

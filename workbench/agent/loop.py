@@ -97,6 +97,8 @@ class AgentRun:
         self.settings.check()
         if plan.pattern:
             raise WorkbenchError("agent", f"per-block targets do not apply with pattern {plan.pattern}")
+        if plan.structure.drop_blocks:  # a dropped block has no statistics to observe
+            raise WorkbenchError("agent", "runs on plans that drop no blocks (narrowed widths are fine)")
         self.engine = engine
         self.plan = plan
         self.policy = policy
