@@ -50,6 +50,8 @@ def test_variants_are_evaluated_from_dense_one_after_another():
         assert result.achieved == alone.state().achieved
     assert comparison.results[0].block_targets != comparison.results[1].block_targets
     assert engine.plan == VARIANTS[-1].plan
+    uniform, owl = comparison.results
+    assert uniform.prepare_seconds < owl.prepare_seconds  # OWL's dense statistics, computed before its prune
 
 
 def test_a_cancelled_comparison_leaves_the_last_finished_variant():
@@ -103,6 +105,7 @@ def test_sensitivity_raises_one_block_at_a_time_and_leaves_the_plan():
 def test_sessions_keep_comparison_and_sensitivity(tmp_path):
     comparison = Comparison(probes=["perplexity"], dense=[_result("d", 10.0).probes[0]],
                             results=[_result("a", 30.0), _result("b", 20.0)], outlier_ratios=[0.01])
+    comparison.results[1].prepare_seconds = 4.5
     sensitivity = Sensitivity("perplexity", 0.1, 12.0, [0.5, None, 2.0], 1.0)
     save_session(Session(comparison=comparison, sensitivity=sensitivity), tmp_path / "s.toml")
     loaded = load_session(tmp_path / "s.toml")

@@ -342,3 +342,16 @@ def test_cli_compare_structured_variants(tiny_model_dir, capsys):
     per_block = 2 * 128 * 128 + 2 * 128 * 64 + 3 * 128 * 320  # q, o; k, v (2 of 4 heads); gate, up, down
     assert nonzero["width 2"] == 4 * per_block - 4 * 3 * 128 * 64  # 64 of 320 neurons gone in every block
     assert nonzero["drop 1"] == 3 * per_block
+
+
+def test_cli_compare_one_width_variant_per_score(tiny_model_dir, capsys):
+    import json
+
+    from workbench.cli import main
+
+    assert main(["compare", "--model", str(tiny_model_dir), "--samples", "4", "--seqlen", "32", "--allocators", "",
+                 "--width-ratios", "2.0", "--width-score", "ppm,data", "--probes", "perplexity", "--json"]) == 0
+    variants = json.loads(capsys.readouterr().out)["variants"]
+    assert [v["name"] for v in variants] == ["width 2 ppm", "width 2 data"]
+    assert [v["plan"]["structure"]["width_score"] for v in variants] == ["ppm", "data"]
+    assert variants[0]["params_nonzero"] == variants[1]["params_nonzero"]

@@ -15,7 +15,8 @@ variant's probes against their recorded tolerances.
     [[variants]]
     name = "owl"                            # unique within the comparison
     session = "owl.toml"                    # optional: the variant's own session beside this file
-    seconds = 24.1                          # prune time
+    seconds = 24.1                          # the full prune's time
+    prepare_seconds = 0.0                   # the allocator's scoring or search before it (0 when cached)
     achieved = 0.7001
     params_nonzero = 31734000
     block_targets = [0.66, 0.7, ...]        # parameter-weighted target of each block
@@ -49,8 +50,8 @@ class Variant:
 
 @dataclass
 class VariantResult:
-    """One evaluated variant: its probes, allocation per block, achieved sparsity, non-zero parameters and
-    prune time."""
+    """One evaluated variant: its probes, allocation per block, achieved sparsity, non-zero parameters,
+    prune time and the time its allocator spent scoring or searching first (`prepare_seconds`)."""
 
     name: str
     plan: Plan
@@ -60,6 +61,7 @@ class VariantResult:
     params_nonzero: int
     seconds: float
     session: str | None = None
+    prepare_seconds: float = 0.0
 
     def probe(self, name: str) -> ProbeResult | None:
         """This variant's result for one probe."""
@@ -141,13 +143,15 @@ def run_comparison(engine: Engine, variants: list[Variant], probes: list[str], s
             raise Cancelled()
         start = time.perf_counter()
         engine.prepare(variant.plan, stage(n, variant.name), cancel)
+        prepared = time.perf_counter()
         engine.prune(variant.plan, progress=stage(n, f"{variant.name} prune"), cancel=cancel)
-        seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - prepared
         results = engine.probe(probes, size, progress=stage(n, f"{variant.name} probes"), cancel=cancel)
         state = engine.state()
         result = VariantResult(
             name=variant.name, plan=variant.plan, probes=results, block_targets=[b.target for b in state.blocks],
             achieved=state.achieved, params_nonzero=state.params_nonzero, seconds=seconds,
+            prepare_seconds=prepared - start,
         )
         comparison.results.append(result)
         if on_result is not None:

@@ -43,7 +43,8 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--probes", default=",".join(SUITE), help=f"comma-separated probes (default: {','.join(SUITE)})")
     p.add_argument("--full", action="store_true", help="full-size probes instead of quick ones")
     p.add_argument("--width-ratios", default="", help="also compare GLU width pruning alone at these expansion ratios, e.g. 2.4,2.0")
-    p.add_argument("--width-score", default=Structure.width_score, help="neuron importance for --width-ratios (default ppm)")
+    p.add_argument("--width-score", default=Structure.width_score,
+                   help="neuron importance for --width-ratios: ppm (default), vow, pon, data; comma-separated for one variant each")
     p.add_argument("--width-divisor", type=int, default=None, help="round kept neurons to a multiple of 32, 64, 128 or 256")
     p.add_argument("--drops", default="", help="also compare dropping this many blocks alone, e.g. 3,6")
     p.add_argument("--drop-by", default="bi", help="how --drops chooses blocks: bi (default) or angular")
@@ -91,6 +92,8 @@ def comparison_table(comparison) -> str:
         lines.append(row)
     lines.append(f"{'achieved':<13}{'':>10}" + "".join(f"{r.achieved:>{width + 9}.2%} " for r in comparison.results))
     lines.append(f"{'prune s':<13}{'':>10}" + "".join(f"{r.seconds:>{width + 9}.1f} " for r in comparison.results))
+    if any(r.prepare_seconds >= 0.05 for r in comparison.results):  # scoring or search before the prune
+        lines.append(f"{'search s':<13}{'':>10}" + "".join(f"{r.prepare_seconds:>{width + 9}.1f} " for r in comparison.results))
     lines.append("")
     blocks = max((len(r.block_targets) for r in comparison.results), default=0)
     ratios = comparison.outlier_ratios
@@ -129,10 +132,13 @@ def _variants(args, engine):
     methods = _names(args.methods, "--methods")
     allocators = [a.strip() for a in args.allocators.split(",") if a.strip()]
     variants = grid(methods, allocators, args.sparsity, args.pattern)
+    scores = _names(args.width_score, "--width-score")
     for text in [r for r in args.width_ratios.split(",") if r.strip()]:
         ratio = _number(text, "--width-ratios")
-        structure = Structure(width_ratio=ratio, width_score=args.width_score, width_divisor=args.width_divisor)
-        variants.append(Variant(f"width {ratio:g}", Plan(method=methods[0], sparsity=0.0, structure=structure)))
+        for score in scores:
+            structure = Structure(width_ratio=ratio, width_score=score, width_divisor=args.width_divisor)
+            name = f"width {ratio:g}" if len(scores) == 1 else f"width {ratio:g} {score}"
+            variants.append(Variant(name, Plan(method=methods[0], sparsity=0.0, structure=structure)))
     for text in [n for n in args.drops.split(",") if n.strip()]:
         count = int(_number(text, "--drops"))
         drops = engine.choose_drops(count, args.drop_by)

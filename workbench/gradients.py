@@ -6,7 +6,8 @@ How the gradients are taken, exactly and with one block's weights in use at a ti
 1. A no-grad forward keeps the hidden states entering every block, for every example, on the CPU.
 2. The head (final norm, lm_head) gives the gradient of the summed per-example losses with respect to
    the last block's output. An example's loss reads only its own activations, so row i of that gradient
-   is d loss_i / d h_i: one batched backward gives every example's gradient.
+   is d loss_i / d h_i; the head runs one example at a time, so only one example's logits (seqlen x
+   vocabulary, with their softmax and its gradient) are alive at once.
 3. Backward sweep, last block first: block b runs again from its kept input, with grad on the input
    only, and autograd against the incoming gradient gives the gradient for block b-1. Hooks on the
    chosen linears keep each one's input x and output gradient delta; example i's weight gradient is
@@ -101,9 +102,12 @@ def block_gradients(model: torch.nn.Module, ids: torch.Tensor, device: torch.dev
     upstream = []
     with torch.enable_grad():
         for start, h in zip(range(0, len(ids), MICRO_BATCH), hidden):
-            h = h.detach().requires_grad_(True)
-            loss = _lm_loss(model.lm_head(model.model.norm(h)), ids[start : start + MICRO_BATCH].to(device))
-            upstream.append(torch.autograd.grad(loss, h)[0])
+            rows = []
+            for r in range(len(h)):  # one example's logits at a time: its loss reads only its own row
+                row = h[r : r + 1].detach().requires_grad_(True)
+                loss = _lm_loss(model.lm_head(model.model.norm(row)), ids[start + r : start + r + 1].to(device))
+                rows.append(torch.autograd.grad(loss, row)[0])
+            upstream.append(torch.cat(rows))
     for b in reversed(range(len(layers))):
         _check(cancel)
         if progress:

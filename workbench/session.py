@@ -183,7 +183,7 @@ def comparison_to_dict(c: Comparison) -> dict:
         data["outlier_ratios"] = list(c.outlier_ratios)
     data["variants"] = []
     for r in c.results:
-        variant = {"name": r.name, "seconds": r.seconds, "achieved": r.achieved, "params_nonzero": r.params_nonzero,
+        variant = {"name": r.name, "seconds": r.seconds, "prepare_seconds": r.prepare_seconds, "achieved": r.achieved, "params_nonzero": r.params_nonzero,
                    "block_targets": list(r.block_targets), "plan": plan_to_dict(r.plan), "probes": [p.to_dict() for p in r.probes]}
         if r.session:
             variant["session"] = r.session
@@ -369,7 +369,7 @@ class Reader:
             where = f"{prefix}variants[{i}]."
             if not isinstance(item, dict):
                 raise self.fail(where[:-1], "expected a table")
-            self.known(item, where, {"name", "session", "seconds", "achieved", "params_nonzero", "block_targets", "plan", "probes"})
+            self.known(item, where, {"name", "session", "seconds", "prepare_seconds", "achieved", "params_nonzero", "block_targets", "plan", "probes"})
             results.append(VariantResult(
                 name=self.get(item, "name", where, str, required=True),
                 plan=self.plan(self.table(item, "plan", where, required=True), f"{where}plan."),
@@ -378,6 +378,7 @@ class Reader:
                 achieved=float(self.get(item, "achieved", where, (int, float), default=0.0)),
                 params_nonzero=self.get(item, "params_nonzero", where, int, default=0),
                 seconds=float(self.get(item, "seconds", where, (int, float), default=0.0)),
+                prepare_seconds=float(self.get(item, "prepare_seconds", where, (int, float), default=0.0)),
                 session=self.get(item, "session", where, str, default=None),
             ))
         names = [r.name for r in results]

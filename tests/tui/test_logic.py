@@ -330,6 +330,42 @@ def test_structure_edits_copy_the_structure_and_never_drop_every_block():
     assert {name for name, _ in edits.width_score_options()} >= {"ppm", "vow", "pon", "data"}
 
 
+def test_drops_by_rule_replace_every_drop_and_never_drop_every_block():
+    plan = edits.toggle_drop(Plan(), 0, 4)[0]
+    chosen, label = edits.set_drops(plan, [3, 1], 4, "bi")
+    assert chosen.structure.drop_blocks == [1, 3] and plan.structure.drop_blocks == [0] and label == "drop 1,3 by bi"
+    cleared, label = edits.set_drops(chosen, [], 4, "none")
+    assert cleared.structure.drop_blocks == [] and chosen.structure.drop_blocks == [1, 3]
+    assert label == "keep every block"
+    with pytest.raises(ValueError, match="cannot drop 4 of 4 blocks"):
+        edits.set_drops(plan, [0, 1, 2, 3], 4, "bi")
+    with pytest.raises(ValueError, match="no block 4"):
+        edits.set_drops(plan, [4], 4, "angular")
+    with pytest.raises(ValueError, match="chosen twice"):
+        edits.set_drops(plan, [1, 1], 4, "bi")
+    edits.check_drop_count(0, 4)
+    edits.check_drop_count(3, 4)
+    for count, problem in ((-1, "0 or more"), (4, "at most 3"), (9, "at least one must run")):
+        with pytest.raises(ValueError, match=problem):
+            edits.check_drop_count(count, 4)
+    assert edits.parse_drop_count({"N": " 2 "}) == 2
+    with pytest.raises(ValueError, match="N: not a whole number"):
+        edits.parse_drop_count({"N": "two"})
+    assert [name for name, _ in edits.DROP_RULES] == ["bi", "angular", "none"]
+
+
+def test_width_divisor_edits():
+    assert [name for name, _ in edits.width_divisor_options()] == ["none", "32", "64", "128", "256"]
+    plan = Plan()
+    rounded, label = edits.choose_width_divisor(plan, 64)
+    assert rounded.structure.width_divisor == 64 and plan.structure.width_divisor is None
+    assert label == "width divisor 64"
+    assert edits.choose_width_divisor(rounded, None)[0].structure.width_divisor is None
+    assert edits.choose_width_divisor(rounded, None)[1] == "no width divisor"
+    with pytest.raises(ValueError, match="must be one of 32, 64, 128, 256"):
+        edits.choose_width_divisor(plan, 48)
+
+
 def test_width_steps_land_on_the_grid_and_stop_at_full_width():
     assert edits.step_ratio(None, 2.5, -1) == 2.4 and edits.step_ratio(None, 2.5, 1) is None
     assert edits.step_ratio(2.45, 2.5, -1) == 2.4

@@ -3,7 +3,14 @@ the tiny Llama (hidden 128, intermediate 320, 4 blocks)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+
+from textual.widgets import Input
+
 from tests.tui.conftest import settle
+from workbench.tui.screens.params import ParamsScreen
+from workbench.tui.screens.picker import PickerScreen
 from workbench.tui.widgets.block_pane import BlockPane
 from workbench.tui.widgets.stat_row import StatRow
 
@@ -78,3 +85,101 @@ async def test_block_scores_command_shows_the_depth_columns(make_app):
         await pilot.press("down", "enter")  # the width score picker: the next score after ppm
         await settle(pilot)
         assert app.controller.plan.structure.width_score == "vow"
+
+
+async def until(pilot, done, timeout: float = 60.0) -> None:
+    """Wait (bounded) until `done()`, then until the app is idle (a worker's message may still be queued
+    when the worker itself has finished)."""
+    start = time.monotonic()
+    while not done():
+        if time.monotonic() - start > timeout:
+            raise AssertionError("the app did not get there in time")
+        await asyncio.sleep(0.05)
+    await settle(pilot)
+
+
+async def drop_by(pilot, moves: tuple[str, ...], count: str | None = None) -> None:
+    """X, then the rule `moves` away from the one highlighted, then (unless none) N typed over the default."""
+    await pilot.press("X")
+    await pilot.pause()
+    assert isinstance(pilot.app.screen, PickerScreen)
+    await pilot.press(*moves, "enter")
+    await pilot.pause()
+    if count is not None:
+        assert isinstance(pilot.app.screen, ParamsScreen)
+        pilot.app.screen.query_one(Input).value = count
+        await pilot.press("enter")
+        await pilot.pause()
+
+
+async def test_drop_by_block_influence_drops_the_lowest_and_undo_keeps_every_block(make_app):
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await drop_by(pilot, ("up", "up"), "1")  # from none (nothing dropped) up to bi
+        await until(pilot, lambda: app.controller.plan.structure.drop_blocks)
+        influence = app.engine.depth_scores().block_influence()
+        lowest = min(range(len(influence)), key=influence.__getitem__)
+        assert app.controller.plan.structure.drop_blocks == [lowest] == app.engine.choose_drops(1, "bi")
+        assert len(app.engine.loaded.model.model.layers) == 3 and app.query(BlockPane)[lowest].has_class("-dropped")
+        assert app.controller.history.entries[-1].label == f"drop {lowest} by bi"
+        await pilot.press("u")
+        await settle(pilot)
+        assert app.controller.plan.structure.drop_blocks == [] and len(app.engine.loaded.model.model.layers) == 4
+
+
+async def test_drop_by_none_clears_every_drop(make_app):
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("down", "x", "down", "x")
+        await settle(pilot)
+        assert app.controller.plan.structure.drop_blocks == [1, 2]
+        await drop_by(pilot, ("down", "down"))  # from bi (blocks are dropped) down to none
+        await settle(pilot)
+        assert app.controller.plan.structure.drop_blocks == [] and len(app.engine.loaded.model.model.layers) == 4
+        assert app.controller.history.entries[-1].label == "keep every block"
+
+
+async def test_drop_by_refuses_dropping_every_block(make_app):
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("down", "x")
+        await settle(pilot)
+        before, entries = app.controller.plan, len(app.controller.history.entries)
+        await drop_by(pilot, (), "4")  # bi is highlighted (a block is dropped)
+        await settle(pilot)
+        assert any("cannot drop 4 of 4 blocks" in n for n in app.notices)
+        assert app.controller.plan == before and len(app.controller.history.entries) == entries
+        assert app.controller.plan.structure.drop_blocks == [1] and not isinstance(app.screen, ParamsScreen)
+
+
+async def test_width_divisor_picker_rounds_the_kept_neurons_and_undo_clears_it(make_app):
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("down", "left_square_bracket", "left_square_bracket")
+        await settle(pilot)
+        assert app.controller.state.blocks[1].width == 295
+        await pilot.press("W")
+        await pilot.pause()
+        assert isinstance(app.screen, PickerScreen)
+        await pilot.press("down", "enter")  # from none to 32
+        await settle(pilot)
+        assert app.controller.plan.structure.width_divisor == 32
+        kept = app.controller.state.blocks[1].width
+        assert kept == gate_rows(app, 1) == 288 and kept % 32 == 0
+        assert app.controller.history.entries[-1].label == "width divisor 32"
+        await pilot.press("u")
+        await settle(pilot)
+        assert app.controller.plan.structure.width_divisor is None and gate_rows(app, 1) == 295
+
+
+async def test_help_lists_the_structure_commands(make_app):
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("question_mark")
+        text = " ".join(str(w.render()) for w in app.screen.query(".what"))
+        assert "Drop N blocks by a rule" in text and "Pick the width divisor" in text

@@ -11,6 +11,7 @@ and attention it would see alone (the tests check this against unbatched, uncach
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -47,12 +48,18 @@ def common_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
     return n
 
 
+def cached(module, cache) -> dict:
+    """The keyword that hands `module` its key/value cache: `cache` in transformers >= 5.24 (which warns on
+    the old name), `past_key_values` before."""
+    return {"cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values": cache}
+
+
 def _prefix_state(model, prefix: Sequence[int], device: torch.device) -> State:
     """Key/value states of every layer after running `prefix` alone (empty for no prefix)."""
     if not prefix:
         return []
     cache = DynamicCache()
-    model(torch.tensor([list(prefix)], device=device), past_key_values=cache, use_cache=True, logits_to_keep=1)
+    model(torch.tensor([list(prefix)], device=device), **cached(model, cache), use_cache=True, logits_to_keep=1)
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
@@ -123,7 +130,7 @@ def _generate_batch(model, tokenizer, state, shared, tails, max_new_tokens, devi
     for _ in range(max_new_tokens):
         if cancel is not None:
             cancel()
-        logits = model(ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
+        logits = model(ids, attention_mask=mask, position_ids=positions, **cached(model, cache), use_cache=True,
                        logits_to_keep=1).logits
         next_ids = logits[:, -1].argmax(-1)
         keep = []
@@ -204,7 +211,7 @@ def _score_batch(model, tokenizer, state, shared, items, device) -> list[list[Ch
     positions = shared + torch.arange(ids.shape[1]).expand(len(items), -1)
     cache = _cache(state, len(items))
     hidden = decoder(ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-                     past_key_values=cache, use_cache=True).last_hidden_state
+                     **cached(decoder, cache), use_cache=True).last_hidden_state
     last = hidden[torch.arange(len(items)), lengths - 1]  # (items, hidden)
     # Stage 2: repeat each context's cache once per choice and feed every choice but its last token,
     # whose states predict the choice's later tokens.
@@ -218,7 +225,7 @@ def _score_batch(model, tokenizer, state, shared, items, device) -> list[list[Ch
         ch_mask[[len(ch) == 1 for ch in choices]] = 0
         positions2 = (shared + lengths[row_of])[:, None] + torch.arange(ch_ids.shape[1])
         hidden2 = decoder(ch_ids.to(device), attention_mask=torch.cat([mask[row_of], ch_mask], dim=1).to(device),
-                          position_ids=positions2.to(device), past_key_values=cache, use_cache=True).last_hidden_state
+                          position_ids=positions2.to(device), **cached(decoder, cache), use_cache=True).last_hidden_state
         states += [hidden2[row, : len(ch) - 1] for row, ch in enumerate(choices) if len(ch) > 1]
     # Row r of `states[0]` predicts choice r's first token; the later blocks, in order, the rest.
     targets = [ch[0] for ch in choices] + [t for ch in choices for t in ch[1:]]

@@ -7,7 +7,8 @@ agent) that never touch widgets: they post messages, and errors end up in `on_wo
 notifications. The engine is safe to call from any thread; a cancelled worker finishes its current
 linear and stops. A comparison, a sensitivity scan or an agent run borrows the engine (it prunes other
 plans): the controller holds prunes back until the engine is given back (an agent run keeps it until the
-run ends, also while paused), then re-establishes the current plan.
+run ends, also while paused), then re-establishes the current plan. Comparisons, scans and agent runs
+are mixins from `workbench.tui.jobs`.
 """
 
 from __future__ import annotations
@@ -27,12 +28,11 @@ from textual import work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import VerticalScroll
-from textual.message import Message
 from textual.screen import ModalScreen, Screen
 from textual.theme import Theme
 from textual.timer import Timer
 from textual.widgets import Footer, Static
-from textual.worker import Worker, WorkerState, get_current_worker
+from textual.worker import Worker, WorkerState
 
 from workbench.errors import Cancelled, WorkbenchError, out_of_memory
 from workbench.plan import CalibrationSpec, Plan
@@ -40,10 +40,13 @@ from workbench.tui import edits
 from workbench.tui.commands import COMMANDS
 from workbench.tui.controller import Controller, PruneJob
 from workbench.tui.edits import BlockKey, GlobalKey, LinearKey
-from workbench.tui.format import (PROBE_LABELS, Cell, Scale, cells_markup, depth_cells, global_width_cell, heat_cells,
-                                  influence_cells, params, pct, structured, width_cells)
-from workbench.tui.messages import (AgentHalted, AgentStepped, Compared, EngineReady, FullPruneNeeded, ProbesDone,
-                                    Saved, Scanned, StateChanged, WorkProgress)
+from workbench.tui.format import (Cell, Scale, cells_markup, depth_cells, global_width_cell, influence_cells, params,
+                                  pct, structured, width_cells)
+from workbench.tui.jobs.agent import AgentJobs
+from workbench.tui.jobs.compare import CompareJobs
+from workbench.tui.jobs.worker import BORROWING, WorkerJob
+from workbench.tui.messages import (DropsChosen, EngineReady, FullPruneNeeded, ProbesDone, Saved, StateChanged,
+                                    WorkProgress)
 from workbench.tui.recovery import (Autosave, claim_recovery, clear_recovery, default_recovery_path,
                                     describe_recovery, release_recovery)
 from workbench.tui.screens.agent import AgentScreen
@@ -69,15 +72,13 @@ DEBOUNCE_S = 0.3
 REFRESH_S = 0.25
 APP_ACTIONS = {c.action_name for c in COMMANDS}
 EDITING_ACTIONS = {"save_as", "open", "prune", "pick", "allocator_params", "focus_global", "plots", "compare",
-                   "sensitivity", "agent", "narrower", "wider", "width_reset", "drop", "block_scores"}
+                   "sensitivity", "agent", "narrower", "wider", "width_reset", "drop", "drop_by", "block_scores"}
 PRUNING = ("prune", "calibrate")
-BORROWING = ("compare", "sensitivity", "agent")  # the workers that borrow the engine
 CANCELLABLE = ("prune", "calibrate", "probe", "scores", *BORROWING)
 ENGINE_GROUPS = ("engine", "prune", "calibrate", "probe", "save", "scores", *BORROWING)
 CANCELLED = {"probe": "probes", "compare": "comparison", "sensitivity": "sensitivity scan",
              "agent": "agent step", "scores": "block scores"}  # else "pruning"
 OTHER_SCREENS = (PlotsScreen, CompareScreen, AgentScreen)  # full screens over the blocks
-SENSITIVITY_PROBE = "perplexity"
 UNSTRUCTURED = "unstructured"
 PATTERNS = [(UNSTRUCTURED, "any weight may go; sliders set each block and linear"),
             ("2:4", "2 of every 4 consecutive inputs are zero (50%, fixed)"),
@@ -117,30 +118,7 @@ class Picker:
     needs_model: bool = True
 
 
-class WorkerJob:
-    """What a worker's body needs, made in its thread: progress reports and messages that stop once the
-    worker is cancelled, and the cancel check to hand to the engine."""
-
-    def __init__(self, app: App, kind: str):
-        self.app = app
-        self.kind = kind
-        self.worker = get_current_worker()
-
-    def cancelled(self) -> bool:
-        """Whether the worker was cancelled (the engine's cancel check)."""
-        return self.worker.is_cancelled
-
-    def progress(self, message: str, fraction: float | None = None) -> None:
-        """Show `message` and how far the work is (None: unknown) in the activity line."""
-        self.post(WorkProgress(self.kind, message, fraction))
-
-    def post(self, message: Message) -> None:
-        """Post `message` to the app unless the worker was cancelled."""
-        if not self.cancelled():
-            self.app.post_message(message)
-
-
-class WorkbenchApp(App):
+class WorkbenchApp(CompareJobs, AgentJobs, App):
     """Hand-tune per-block sparsity: sliders, live statistics, background re-pruning, probes, sessions."""
 
     CSS_PATH = "app.tcss"
@@ -192,6 +170,8 @@ class WorkbenchApp(App):
             "width_score": Picker("Width score", "GLU neuron score (which neurons a narrower width keeps)",
                                   edits.width_score_options, lambda: self.controller.plan.structure.width_score,
                                   lambda name: self._edit(*edits.choose_width_score(self.controller.plan, name))),
+            "width_divisor": Picker("Width divisor", "Width divisor (kept GLU neurons a multiple of it)",
+                                    edits.width_divisor_options, self._width_divisor, self._choose_width_divisor),
             "theme": Picker("Theme", "Theme", lambda: [(name, "") for name in self.theme_names], lambda: self.theme,
                             self._choose_theme, needs_model=False),
         }
@@ -410,6 +390,14 @@ class WorkbenchApp(App):
             self._start_prune(landing.prune)
         self._refresh_header()
 
+    def _lend(self, what: str, restore: Plan | None) -> None:
+        """Hand the engine to a comparison or a scan (see `Controller.lend`); probes of the current plan stop."""
+        self.workers.cancel_group(self, "probe")
+        self.controller.lend(what, restore)
+        self._user_cancelled = False
+        self._activity(what, 0.0, cancellable=True)
+        self._refresh_header()
+
     def _show_state(self, move_sliders: bool) -> None:
         state, plan = self.controller.state, self.controller.plan
         locked = bool(plan.pattern)
@@ -620,6 +608,57 @@ class WorkbenchApp(App):
         except ValueError as error:
             self.notify(str(error), severity="warning")
 
+    def action_drop_by(self) -> None:
+        """Drop N blocks by a rule (bi, angular) from the dense model's depth scores, or none: one undoable edit."""
+        if not self._has_model() or self.controller.state is None:
+            return
+        current = "bi" if self.controller.plan.structure.drop_blocks else edits.NO_DROPS
+        self.push_screen(PickerScreen("Drop blocks by rule", edits.DROP_RULES, current), self._drop_rule_chosen)
+
+    def _drop_rule_chosen(self, rule: str | None) -> None:
+        if rule is None:
+            return
+        if rule == edits.NO_DROPS:
+            self._set_drops([], rule)
+            return
+        count = max(1, len(self.controller.plan.structure.drop_blocks))
+        hint = f"blocks to drop by {rule} (the model has {len(self.controller.state.blocks)})"
+        self.push_screen(ParamsScreen(f"Drop blocks by {rule}", [(edits.DROP_COUNT, str(count), hint)],
+                                      edits.parse_drop_count), partial(self._drop_count_chosen, rule))
+
+    def _drop_count_chosen(self, rule: str, count: int | None) -> None:
+        if count is None or self.controller.state is None:
+            return
+        try:
+            edits.check_drop_count(count, len(self.controller.state.blocks))
+        except ValueError as error:
+            self.notify(str(error), severity="warning")
+            return
+        self._when_applied(partial(self._start_drop_by, count, rule))
+
+    def _start_drop_by(self, count: int, rule: str) -> None:
+        self._user_cancelled = False
+        self._activity(f"choosing {count} blocks by {rule}", None, cancellable=True)
+        self._drop_by_worker(count, rule)
+
+    @work(thread=True, exclusive=True, group="scores", exit_on_error=False)
+    def _drop_by_worker(self, count: int, rule: str) -> None:
+        """The blocks `rule` drops (the dense model runs once for the depth scores, if not yet)."""
+        job = WorkerJob(self, "scores")
+        job.post(DropsChosen(count, rule, self.engine.choose_drops(count, rule, job.progress, job.cancelled)))
+
+    def on_drops_chosen(self, message: DropsChosen) -> None:
+        self._set_drops(message.blocks, message.rule)
+
+    def _set_drops(self, chosen: list[int], rule: str) -> None:
+        """One undoable edit: exactly the blocks `chosen` are dropped (a refusal is a warning)."""
+        if self.controller.state is None:
+            return
+        try:
+            self._edit(*edits.set_drops(self.controller.plan, chosen, len(self.controller.state.blocks), rule))
+        except ValueError as error:
+            self.notify(str(error), severity="warning")
+
     def action_block_scores(self) -> None:
         """Compute block influence and angular distance per block (of the dense model, once; esc cancels)."""
         if self._has_model():
@@ -675,6 +714,14 @@ class WorkbenchApp(App):
 
     def _choose_pattern(self, pattern: str) -> None:
         self._edit(*edits.choose_pattern(self.controller.plan, None if pattern == UNSTRUCTURED else pattern))
+
+    def _width_divisor(self) -> str:
+        divisor = self.controller.plan.structure.width_divisor
+        return edits.WIDTH_DIVISOR_NONE if divisor is None else str(divisor)
+
+    def _choose_width_divisor(self, value: str) -> None:
+        divisor = None if value == edits.WIDTH_DIVISOR_NONE else int(value)
+        self._edit(*edits.choose_width_divisor(self.controller.plan, divisor))
 
     def _choose_theme(self, name: str) -> None:
         self.theme = name
@@ -760,233 +807,6 @@ class WorkbenchApp(App):
         from workbench.probes import PROBES
 
         return list(self.probe_names if self.probe_names is not None else PROBES.names())
-
-    # ----- comparison and sensitivity scan ------------------------------------------------------------
-    def action_compare(self) -> None:
-        if self._has_model() and self.controller.state is not None:
-            self.push_screen(CompareScreen(self.controller, self._probe_list()))
-
-    def on_compare_screen_run_requested(self, _: CompareScreen.RunRequested) -> None:
-        self._when_applied(self._start_comparison)
-
-    def _start_comparison(self) -> None:
-        from workbench.compare import Variant
-
-        variants = [Variant(name, plan) for name, plan in self.controller.queued]
-        if not variants or self._busy(BORROWING):
-            return
-        self._lend("comparing variants", self.engine.calibrated_with or self.controller.plan)
-        self._compare_worker(variants, self._probe_list())
-
-    def _lend(self, what: str, restore: Plan | None) -> None:
-        """Hand the engine to a comparison or a scan (see `Controller.lend`); probes of the current plan stop."""
-        self.workers.cancel_group(self, "probe")
-        self.controller.lend(what, restore)
-        self._user_cancelled = False
-        self._activity(what, 0.0, cancellable=True)
-        self._refresh_header()
-
-    @work(thread=True, exclusive=True, group="compare", exit_on_error=False)
-    def _compare_worker(self, variants: list, probes: list[str]) -> None:
-        """Run the comparison; what finished comes back also after a cancel or a failure, when the engine
-        is free again."""
-        from workbench.compare import Comparison, run_comparison
-
-        job, engine, finished, comparison = WorkerJob(self, "compare"), self.engine, [], None
-        try:
-            comparison = run_comparison(engine, variants, probes, progress=job.progress, cancel=job.cancelled,
-                                        on_result=finished.append)
-        finally:
-            if comparison is None:
-                dense = [engine.dense_probes[n] for n in probes if n in engine.dense_probes]
-                comparison = Comparison(probes, dense=dense, results=finished)
-            self.post_message(Compared(comparison, engine.plan))
-
-    def on_compared(self, message: Compared) -> None:
-        if message.comparison.results:
-            self.controller.compared(message.comparison)
-            self._autosave()
-        self._engine_back(message.holds)
-        for screen in self.screen_stack:
-            if isinstance(screen, CompareScreen):
-                screen.refresh_view()
-
-    def on_compare_screen_use_requested(self, message: CompareScreen.UseRequested) -> None:
-        """Make a measured variant the current plan (one undoable edit), with the full prune it was
-        measured with."""
-        plan, label = self.controller.variant(message.variant)
-        self.pop_screen()
-        if self.controller.edit(plan, label):
-            self._plan_changed()
-            self._run_prune(calibrate=plan)
-            self.notify(f"using {message.variant} (u undoes)")
-
-    def action_sensitivity(self) -> None:
-        """Scan the sensitivity of each block on the current plan (cancel with escape)."""
-        if not self._has_model():
-            return
-        if self.controller.plan.pattern:
-            self.notify(f"pattern {self.controller.plan.pattern} fixes every block; n picks unstructured",
-                        severity="warning")
-            return
-        self._when_applied(self._start_sensitivity)
-
-    def _start_sensitivity(self) -> None:
-        if self._busy(BORROWING):
-            return
-        self._lend("sensitivity scan", None)
-        self._sensitivity_worker(self.controller.plan)
-
-    @work(thread=True, exclusive=True, group="sensitivity", exit_on_error=False)
-    def _sensitivity_worker(self, plan: Plan) -> None:
-        """Scan every block; the engine comes back in `plan` also after a cancel or a failure."""
-        from workbench.sensitivity import scan
-
-        job, result = WorkerJob(self, "sensitivity"), None
-        try:
-            result = scan(self.engine, plan, probe=SENSITIVITY_PROBE, progress=job.progress, cancel=job.cancelled)
-        finally:
-            self.post_message(Scanned(result, self.engine.plan))
-
-    def on_scanned(self, message: Scanned) -> None:
-        if message.sensitivity is not None:
-            self.controller.scanned(message.sensitivity)
-            self._show_heat()
-            self._autosave()
-        self._engine_back(message.holds)
-
-    def _show_heat(self) -> None:
-        """The sensitivity column next to the block sliders (hidden when there is no scan)."""
-        scan = self.controller.sensitivity
-        self.screen_stack[0].set_class(scan is not None, "-heat")
-        if scan is None:
-            return
-        from workbench.probes import PROBES
-
-        self.query_one(HeadingsRow).show_heat(f"Δ{PROBE_LABELS.get(scan.probe, scan.probe)}")
-        for pane, cell in zip(self.query(BlockPane), heat_cells(scan.deltas, PROBES.get(scan.probe).higher_is_better)):
-            pane.show_column("heat", cell)
-
-    # ----- agent runs ---------------------------------------------------------------------------------
-    def action_agent(self) -> None:
-        """The Agent screen: an agent-guided allocation run on the current plan's method."""
-        if not self._has_model() or self.controller.state is None or isinstance(self.screen, AgentScreen):
-            return
-        if self.controller.agent_form is None:
-            self.controller.agent_form = edits.AgentForm.defaults()
-        self.push_screen(AgentScreen(self.controller), self._agent_screen_closed)
-
-    def _agent_screen_closed(self, _) -> None:
-        """A run is paused only while its screen shows: leaving stops it."""
-        if self.controller.agent_paused:
-            self._stop_agent(self.controller.agent_run)
-
-    def on_agent_screen_run_requested(self, _: AgentScreen.RunRequested) -> None:
-        if self.controller.agent_paused:
-            self._step_agent(self.controller.agent_run)
-        else:
-            self._when_applied(self._start_agent)
-
-    def _start_agent(self) -> None:
-        """A new run with the Agent screen's settings; it borrows the engine until it ends."""
-        from workbench.agent.loop import AgentRun
-        from workbench.agent.policies import make_policy
-
-        controller = self.controller
-        if controller.lent:
-            return
-        form, scan = controller.agent_form, controller.sensitivity
-        settings = form.settings()
-        try:
-            run = AgentRun(self.engine, form.plan_for(controller.plan), make_policy(form.policy, settings), settings,
-                           sensitivity=scan.deltas if scan else None)
-        except WorkbenchError as error:
-            self.notify(str(error), severity="error", timeout=10)
-            return
-        controller.agent_run, self._agent_use, self._agent_stop = run, False, False
-        self._lend("agent run", self.engine.calibrated_with or controller.plan)
-        self._step_agent(run)
-
-    def _step_agent(self, run) -> None:
-        """Start (or resume) stepping `run` in the worker."""
-        self.controller.agent_stepping = True
-        self._agent_pause.clear()
-        self._user_cancelled = False
-        self._activity("agent run", None, cancellable=True)
-        self._agent_worker(run)
-        self._refresh_agent()
-
-    @work(thread=True, exclusive=True, group="agent", exit_on_error=False)
-    def _agent_worker(self, run) -> None:
-        """Step until the run ends or is paused; after a cancel or a failure the engine is at the run's last
-        checkpoint. It stays lent to the run until the run has ended."""
-        job = WorkerJob(self, "agent")
-        try:
-            while not job.cancelled() and not self._agent_pause.is_set():
-                record = run.step(job.progress, job.cancelled)
-                if record is None:
-                    break
-                job.post(AgentStepped(record))
-        finally:
-            self.post_message(AgentHalted(run, run.engine.plan))
-
-    def on_agent_stepped(self, _: AgentStepped) -> None:
-        self._refresh_agent()
-
-    def on_agent_halted(self, message: AgentHalted) -> None:
-        """The run ended (its allocation is used if asked, the engine comes back), or paused: out of sight a
-        run is stopped instead, unless it was asked to stop already (a cancelled stop stays paused)."""
-        controller, run = self.controller, message.run
-        controller.agent_stepping = False
-        if run.done:
-            if self._agent_use and run is controller.agent_run:
-                self._agent_use = False
-                self._use_agent(calibrate=None)
-            self._engine_back(message.holds)
-        elif not any(isinstance(s, AgentScreen) for s in self.screen_stack) and not self._agent_stop:
-            self._stop_agent(run)
-        self._refresh_agent()
-
-    def on_agent_screen_pause_requested(self, _: AgentScreen.PauseRequested) -> None:
-        self._agent_pause.set()
-        self.notify("pausing after this step")
-
-    def on_agent_screen_stop_requested(self, _: AgentScreen.StopRequested) -> None:
-        self._stop_agent(self.controller.agent_run)
-
-    def _stop_agent(self, run) -> None:
-        """End `run`: its next step finishes it (the final allocation goes on the engine)."""
-        self._agent_stop = True
-        run.stop()
-        self._agent_pause.clear()
-        if not self.controller.agent_stepping:
-            self._step_agent(run)
-
-    def on_agent_screen_use_requested(self, _: AgentScreen.UseRequested) -> None:
-        """Make the run's allocation the current plan, with the statistics it was measured with; a run not
-        ended yet is stopped first and used when it has ended."""
-        run = self.controller.agent_run
-        self.screen.dismiss()
-        if run.done:
-            self._use_agent(calibrate=run.start_plan())
-        else:
-            self._agent_use = True
-            self._stop_agent(run)
-            self.notify("stopping the agent; its allocation is used when it has ended")
-
-    def _use_agent(self, calibrate: Plan | None) -> None:
-        if self.controller.use_agent(calibrate):
-            self._plan_changed()
-            if calibrate is not None:
-                self._run_prune(calibrate=calibrate)
-            self.notify("using the agent's allocation (u undoes)")
-
-    def _refresh_agent(self) -> None:
-        """Redraw the Agent screen (when it is open) and the header."""
-        for screen in self.screen_stack:
-            if isinstance(screen, AgentScreen):
-                screen.refresh_view()
-        self._refresh_header()
 
     # ----- sessions -----------------------------------------------------------------------------------
     def action_save(self) -> None:

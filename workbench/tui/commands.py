@@ -65,6 +65,12 @@ COMMANDS = (
             about="Toggle the focused block out of (or back into) the forward pass"),
     Command("app.width_score", "w", "pick('width_score')", "Width score", show=False,
             tooltip="Pick the GLU neuron score (which neurons a narrower width keeps)"),
+    Command("app.drop_by", "X", "drop_by", "Drop by rule", show=False,
+            tooltip="Drop N blocks by a rule: lowest block influence (bi), lowest angular distance (angular), "
+                    "or none to bring every block back (esc cancels the block scores)",
+            palette="Drop blocks by rule", about="Drop the N blocks a rule picks (bi, angular), or none"),
+    Command("app.width_divisor", "W", "pick('width_divisor')", "Width divisor", show=False,
+            tooltip="Pick the width divisor: kept GLU neuron counts rounded to a multiple of 32, 64, 128 or 256"),
     Command("app.block_scores", "b", "block_scores", "Block scores", show=False,
             tooltip="Block influence and angular distance of the dense model per block (esc cancels)",
             palette="Block scores", about="Block influence (ShortGPT) and angular distance per block"),

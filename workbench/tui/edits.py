@@ -9,7 +9,7 @@ import math
 
 from workbench.allocators import ALLOCATORS, SEARCH
 from workbench.errors import WorkbenchError
-from workbench.plan import Plan
+from workbench.plan import WIDTH_DIVISORS, Plan
 from workbench.tui.format import params_text, parse_percent
 
 PARAMS_WHERE = "allocator_params"
@@ -248,6 +248,65 @@ def toggle_drop(plan: Plan, block: int, blocks: int) -> tuple[Plan, str]:
     if len(dropped) + 1 >= blocks:
         raise ValueError("cannot drop every block: at least one must run")
     return _structure(plan, drop_blocks=sorted(dropped + [block])), f"drop block {block}"
+
+
+DROP_RULES = [("bi", "the N blocks of lowest block influence (ShortGPT)"),
+              ("angular", "the run of N blocks of lowest angular distance"),
+              ("none", "clear every drop: all blocks run")]
+NO_DROPS = "none"
+
+
+def check_drop_count(count: int, blocks: int) -> None:
+    """ValueError unless `count` blocks can be dropped from a model of `blocks` blocks (at least one runs)."""
+    if count < 0:
+        raise ValueError(f"cannot drop {count} blocks: N must be 0 or more")
+    if count >= blocks:
+        raise ValueError(f"cannot drop {count} of {blocks} blocks: at least one must run (N at most {blocks - 1})")
+
+
+DROP_COUNT = "N"  # the one field of the "drop blocks by rule" form
+
+
+def parse_drop_count(typed: dict[str, str]) -> int:
+    """The N typed in the "drop blocks by rule" form; ValueError when it is not a whole number."""
+    text = typed[DROP_COUNT].strip()
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{DROP_COUNT}: not a whole number: {text!r}") from None
+
+
+def set_drops(plan: Plan, chosen: list[int], blocks: int, rule: str) -> tuple[Plan, str]:
+    """Drop exactly the blocks `chosen` by `rule` (bi, angular; none with no blocks clears every drop);
+    ValueError when they are not distinct blocks of the model's `blocks` or would drop every one."""
+    picked = sorted(set(chosen))
+    if len(picked) != len(chosen):
+        raise ValueError(f"block chosen twice: {chosen}")
+    bad = [b for b in picked if not 0 <= b < blocks]
+    if bad:
+        raise ValueError(f"no block {bad[0]} (the model has blocks 0..{blocks - 1})")
+    check_drop_count(len(picked), blocks)
+    if not picked:
+        return _structure(plan, drop_blocks=[]), "keep every block"
+    return _structure(plan, drop_blocks=picked), f"drop {','.join(map(str, picked))} by {rule}"
+
+
+WIDTH_DIVISOR_NONE = "none"
+
+
+def width_divisor_options() -> list[tuple[str, str]]:
+    """No divisor, then every allowed one (kept neuron counts rounded to a multiple of it)."""
+    return [(WIDTH_DIVISOR_NONE, "kept neuron counts as the expansion ratio gives them"),
+            *((str(d), f"kept neuron counts rounded to a multiple of {d}") for d in WIDTH_DIVISORS)]
+
+
+def choose_width_divisor(plan: Plan, divisor: int | None) -> tuple[Plan, str]:
+    """Round kept neuron counts to a multiple of `divisor` (None: no rounding); ValueError for a divisor
+    not allowed."""
+    if divisor is not None and divisor not in WIDTH_DIVISORS:
+        raise ValueError(f"width divisor must be one of {', '.join(map(str, WIDTH_DIVISORS))}, got {divisor}")
+    label = "no width divisor" if divisor is None else f"width divisor {divisor}"
+    return _structure(plan, width_divisor=divisor), label
 
 
 def choose_width_score(plan: Plan, score: str) -> tuple[Plan, str]:

@@ -54,6 +54,15 @@ class StateChanged(Message):
 
 
 @dataclass
+class DropsChosen(Message):
+    """The blocks that `rule` (bi or angular) drops for N = `count`, from the dense model's depth scores."""
+
+    count: int
+    rule: str
+    blocks: list[int]
+
+
+@dataclass
 class FullPruneNeeded(Message):
     """An incremental prune found no usable statistics for `plan` (none yet, or its method needs a Hessian
     that was not captured): the app starts a full prune instead."""
