@@ -272,9 +272,25 @@ def test_gguf_cache_of_a_tiny_model_is_checked_and_rebuilt(tiny_model_dir, tmp_p
 
 
 # ----- Ctrl-C during a headless prune -------------------------------------------------------------
+# The child of the SIGINT test: every block's pruning waits 0.5 s first, so the signal sent once
+# calibration shows on the progress line lands inside calibration on a machine of any speed (a fast one
+# once finished the whole run before the signal arrived).
+SLOW_CALIBRATION = """
+import sys, time
+import workbench.engine as engine
+units = engine._prune_units
+def slow(*args):
+    time.sleep(0.5)
+    return units(*args)
+engine._prune_units = slow
+from workbench.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_sigint_during_calibration_exits_130_and_writes_nothing(tiny_model_dir, tmp_path):
     """A real SIGINT once calibration has started (seen on the progress line, which needs a terminal:
-    stderr is a pty), with enough windows that calibrating four tiny blocks takes seconds."""
+    stderr is a pty); each block takes at least 0.5 s (SLOW_CALIBRATION)."""
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
     out = tmp_path / "out"
@@ -282,7 +298,7 @@ def test_sigint_during_calibration_exits_130_and_writes_nothing(tiny_model_dir, 
     env = {**os.environ, "TMPDIR": str(tmpdir)}
     master, slave = pty.openpty()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "workbench.cli", "prune", "--model", str(tiny_model_dir), "--samples", "512",
+        [sys.executable, "-c", SLOW_CALIBRATION, "prune", "--model", str(tiny_model_dir), "--samples", "64",
          "--seqlen", "256", "--probes", "", "--save-session", str(out / "s.toml"), "--save-masks",
          "--export", str(out / "export")],
         stdout=subprocess.PIPE, stderr=slave, env=env)
