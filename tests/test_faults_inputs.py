@@ -276,7 +276,8 @@ def test_gguf_cache_of_a_tiny_model_is_checked_and_rebuilt(tiny_model_dir, tmp_p
 # calibration shows on the progress line lands inside calibration on a machine of any speed (a fast one
 # once finished the whole run before the signal arrived).
 SLOW_CALIBRATION = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job's child inherits SIGINT ignored
 import workbench.engine as engine
 units = engine._prune_units
 def slow(*args):
