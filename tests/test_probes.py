@@ -3,6 +3,7 @@ determinism, seeded item generators, the scoring functions on hand-made strings,
 the `workbench probe` / `workbench eval` parsers."""
 
 import argparse
+import inspect
 import json
 import random
 
@@ -14,7 +15,7 @@ from tests.tiny import tiny_llama
 from workbench.errors import Cancelled, WorkbenchError
 from workbench.probes import PROBES, ProbeContext, run_probes
 from workbench.probes import arithmetic, brackets, facts, instructions
-from workbench.probes._generate import common_prefix_length, cut_at_stop, greedy_generate, score_choices
+from workbench.probes._generate import cached, common_prefix_length, cut_at_stop, greedy_generate, score_choices
 from workbench.probes.efficiency import parameter_counts
 from workbench.probing import SUITE, add_eval_parser, add_probe_parser, cmd_probe, probe_table
 
@@ -53,6 +54,27 @@ def test_batched_generation_matches_unbatched_reference(tiny):
     with torch.no_grad():
         texts = greedy_generate(model, tokenizer, unrelated, 4, torch.device("cpu"), stop_at_eos=False)
     assert texts == [tokenizer.decode(reference_greedy(model, p, 4)) for p in unrelated]
+
+
+def test_cache_keyword_follows_the_model_class_signature(tiny):
+    """The key/value cache goes in under the name the class's forward takes (`cache` from transformers 5.24,
+    `past_key_values` before); the tiny model's own class takes one of them."""
+
+    class NewStyle(torch.nn.Module):
+        def forward(self, input_ids, cache=None):
+            return cache
+
+    class OldStyle(torch.nn.Module):
+        def forward(self, input_ids, past_key_values=None):
+            return past_key_values
+
+    marker = object()
+    for module in (NewStyle(), OldStyle(), NewStyle()):
+        (keyword, value), = cached(module, marker).items()
+        assert module(None, **{keyword: value}) is marker
+    model, _ = tiny
+    (keyword, _), = cached(model, marker).items()
+    assert keyword in inspect.signature(type(model).forward).parameters
 
 
 def test_generation_stops_at_stop_string():

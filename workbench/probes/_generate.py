@@ -11,6 +11,7 @@ and attention it would see alone (the tests check this against unbatched, uncach
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -51,7 +52,13 @@ def common_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
 def cached(module, cache) -> dict:
     """The keyword that hands `module` its key/value cache: `cache` in transformers >= 5.24 (which warns on
     the old name), `past_key_values` before."""
-    return {"cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values": cache}
+    return {_cache_keyword(type(module)): cache}
+
+
+@functools.cache
+def _cache_keyword(cls: type) -> str:
+    """`cached`'s keyword for a model class, looked up once per class (not once per generated token)."""
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
 
 
 def _prefix_state(model, prefix: Sequence[int], device: torch.device) -> State:
