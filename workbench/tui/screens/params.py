@@ -6,33 +6,26 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.screen import ModalScreen
 from textual.widgets import Input, Label
+
+from workbench.tui.screens.dialog import Dialog
 
 Field = tuple[str, str, str]  # key, text, hint
 
 
-class ParamsScreen(ModalScreen[Any]):
+class ParamsScreen(Dialog[Any]):
     """One input per field (key, text, hint) under `title`; enter hands the typed texts to `parse`, whose
     ValueError (naming the field) is shown; escape cancels. `note` is one more line under the fields.
     Dismisses with what `parse` returned, or None."""
 
-    BINDINGS = [Binding("escape", "cancel", "Cancel", id="params.cancel")]
-
     DEFAULT_CSS = """
-    ParamsScreen { align: center middle; }
-    ParamsScreen > Vertical {
-        width: 76; max-width: 100%; height: auto; max-height: 100%; border: round $primary; background: $surface;
-        padding: 0 1; overflow-y: auto;
-    }
+    ParamsScreen > Vertical { width: 76; max-height: 100%; overflow-y: auto; }
     ParamsScreen Horizontal { height: 1; }
     ParamsScreen Horizontal > Label { width: 10; }
     ParamsScreen Input { width: 1fr; height: 1; border: none; padding: 0 1; background: $boost; }
     ParamsScreen Input:focus { border: none; background: $primary 30%; }
     ParamsScreen .hint { width: 1fr; color: $foreground 60%; }
-    ParamsScreen .error { color: $error; }
     """
 
     def __init__(self, title: str, fields: list[Field], parse: Callable[[dict[str, str]], Any], note: str = ""):
@@ -61,9 +54,6 @@ class ParamsScreen(ModalScreen[Any]):
         try:
             value = self.parse(typed)
         except ValueError as exc:
-            self.query_one("#error", Label).update(str(exc))
+            self.show_error(str(exc))
             return
         self.dismiss(value)
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)

@@ -5,24 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Vertical
-from textual.screen import ModalScreen
 from textual.widgets import Input, Label
 
+from workbench.tui.screens.dialog import Dialog
 
-class PathPrompt(ModalScreen[Path | None]):
+
+class PathPrompt(Dialog[Path | None]):
     """Type a file path (~ is expanded); enter accepts, escape cancels."""
 
-    BINDINGS = [Binding("escape", "cancel", "Cancel", id="path.cancel")]
-
     DEFAULT_CSS = """
-    PathPrompt { align: center middle; }
-    PathPrompt > Vertical {
-        width: 70; max-width: 100%; height: auto; border: round $primary; background: $surface; padding: 0 1;
-    }
+    PathPrompt > Vertical { width: 70; }
     PathPrompt Input { width: 100%; }
-    PathPrompt .error { color: $error; }
     """
 
     def __init__(self, title: str, default: str = "", must_exist: bool = False):
@@ -40,13 +34,10 @@ class PathPrompt(ModalScreen[Path | None]):
     def on_input_submitted(self, event: Input.Submitted) -> None:
         text = event.value.strip()
         if not text:
-            self.query_one("#error", Label).update("type a file name")
+            self.show_error("type a file name")
             return
         path = Path(text).expanduser().absolute()
         if self.must_exist and not path.is_file():
-            self.query_one("#error", Label).update(f"no such file: {path}")
+            self.show_error(f"no such file: {path}")
             return
         self.dismiss(path)
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)

@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Vertical
-from textual.screen import ModalScreen
 from textual.widgets import Label, OptionList
 from textual.widgets.option_list import Option
 
+from workbench.tui.screens.dialog import Dialog
 
-class PickerScreen(ModalScreen[str | None]):
+
+class PickerScreen(Dialog[str | None]):
     """Pick from `choices` (value, description); up/down and enter, or escape to keep the current one.
     Dismisses with the chosen value or None."""
 
-    BINDINGS = [Binding("escape", "cancel", "Cancel", id="picker.cancel")]
-
     DEFAULT_CSS = """
-    PickerScreen { align: center middle; }
-    PickerScreen > Vertical {
-        width: 64; max-width: 100%; height: auto; max-height: 90%;
-        border: round $primary; background: $surface; padding: 0 1;
-    }
+    PickerScreen > Vertical { max-height: 90%; }
     PickerScreen OptionList { height: auto; max-height: 16; border: none; }
     """
 
@@ -45,6 +39,3 @@ class PickerScreen(ModalScreen[str | None]):
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         self.dismiss(event.option.id)
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)

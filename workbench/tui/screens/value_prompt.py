@@ -3,27 +3,19 @@
 from __future__ import annotations
 
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Vertical
-from textual.screen import ModalScreen
 from textual.widgets import Input, Label
 
 from workbench.tui.format import parse_percent
+from workbench.tui.screens.dialog import Dialog
 
 
-class ValuePrompt(ModalScreen[float | None]):
+class ValuePrompt(Dialog[float | None]):
     """Type a value in percent; enter accepts, escape cancels. Dismisses with a fraction or None."""
 
-    BINDINGS = [Binding("escape", "cancel", "Cancel", id="prompt.cancel")]
-
     DEFAULT_CSS = """
-    ValuePrompt { align: center middle; }
-    ValuePrompt > Vertical {
-        width: 64; max-width: 100%; height: auto; border: round $primary; background: $surface; padding: 0 1;
-    }
     ValuePrompt Label { width: 100%; }
     ValuePrompt Input { width: 100%; }
-    ValuePrompt .error { color: $error; }
     """
 
     def __init__(self, what: str, value: float, maximum: float):
@@ -44,9 +36,6 @@ class ValuePrompt(ModalScreen[float | None]):
             if value > self.maximum + 1e-9:
                 raise ValueError(f"must be at most {100 * self.maximum:g} percent")
         except ValueError as exc:
-            self.query_one("#error", Label).update(str(exc))
+            self.show_error(str(exc))
             return
         self.dismiss(value)
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)
