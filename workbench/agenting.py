@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from workbench.cliargs import add_calibration_args, add_model_args, calibration_of, key_values
+from workbench.cliargs import add_method_args, add_model_command, calibration_of, key_values
 from workbench.console import progress_line
 from workbench.plan import Plan, plan_to_dict
 
@@ -23,15 +23,10 @@ def add_agent_parser(subparsers) -> argparse.ArgumentParser:
     from workbench.agent.loop import AgentSettings
     from workbench.agent.policies import POLICIES
     from workbench.agent.policies.llm import LLMSettings
-    from workbench.methods import METHODS
 
     s, llm = AgentSettings, LLMSettings
-    p = subparsers.add_parser("agent", help="agent-guided allocation: raise blocks step by step, roll back harmful steps")
-    add_model_args(p)
-    add_calibration_args(p)
-    p.add_argument("--method", default=Plan.method, choices=METHODS.names())
-    p.add_argument("--method-param", action="append", metavar="KEY=VALUE", help="e.g. scope=matrix for magnitude")
-    p.add_argument("--sparsity", type=float, default=Plan.sparsity, help="global target in [0, 1)")
+    p = add_model_command(subparsers, "agent", help="agent-guided allocation: raise blocks step by step, roll back harmful steps")
+    add_method_args(p)
     p.add_argument("--policy", default="builtin", choices=POLICIES.names(), help="who decides each step (default builtin)")
     p.add_argument("--agent-url", default=None, help="llm policy: OpenAI-compatible API base, e.g. http://127.0.0.1:8080/v1 "
                                                      "(default $WORKBENCH_AGENT_URL); the key is read from $WORKBENCH_AGENT_KEY")

@@ -64,11 +64,9 @@ STAGES = ("load-first", "load-cached", "forward", "capture", "wanda", "wanda-one
 
 def add_bench_parser(sub) -> None:
     """The `workbench bench` subcommand."""
-    from workbench.cliargs import add_calibration_args, add_model_args
+    from workbench.cliargs import add_model_command
 
-    p = sub.add_parser("bench", help="time and memory of load, calibration, each method, re-pruning and probes")
-    add_model_args(p)
-    add_calibration_args(p)
+    p = add_model_command(sub, "bench", help="time and memory of load, calibration, each method, re-pruning and probes")
     p.add_argument("--only", default="", help="comma-separated stages to run (default: all; with --sizes: the sweep's)")
     p.add_argument("--offload", action="store_true", help="keep the weights on the CPU (memory-mapped), one block at a time on the device")
     p.add_argument("--sizes", default="", help="sweep these model specs (comma-separated), e.g. embedded,random:llama-1b")

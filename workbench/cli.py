@@ -19,7 +19,7 @@ from pathlib import Path
 
 from workbench.console import progress_line
 from workbench.errors import Cancelled, WorkbenchError, out_of_memory
-from workbench.cliargs import add_calibration_args, add_model_args, add_plan_args, calibration_of, plan_of, resolve_drops
+from workbench.cliargs import add_model_args, add_model_command, add_plan_args, calibration_of, plan_of, resolve_drops
 from workbench.plan import DTYPES
 
 EXIT_USAGE = 2
@@ -224,16 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_tui_args(sub.add_parser("tui", help="open the app (the default without arguments)"))
 
-    p = sub.add_parser("stats", help="per-block weight, outlier and activation statistics")
-    add_model_args(p)
-    add_calibration_args(p)
+    p = add_model_command(sub, "stats", help="per-block weight, outlier and activation statistics")
     p.add_argument("--no-calibration", action="store_true", help="weights only: skip the calibration pass")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_stats)
 
-    p = sub.add_parser("prune", help="prune headlessly and report sparsity, probes and times")
-    add_model_args(p)
-    add_calibration_args(p)
+    p = add_model_command(sub, "prune", help="prune headlessly and report sparsity, probes and times")
     add_plan_args(p)
     p.add_argument("--probes", default="perplexity", help="comma-separated probes to run dense and pruned ('' for none)")
     p.add_argument("--full", action="store_true", help="full-size probes instead of quick ones")

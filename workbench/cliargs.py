@@ -10,6 +10,14 @@ from workbench.errors import WorkbenchError
 from workbench.plan import DROP_BY, DTYPES, MODES, CalibrationSpec, Plan, Structure
 
 
+def add_model_command(subparsers, name: str, help: str) -> argparse.ArgumentParser:
+    """Register a subcommand that loads a model and calibrates it: the model and calibration options."""
+    p = subparsers.add_parser(name, help=help)
+    add_model_args(p)
+    add_calibration_args(p)
+    return p
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """--model, --device, --dtype."""
     p.add_argument("--model", default="embedded", help="embedded (default), a hub id, a local HF directory or a .gguf file")
@@ -61,16 +69,22 @@ def calibration_of(args) -> CalibrationSpec:
                            mode=args.mode, hessian=True if args.hessian else None)
 
 
-def add_plan_args(p: argparse.ArgumentParser) -> None:
-    """--method, --allocator, --sparsity, --pattern and the manual overrides."""
-    from workbench.allocators import ALLOCATORS
+def add_method_args(p: argparse.ArgumentParser) -> None:
+    """--method, --method-param, --sparsity."""
     from workbench.methods import METHODS
 
     p.add_argument("--method", default=Plan.method, choices=METHODS.names())
     p.add_argument("--method-param", action="append", metavar="KEY=VALUE", help="e.g. scope=matrix for magnitude")
+    p.add_argument("--sparsity", type=float, default=Plan.sparsity, help="global target in [0, 1)")
+
+
+def add_plan_args(p: argparse.ArgumentParser) -> None:
+    """The method options, --allocator, --pattern, the manual overrides and the structure."""
+    from workbench.allocators import ALLOCATORS
+
+    add_method_args(p)
     p.add_argument("--allocator", default=Plan.allocator, choices=ALLOCATORS.names())
     p.add_argument("--allocator-param", action="append", metavar="KEY=VALUE", help="e.g. M=5 or lambda=0.08 for owl")
-    p.add_argument("--sparsity", type=float, default=Plan.sparsity, help="global target in [0, 1)")
     p.add_argument("--pattern", default=None, help="N:M semi-structured pattern, e.g. 2:4")
     p.add_argument("--block-sparsity", action="append", metavar="BLOCK=VALUE", help="manual block target, e.g. 3=0.6")
     p.add_argument("--linear-sparsity", action="append", metavar="NAME=VALUE", help="e.g. layers.3.mlp.down_proj=0.7")

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from workbench.cliargs import add_calibration_args, add_model_args, add_plan_args, calibration_of, plan_of, resolve_drops
+from workbench.cliargs import add_model_command, add_plan_args, calibration_of, plan_of, resolve_drops
 from workbench.console import progress_line
 from workbench.errors import Cancelled, WorkbenchError
 from workbench.plan import Structure
@@ -32,9 +32,7 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
     """Register `workbench compare`."""
     from workbench.probing import SUITE
 
-    p = subparsers.add_parser("compare", help="compare allocators and methods side by side on one sparsity")
-    add_model_args(p)
-    add_calibration_args(p)
+    p = add_model_command(subparsers, "compare", help="compare allocators and methods side by side on one sparsity")
     p.add_argument("--allocators", default="uniform,owl",
                    help="comma-separated allocators (default: uniform,owl; '' for none, with structured variants)")
     p.add_argument("--methods", default="wanda", help="comma-separated methods (default: wanda)")
@@ -59,9 +57,7 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
 
 def add_sensitivity_parser(subparsers) -> argparse.ArgumentParser:
     """Register `workbench sensitivity`."""
-    p = subparsers.add_parser("sensitivity", help="per block: the probe's change when only that block is pruned more")
-    add_model_args(p)
-    add_calibration_args(p)
+    p = add_model_command(subparsers, "sensitivity", help="per block: the probe's change when only that block is pruned more")
     add_plan_args(p)
     p.add_argument("--session", metavar="FILE", help="scan this session's plan (its model and calibration)")
     p.add_argument("--blocks", default="all", help="all, or comma-separated block indices")
