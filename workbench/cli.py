@@ -164,11 +164,11 @@ def cmd_prune(args) -> int:
 def cmd_replay(args) -> int:
     from workbench.comparing import replay_comparison
     from workbench.replaycheck import ReplayReport, check_probes
-    from workbench.session import is_comparison_file, load_session, replay_engine
+    from workbench.session import ComparisonFile, load_replayable, replay_engine
 
-    if is_comparison_file(args.file):
-        return replay_comparison(args.file, args)
-    session = load_session(args.file)
+    session = load_replayable(args.file)
+    if isinstance(session, ComparisonFile):
+        return replay_comparison(args.file, session, args)
     replayed = replay_engine(session, progress=progress_line(args.json), path=args.file, device=args.device,
                              dtype=args.dtype, use_mask_file=not args.recompute)
     engine = replayed.engine

@@ -12,11 +12,15 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from workbench.cliargs import add_model_command, add_plan_args, calibration_of, plan_of, resolve_drops
 from workbench.console import progress_line
 from workbench.errors import Cancelled, WorkbenchError
 from workbench.plan import Structure
+
+if TYPE_CHECKING:
+    from workbench.session import ComparisonFile
 
 EXIT_CHECK_FAILED = 1
 
@@ -226,14 +230,12 @@ def _file_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
 
 
-def replay_comparison(path: str, args) -> int:
-    """`workbench replay FILE` for a comparison file: re-run every variant and check its probes."""
+def replay_comparison(path: str, file: ComparisonFile, args) -> int:
+    """`workbench replay FILE` for a comparison file (read from `path`): re-run every variant and check its probes."""
     from workbench.compare import Variant, run_comparison
     from workbench.engine import Engine
     from workbench.replaycheck import check_probes
-    from workbench.session import load_comparison
 
-    file = load_comparison(path)
     recorded = file.comparison
     progress = progress_line(args.json)
     engine = Engine.load(file.model, args.device or file.device, args.dtype or file.dtype, file.calibration, progress=progress)

@@ -470,8 +470,20 @@ def read_toml(path: Path, what: str) -> dict:
 def load_session(path: str | os.PathLike) -> Session:
     """Read and validate a session file; any problem is one WorkbenchError naming file, key and reason."""
     path = Path(path)
-    r = Reader(path)
+    return _session(path, read_toml(path, "session file"))
+
+
+def load_replayable(path: str | os.PathLike) -> Session | ComparisonFile:
+    """What `workbench replay` re-runs: a comparison file (kind = "comparison") or else a session, read once
+    and validated as `load_comparison` or `load_session` would."""
+    path = Path(path)
     data = read_toml(path, "session file")
+    return _comparison(path, data) if data.get("kind") == "comparison" else _session(path, data)
+
+
+def _session(path: Path, data: dict) -> Session:
+    """A session from its parsed TOML."""
+    r = Reader(path)
     version = r.get(data, "version", "", int, required=True)
     if version > VERSION:
         import workbench
@@ -502,20 +514,15 @@ def load_session(path: str | os.PathLike) -> Session:
     )
 
 
-def is_comparison_file(path: str | os.PathLike) -> bool:
-    """Whether a TOML file is a comparison file (kind = "comparison") rather than a session."""
-    try:
-        data = read_toml(Path(path), "file")
-    except WorkbenchError:
-        return False  # reading it as a session says what is wrong
-    return data.get("kind") == "comparison"
-
-
 def load_comparison(path: str | os.PathLike) -> ComparisonFile:
     """Read and validate a comparison file; any problem is one WorkbenchError naming file, key and reason."""
     path = Path(path)
+    return _comparison(path, read_toml(path, "comparison file"))
+
+
+def _comparison(path: Path, data: dict) -> ComparisonFile:
+    """A comparison file from its parsed TOML."""
     r = Reader(path)
-    data = read_toml(path, "comparison file")
     version = r.get(data, "version", "", int, required=True)
     if version != COMPARISON_VERSION:
         raise r.fail("version", f"unsupported comparison version {version} (this workbench reads {COMPARISON_VERSION})")
