@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from workbench.bench import STAGES
+from workbench.bench import EDITS, STAGES, _edits
+from workbench.plan import Plan
 
 TINY = ["--samples", "4", "--seqlen", "32"]
 
@@ -36,6 +37,7 @@ def test_every_stage_is_measured_on_a_local_model(tiny_model_dir):
     assert report["meta"]["params"] > 0 and report["meta"]["random_weights"] is False
     assert report["meta"]["efficiency"]["tokens_per_second"] > 0
     assert "x (wanda + suite) + dense suite =" in stages["compare"]["target"]
+    assert stages["reprune-linear"]["target"] == "<= 0.05 s, median of 5 edits"
     meta = report["meta"]
     for names, budget in ((("wanda", "wanda-one-pass", "sparsegpt", "magnitude"), meta["memory_budget_mib"]),
                           (("probe-dense", "perplexity", "probe-suite", "efficiency", "sensitivity", "compare"), meta["probe_memory_budget_mib"])):
@@ -46,6 +48,20 @@ def test_every_stage_is_measured_on_a_local_model(tiny_model_dir):
         assert row["start_mib"] <= row["peak_mib"], name  # resident after settling, then the stage's peak
         if name != "load-cached":
             assert row["start_mib"] > 0, name  # the model is resident once loaded
+
+
+def test_reprune_edits_go_back_and_forth_from_cached_statistics(engine):
+    """The re-prune stages time EDITS edits, alternately to the edited plan and back, each incremental."""
+    base = Plan(method="wanda", sparsity=0.5)
+    engine.prune(base)
+    down = engine.linears[0][-1].name
+    edited = Plan(method="wanda", sparsity=0.5, linear_overrides={down: 0.75})
+    calls = []
+    apply = engine.apply
+    engine.apply = lambda plan: calls.append((plan, apply(plan).linears_pruned))
+    seconds = _edits(engine, edited, base)
+    assert len(seconds) == EDITS and all(s > 0 for s in seconds)
+    assert calls == [(edited if i % 2 == 0 else base, 1) for i in range(EDITS)]  # one linear each time
 
 
 def test_probe_suite_alone_times_the_pruned_model(tiny_model_dir):
