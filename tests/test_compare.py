@@ -143,6 +143,21 @@ def test_cli_compare_replay_check_fails_when_numbers_differ(tiny_model_dir, tmp_
     assert "DIFFERS" in capsys.readouterr().out
 
 
+def test_replay_of_a_bad_comparison_file_is_one_line_naming_file_and_key(tmp_path, capsys):
+    path = tmp_path / "comparison.toml"
+    cases = {
+        'version = 99\nkind = "comparison"\n': "version: unsupported comparison version 99",
+        'version = 1\nkind = "comparison"\nvariant = []\n': "variant: unknown key",
+        'version = 1\nkind = "comparison"\n[model\n': "invalid TOML",
+    }
+    for text, reason in cases.items():
+        path.write_text(text)
+        capsys.readouterr()
+        assert main(["replay", str(path)]) == 2, text
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(path) in err and reason in err, err
+
+
 def test_cli_compare_refuses_a_bad_plot_name_before_loading(capsys):
     assert main(["compare", "--model", "no/such-model", "--plot", "x.gif"]) == 2
     assert "--plot x.gif: the file name must end in .png or .svg" in capsys.readouterr().err

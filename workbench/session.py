@@ -474,8 +474,8 @@ def load_session(path: str | os.PathLike) -> Session:
 
 
 def load_replayable(path: str | os.PathLike) -> Session | ComparisonFile:
-    """What `workbench replay` re-runs: a comparison file (kind = "comparison") or else a session, read once
-    and validated as `load_comparison` or `load_session` would."""
+    """What `workbench replay` re-runs: a comparison file (kind = "comparison") or else a session (validated
+    as `load_session` does), read once; any problem is one WorkbenchError naming file, key and reason."""
     path = Path(path)
     data = read_toml(path, "session file")
     return _comparison(path, data) if data.get("kind") == "comparison" else _session(path, data)
@@ -512,12 +512,6 @@ def _session(path: Path, data: dict) -> Session:
         sensitivity=r.sensitivity(r.table(data, "sensitivity", ""), "sensitivity.") if "sensitivity" in data else None,
         agent=r.agent(r.table(data, "agent", ""), "agent.") if "agent" in data else None,
     )
-
-
-def load_comparison(path: str | os.PathLike) -> ComparisonFile:
-    """Read and validate a comparison file; any problem is one WorkbenchError naming file, key and reason."""
-    path = Path(path)
-    return _comparison(path, read_toml(path, "comparison file"))
 
 
 def _comparison(path: Path, data: dict) -> ComparisonFile:

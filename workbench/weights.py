@@ -79,10 +79,6 @@ class WeightBank:
         for record in (self._assigned, self._achieved, self._recon, self._summaries):
             record.pop(name, None)
 
-    def shrunk(self) -> list[str]:
-        """The linears that are smaller than loaded."""
-        return list(self._views)
-
     def assignment(self, name: str) -> Assignment | None:
         """What the linear is pruned with now; None when it is dense."""
         return self._assigned.get(name)

@@ -119,7 +119,6 @@ class Probe(ABC):
 
 
 PROBES: Registry[type[Probe]] = Registry("probe", __name__)
-DEFAULT_PROBES = ("perplexity",)
 WEIGHT_FREE = ("efficiency",)  # probes that mean something on random weights
 _timing_only = contextvars.ContextVar("timing_only", default=False)
 
