@@ -3,16 +3,16 @@
 Stages: model load (first, from an empty cache, and cached), one dense forward pass over the calibration
 tokens (the unit every other time is divided by), calibration capture, each method's full prune at 50%
 (sequential; Wanda also one-pass), re-pruning one linear and one block from cached statistics (the
-median of 5 edits, back and forth), the dense reference probes (the pruned weights swapped for the
-dense ones), the perplexity probe, the quick probe suite, the efficiency probe alone (generation speed; 2:4 sparse kernels on a GPU), a
-sensitivity scan of every block, LayerIF's influence scores, and a comparison of every allocator with
-Wanda at 70% (quick probes and the dense reference included). The comparison's target is the issue's
-4 x (one sequential prune + one quick probe suite) + one dense suite per four variants, which counts
-no allocator's own work before its prune: OWL's dense statistics, LayerIF's scores (cached from the
-stage before) and the agent's search (a loop that prunes and measures dozens of times by design) are
-reported in the row and left out of that check. The first load runs in a child process with an empty cache (its time
-includes starting Python). On a random model (`random:...`) every probe runs for its time only.
-`--sizes` sweeps several models instead (see `workbench.sweep`).
+median of 5 edits, back and forth), the dense reference probes (the pruned weights swapped for the dense
+ones), the perplexity probe, the quick probe suite, the efficiency probe alone (generation speed; 2:4
+sparse kernels on a GPU), a sensitivity scan of every block, LayerIF's influence scores, and a
+comparison of every allocator with Wanda at 70% (quick probes and the dense reference included). The
+comparison's target is the issue's 4 x (one sequential prune + one quick probe suite) + one dense suite
+per four variants, which counts no allocator's own work before its prune: OWL's dense statistics,
+LayerIF's scores (cached from the stage before) and the agent's search (a loop that prunes and measures
+dozens of times by design) are reported in the row and left out of that check. The first load runs in a
+child process with an empty cache (its time includes starting Python). On a random model (`random:...`)
+every probe runs for its time only. `--sizes` sweeps several models instead (see `workbench.sweep`).
 
 Memory: before each stage, garbage is collected, freed heap is handed back to the OS and the peak
 resident set (Linux VmHWM) is reset, so a stage starts from what is alive (the model, the engine's dense
