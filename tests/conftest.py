@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from tests.tiny import tiny_llama
-from workbench.engine import Engine
-from workbench.plan import CalibrationSpec
+from workbench.domain.plan import CalibrationSpec
+from workbench.engine.facade import Engine
 
 TINY_CALIBRATION = dict(samples=4, seqlen=32)
 

@@ -1,4 +1,4 @@
-"""Fault injection shared by the tests: a disk that fills up under `workbench.atomic`'s writes."""
+"""Fault injection shared by the tests: a disk that fills up under `workbench.infra.atomic`'s writes."""
 
 from __future__ import annotations
 

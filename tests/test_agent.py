@@ -15,11 +15,11 @@ from workbench.agent.policies import make_policy
 from workbench.agent.policies.llm import LLMSettings, ReplyError, parse_reply
 from workbench.agent.record import ACCEPTED, NO_ACTION, ROLLED_BACK, BlockObservation, Observation
 from workbench.allocators import ALLOCATORS, AllocationContext
-from workbench.cli import main
-from workbench.compare import Variant, run_comparison
-from workbench.errors import WorkbenchError
-from workbench.plan import Plan, weighted_mean
-from workbench.session import load_session, save_session, session_from_engine
+from workbench.cli.main import main
+from workbench.domain.plan import Plan, weighted_mean
+from workbench.domain.session import load_session, save_session, session_from_engine
+from workbench.infra.errors import WorkbenchError
+from workbench.studies.compare import Variant, run_comparison
 
 TINY = ["--samples", "4", "--seqlen", "32"]
 QUICK = dict(span=0.05, gradient_samples=2)  # 8 steps of one block on the tiny model's four blocks
@@ -297,8 +297,8 @@ def test_the_agent_refuses_a_plan_that_drops_blocks():
     from tests.conftest import make_engine
     from workbench.agent.loop import AgentRun, AgentSettings
     from workbench.agent.policies import make_policy
-    from workbench.errors import WorkbenchError
-    from workbench.plan import Plan, Structure
+    from workbench.infra.errors import WorkbenchError
+    from workbench.domain.plan import Plan, Structure
 
     settings = AgentSettings()
     with pytest.raises(WorkbenchError, match="agent: runs on plans that drop no blocks"):

@@ -59,7 +59,7 @@ def test_rebalance_clips_and_keeps_mean():
 
 
 def test_unknown_allocator_and_params():
-    from workbench.errors import WorkbenchError
+    from workbench.infra.errors import WorkbenchError
 
     with pytest.raises(WorkbenchError, match="unknown allocator 'layerwise'"):
         ALLOCATORS.get("layerwise")
@@ -70,7 +70,7 @@ def test_unknown_allocator_and_params():
 @pytest.mark.parametrize("given, where", [({"M": 0.0}, "allocator_params.M"), ({"lambda": 1.0}, "allocator_params.lambda"),
                                           ({"M": "5"}, "allocator_params.M"), ({"lambda": True}, "allocator_params.lambda")])
 def test_allocators_check_their_own_parameters(given, where):
-    from workbench.errors import WorkbenchError
+    from workbench.infra.errors import WorkbenchError
 
     with pytest.raises(WorkbenchError) as caught:
         ALLOCATORS.get("owl").params(given)

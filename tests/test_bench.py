@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from workbench.bench import EDITS, STAGES, _edits
-from workbench.plan import Plan
+from workbench.cli.bench import EDITS, STAGES, _edits
+from workbench.domain.plan import Plan
 
 TINY = ["--samples", "4", "--seqlen", "32"]
 

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from workbench import cli
-from workbench.cli import main
+from workbench.cli import main as cli
+from workbench.cli.main import main
 
 TINY = ["--samples", "4", "--seqlen", "32"]
 
@@ -112,7 +112,7 @@ def test_invalid_session_exit_2_and_nothing_written(tmp_path):
 def test_app_starts_without_importing_torch():
     """The first frame must not wait for torch (seconds on a small machine): `workbench tui` parses
     its options and imports the app without it; the model loads in the app's worker."""
-    code = ("import sys\nfrom workbench import cli\nimport workbench.tui.app\n"
+    code = ("import sys\nfrom workbench.cli import main as cli\nimport workbench.tui.app\n"
             "try:\n    cli.main(['tui', '--help'])\nexcept SystemExit:\n    pass\n"
             "assert 'torch' not in sys.modules, 'torch imported'\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

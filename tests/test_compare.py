@@ -6,13 +6,13 @@ import json
 import pytest
 
 from tests.conftest import make_engine
-from workbench.cli import main
-from workbench.compare import Comparison, Variant, VariantResult, grid, run_comparison
-from workbench.errors import Cancelled, WorkbenchError
-from workbench.plan import Plan
+from workbench.cli.main import main
+from workbench.domain.plan import Plan
+from workbench.domain.session import Session, load_session, save_session
+from workbench.infra.errors import Cancelled, WorkbenchError
 from workbench.probes import ProbeResult
-from workbench.sensitivity import Sensitivity, scan
-from workbench.session import Session, load_session, save_session
+from workbench.studies.compare import Comparison, Variant, VariantResult, grid, run_comparison
+from workbench.studies.sensitivity import Sensitivity, scan
 
 TINY = ["--samples", "4", "--seqlen", "32"]
 VARIANTS = [Variant("uniform", Plan(sparsity=0.6)), Variant("owl", Plan(allocator="owl", sparsity=0.6))]

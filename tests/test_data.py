@@ -5,8 +5,8 @@ import json
 import pytest
 
 from tests.tiny import ByteTokenizer
-from workbench.data import CALIBRATION, EVALUATION, calibration_windows, evaluation_windows, load_texts
-from workbench.errors import WorkbenchError
+from workbench.infra.errors import WorkbenchError
+from workbench.model.data import CALIBRATION, EVALUATION, calibration_windows, evaluation_windows, load_texts
 
 
 def test_embedded_split_is_disjoint_and_complete():

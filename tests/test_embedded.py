@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from workbench.engine import Engine
-from workbench.model import embedded_gguf_path, load_model
-from workbench.plan import Plan
+from workbench.domain.plan import Plan
+from workbench.engine.facade import Engine
+from workbench.model.loader import embedded_gguf_path, load_model
 
 pytestmark = pytest.mark.embedded
 SESSIONS = sorted((Path(__file__).parent.parent / "sessions").glob("*.toml"))

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from tests.conftest import make_engine
-from workbench.capture import add_upper_gram, symmetric_from_upper
-from workbench.plan import Plan
-from workbench.errors import Cancelled, WorkbenchError
+from workbench.domain.plan import Plan
+from workbench.engine.capture import add_upper_gram, symmetric_from_upper
+from workbench.infra.errors import Cancelled, WorkbenchError
 
 
 def weights(engine):
@@ -186,7 +186,7 @@ def test_nm_pattern_on_whole_model(engine):
 def test_unsupported_architecture_is_named():
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from workbench.model import find_linears
+    from workbench.model.loader import find_linears
 
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64))
     with pytest.raises(WorkbenchError, match="GPT2LMHeadModel.*expected model.model.layers"):
@@ -194,7 +194,7 @@ def test_unsupported_architecture_is_named():
 
 
 def test_offloaded_blocks_run_one_at_a_time():
-    from workbench.model import attach_offload
+    from workbench.model.loader import attach_offload
 
     engine = make_engine()
     ids = torch.randint(0, 500, (2, 16))

@@ -5,12 +5,12 @@ import json
 
 import pytest
 
-from workbench.errors import WorkbenchError
+from workbench.infra.errors import WorkbenchError
 
 pytest.importorskip("lm_eval")
 
-from workbench import evalharness  # noqa: E402
-from workbench.model import load_model  # noqa: E402
+from workbench.model.loader import load_model  # noqa: E402
+from workbench.studies import evalharness  # noqa: E402
 
 DOCS = [
     {"question": "2 + 2 =", "choices": [" 4", " 5", " 22"], "label": 0, "answer": "4"},
@@ -129,8 +129,8 @@ def write_session(path, model_dir):
 def test_eval_command_stores_results_in_the_session(tiny_model_dir, tasks, tmp_path, capsys):
     import argparse
 
-    from workbench.probing import add_eval_parser
-    from workbench.session import load_session
+    from workbench.cli.probe import add_eval_parser
+    from workbench.domain.session import load_session
 
     session = write_session(tmp_path / "s.toml", tiny_model_dir)
     parser = argparse.ArgumentParser()

@@ -21,11 +21,11 @@ import pytest
 import tomli_w
 
 from tests.faults import full_disk_file
-from workbench import atomic
-from workbench.atomic import STALE_AFTER_S, atomic_write_text, failure_reason, remove_stale
-from workbench.cli import main
-from workbench.errors import WorkbenchError
-from workbench.session import Session, load_session, save_session, session_to_dict
+from workbench.cli.main import main
+from workbench.domain.session import Session, load_session, save_session, session_to_dict
+from workbench.infra import atomic
+from workbench.infra.atomic import STALE_AFTER_S, atomic_write_text, failure_reason, remove_stale
+from workbench.infra.errors import WorkbenchError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--samples", "4", "--seqlen", "32"]
@@ -174,7 +174,7 @@ def test_real_write_limit_through_the_real_writers(tiny_model_dir, tmp_path):
 WRITER = """
 import os, sys, time
 from pathlib import Path
-from workbench import atomic
+from workbench.infra import atomic
 path, texts, pause = Path(sys.argv[1]), [Path(a).read_text() for a in sys.argv[2:4]], float(sys.argv[4])
 if pause:  # stop between the written, fsynced temporary and its rename, and say so
     real_fsync = atomic.os.fsync

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from tests.tiny import ByteTokenizer
-from workbench import model as model_module
-from workbench.cli import main
-from workbench.data import CALIBRATION, EVALUATION, calibration_windows, evaluation_windows, load_texts
-from workbench.errors import WorkbenchError
-from workbench.model import cache_problem, cached_build, load_model
+from workbench.cli.main import main
+from workbench.infra.errors import WorkbenchError
+from workbench.model import loader as model_module
+from workbench.model.data import CALIBRATION, EVALUATION, calibration_windows, evaluation_windows, load_texts
+from workbench.model.loader import cache_problem, cached_build, load_model
 
 TINY = ["--samples", "4", "--seqlen", "32"]
 BINARY = b"\xff\xfe\x00\x81" + bytes(range(256)) * 4
@@ -109,7 +109,7 @@ def test_prune_on_bad_calibration_file_exit_2_nothing_written(name, content, mes
 def test_held_out_part_too_short_fails_before_the_prune(tiny_model_dir, tmp_path, capsys, monkeypatch):
     """Enough text to calibrate but not for the perplexity probe's 256-token windows: the error comes
     before the prune runs (the dense reference is measured first), not after its work is done."""
-    from workbench.engine import Engine
+    from workbench.engine.facade import Engine
 
     path = tmp_path / "small.txt"
     path.write_text("\n\n".join(f"paragraph {i}: " + "some words to calibrate on " * 8 for i in range(4)))
@@ -278,13 +278,13 @@ def test_gguf_cache_of_a_tiny_model_is_checked_and_rebuilt(tiny_model_dir, tmp_p
 SLOW_CALIBRATION = """
 import signal, sys, time
 signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job's child inherits SIGINT ignored
-import workbench.engine as engine
+import workbench.engine.facade as engine
 units = engine._prune_units
 def slow(*args):
     time.sleep(0.5)
     return units(*args)
 engine._prune_units = slow
-from workbench.cli import main
+from workbench.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -353,28 +353,28 @@ def test_interrupt_during_export_writes_nothing(tiny_model_dir, tmp_path, capsys
 
 
 def test_failed_session_write_removes_the_export(tiny_model_dir, tmp_path, capsys, monkeypatch):
-    import workbench.session
+    import workbench.domain.session
 
     def failing(session, path):
         raise WorkbenchError(str(path), "cannot write: no space left on device; nothing was written")
 
-    monkeypatch.setattr(workbench.session, "save_session", failing)
+    monkeypatch.setattr(workbench.domain.session, "save_session", failing)
     assert main(_prune_args(tiny_model_dir, tmp_path)) == 2
     assert "no space left on device" in one_line_error(capsys)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_ctrl_c_during_the_session_write_is_held_until_it_is_written(tiny_model_dir, tmp_path, capsys, monkeypatch):
-    import workbench.session
+    import workbench.domain.session
 
-    save = workbench.session.save_session
+    save = workbench.domain.session.save_session
 
     def interrupted(session, path):
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.1)  # the handler runs here, in the main thread
         save(session, path)
 
-    monkeypatch.setattr(workbench.session, "save_session", interrupted)
+    monkeypatch.setattr(workbench.domain.session, "save_session", interrupted)
     handler = signal.getsignal(signal.SIGINT)
     assert main([*_prune_args(tiny_model_dir, tmp_path), "--json"]) == 0
     captured = capsys.readouterr()

@@ -7,14 +7,14 @@ from tests.conftest import make_engine
 from tests.tiny import tiny_llama
 from workbench.allocators import ALLOCATORS, InfluenceSpec
 from workbench.allocators.layerif import AGGREGATES, ESTIMATORS, SCOPES, linear_map
-from workbench.errors import Cancelled, WorkbenchError
-from workbench.gradients import (LinearGrams, block_gradients, block_influence, datainf, dot_product,
+from workbench.infra.errors import Cancelled, WorkbenchError
+from workbench.engine.gradients import (LinearGrams, block_gradients, block_influence, datainf, dot_product,
                                  gradient_grams, mean_abs_gradients)
-from workbench.gradients import AGGREGATES as AGGREGATE_FNS
-from workbench.gradients import ESTIMATORS as ESTIMATOR_FNS
-from workbench.gradients import SCOPES as SCOPE_KINDS
-from workbench.model import find_linears
-from workbench.plan import Plan
+from workbench.domain.plan import Plan
+from workbench.engine.gradients import AGGREGATES as AGGREGATE_FNS
+from workbench.engine.gradients import ESTIMATORS as ESTIMATOR_FNS
+from workbench.engine.gradients import SCOPES as SCOPE_KINDS
+from workbench.model.loader import find_linears
 
 CPU = torch.device("cpu")
 SMALL = {"train": 4, "val": 2, "seqlen": 16}  # influence windows for the tiny model
@@ -122,7 +122,7 @@ def _plan(sparsity=0.6, **params) -> Plan:
 
 
 def _count_gradient_runs(monkeypatch) -> list[int]:
-    import workbench.signals
+    import workbench.engine.signals
 
     runs = []
 
@@ -130,7 +130,7 @@ def _count_gradient_runs(monkeypatch) -> list[int]:
         runs.append(1)
         return gradient_grams(*args, **kwargs)
 
-    monkeypatch.setattr(workbench.signals, "gradient_grams", counted)
+    monkeypatch.setattr(workbench.engine.signals, "gradient_grams", counted)
     return runs
 
 
@@ -187,8 +187,8 @@ def test_cancelled_prepare_keeps_nothing():
 
 
 def test_session_round_trips_a_layerif_plan(tmp_path):
-    from workbench.cli import block_table
-    from workbench.session import load_session, save_session, session_from_engine
+    from workbench.cli.main import block_table
+    from workbench.domain.session import load_session, save_session, session_from_engine
 
     engine = make_engine()
     plan = _plan(eps=0.2, estimator="identity")

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from tests.tiny import tiny_llama
-from workbench import bench
-from workbench.cli import build_parser
-from workbench.engine import Engine
-from workbench.memory import settle, status_kib
-from workbench.plan import Plan
+from workbench.cli import bench
+from workbench.cli.main import build_parser
+from workbench.domain.plan import Plan
+from workbench.engine.facade import Engine
+from workbench.infra.memory import settle, status_kib
 from workbench.probes import perplexity
 
 glibc_linux = pytest.mark.skipif(not sys.platform.startswith("linux") or status_kib("VmRSS") == 0,
@@ -66,7 +66,7 @@ def test_a_stage_peak_does_not_include_the_previous_stage_leftovers():
 
 FRESH_PROCESS = """
 import ctypes, sys
-from workbench.memory import configure_allocator, settle, status_kib
+from workbench.infra.memory import configure_allocator, settle, status_kib
 if sys.argv[1] == "configured":
     assert configure_allocator()
 libc = ctypes.CDLL("libc.so.6")

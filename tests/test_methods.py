@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from workbench.errors import WorkbenchError
+from workbench.engine.stats import reconstruction_terms, relative_error
+from workbench.infra.errors import WorkbenchError
 from workbench.methods import METHODS, LinearStats, Pattern, lowest_k, parse_pattern
-from workbench.stats import reconstruction_terms, relative_error
 
 
 def _layer(out=48, cols=128, tokens=512, seed=0):

@@ -1,6 +1,6 @@
 """The engine, sessions, CLI and every other non-UI module must work without textual: importing them
 (and discovering every method, allocator and probe) must not load it, and none of them may import it
-anywhere, not even inside a function. Inside workbench/tui only the UI-free helpers are held to this."""
+anywhere, not even inside a function. Only workbench/tui may import it."""
 
 from __future__ import annotations
 
@@ -12,16 +12,14 @@ from pathlib import Path
 import workbench
 
 PACKAGE = Path(workbench.__file__).resolve().parent
-UI_FREE_TUI = ("controller", "history", "edits", "format", "themes", "recovery")
-CORE = ("engine", "session", "cli", "model", "data", "capture", "stats", "methods", "allocators", "probes",
-        "registry", "errors", "bench")
+CORE = ("engine.facade", "domain.session", "cli.main", "model.loader", "model.data", "engine.capture", "engine.stats",
+        "methods", "allocators", "probes", "infra.registry", "infra.errors", "cli.bench", "app.controller",
+        "app.history", "app.edits", "app.format", "app.themes", "app.recovery")
 FORBIDDEN = ("textual", "textual_plotext")
 
 
 def _module_files() -> list[Path]:
-    files = [p for p in PACKAGE.rglob("*.py") if "tui" not in p.relative_to(PACKAGE).parts]
-    files += [PACKAGE / "tui" / f"{name}.py" for name in UI_FREE_TUI] + [PACKAGE / "tui" / "__init__.py"]
-    return sorted(files)
+    return sorted(p for p in PACKAGE.rglob("*.py") if "tui" not in p.relative_to(PACKAGE).parts)
 
 
 def _imports(tree: ast.AST) -> list[str]:
@@ -45,7 +43,7 @@ def test_no_module_outside_the_ui_imports_textual():
 
 
 def test_importing_core_modules_does_not_load_textual():
-    modules = [f"workbench.{name}" for name in CORE] + [f"workbench.tui.{name}" for name in UI_FREE_TUI]
+    modules = [f"workbench.{name}" for name in CORE]
     code = "\n".join([
         "import importlib, sys",
         *[f"importlib.import_module({m!r})" for m in modules],
@@ -53,7 +51,7 @@ def test_importing_core_modules_does_not_load_textual():
         "from workbench.allocators import ALLOCATORS",
         "from workbench.probes import PROBES",
         "METHODS.names(); ALLOCATORS.names(); PROBES.names()",
-        "from workbench.cli import build_parser",
+        "from workbench.cli.main import build_parser",
         "build_parser()",
         "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('textual', 'textual_plotext'))",
         "print(','.join(loaded))",

@@ -12,12 +12,12 @@ import tomli_w
 import torch
 
 from tests.tiny import tiny_llama
-from workbench.errors import Cancelled, WorkbenchError
+from workbench.cli.probe import SUITE, add_eval_parser, add_probe_parser, cmd_probe, probe_table
+from workbench.infra.errors import Cancelled, WorkbenchError
 from workbench.probes import PROBES, ProbeContext, run_probes
 from workbench.probes import arithmetic, brackets, facts, instructions
 from workbench.probes._generate import cached, common_prefix_length, cut_at_stop, greedy_generate, score_choices
 from workbench.probes.efficiency import parameter_counts
-from workbench.probing import SUITE, add_eval_parser, add_probe_parser, cmd_probe, probe_table
 
 GENERATIVE = ("arithmetic", "brackets", "facts", "instructions")
 

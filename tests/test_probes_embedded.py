@@ -3,9 +3,9 @@ floor, so that damage from pruning shows (no network; about a minute on two CPU 
 
 import pytest
 
-from workbench.model import load_model
+from workbench.cli.probe import SUITE
+from workbench.model.loader import load_model
 from workbench.probes import ProbeContext, run_probes
-from workbench.probing import SUITE
 
 pytestmark = pytest.mark.embedded
 

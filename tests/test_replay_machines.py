@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from tests.conftest import TINY_CALIBRATION, make_engine
-from workbench.errors import WorkbenchError
-from workbench.masks import SAMPLE_SIZE, compare_fingerprints, fingerprint, load_mask_file, sample_positions
-from workbench.plan import Plan
-from workbench.replaycheck import MIN_MASK_AGREEMENT, ReplayReport
+from workbench.domain.plan import Plan
+from workbench.domain.replaycheck import MIN_MASK_AGREEMENT, ReplayReport
+from workbench.engine.masks import SAMPLE_SIZE, compare_fingerprints, fingerprint, load_mask_file, sample_positions
+from workbench.infra.errors import WorkbenchError
 
 TINY = ["--samples", str(TINY_CALIBRATION["samples"]), "--seqlen", str(TINY_CALIBRATION["seqlen"])]
 # Other machines, simulated: ATen's generic kernels, MKL's AVX2 path (the one it takes on AMD CPUs), one thread.

@@ -9,15 +9,15 @@ import sys
 import pytest
 import torch
 
-from workbench.capture import dense_forward
-from workbench.engine import Engine
-from workbench.errors import WorkbenchError
-from workbench.model import blocks_of, load_model, resolve_source, spread_blocks
-from workbench.plan import CalibrationSpec, Plan
+from workbench.cli.sweep import table
+from workbench.domain.plan import CalibrationSpec, Plan
+from workbench.engine.capture import dense_forward
+from workbench.engine.facade import Engine
+from workbench.infra.errors import WorkbenchError
+from workbench.model.loader import blocks_of, load_model, resolve_source, spread_blocks
+from workbench.model.shapes import VocabFit, _meta_model, parse, random_weights_of
 from workbench.probes import timing_only
 from workbench.probes.efficiency import is_2to4
-from workbench.shapes import VocabFit, _meta_model, parse, random_weights_of
-from workbench.sweep import table
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
 TINY = {"model_type": "llama", "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 4,

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import make_engine
-from workbench.errors import WorkbenchError
-from workbench.plan import CalibrationSpec, Plan
+from workbench.domain.plan import CalibrationSpec, Plan
+from workbench.domain.session import Session, check_against_model, load_session, save_session, session_to_dict
+from workbench.infra.errors import WorkbenchError
 from workbench.probes import ProbeResult
-from workbench.session import Session, check_against_model, load_session, save_session, session_to_dict
 
 GOOD = """\
 version = 1

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from workbench.errors import WorkbenchError
+from workbench.infra.errors import WorkbenchError
 from workbench.structured.depth import DepthStatistics, drop_by_angular, drop_by_influence, parse_drop
 from workbench.structured.width import NEURON_SCORES, kept_count, kept_neurons, neuron_scores
 
@@ -143,8 +143,8 @@ def test_dropping_blocks_is_real_undoable_and_generates_with_a_cache():
 
 
 def test_sessions_keep_the_structure_and_refuse_bad_values(tmp_path):
-    from workbench.plan import Plan, Structure
-    from workbench.session import Session, load_session, save_session
+    from workbench.domain.plan import Plan, Structure
+    from workbench.domain.session import Session, load_session, save_session
 
     structure = Structure(width_ratio=2.4, width_score="data", width_divisor=64, width_overrides={3: 2.0}, drop_blocks=[22, 23])
     save_session(Session(plan=Plan(structure=structure)), tmp_path / "s.toml")
@@ -174,7 +174,7 @@ def _ids():
 
 
 def test_width_shrinks_for_real_and_equals_masking_the_same_neurons():
-    from workbench.plan import Plan, Structure
+    from workbench.domain.plan import Plan, Structure
 
     engine = _engine()
     ids = _ids()
@@ -198,7 +198,7 @@ def test_width_shrinks_for_real_and_equals_masking_the_same_neurons():
 
 
 def test_unstructured_pruning_composes_with_width_and_depth():
-    from workbench.plan import Plan, Structure
+    from workbench.domain.plan import Plan, Structure
 
     engine = _engine()
     engine.prune(Plan(sparsity=0.5, structure=Structure(width_ratio=2.0, width_divisor=32, drop_blocks=[2])))
@@ -216,7 +216,7 @@ def test_unstructured_pruning_composes_with_width_and_depth():
 
 
 def test_structural_edits_undo_from_dense_bit_for_bit():
-    from workbench.plan import Plan, Structure
+    from workbench.domain.plan import Plan, Structure
 
     engine, reference = _engine(), _engine()
     dense = {n: r.module.weight.detach().clone() for n, r in engine.refs.items()}
@@ -233,7 +233,7 @@ def test_structural_edits_undo_from_dense_bit_for_bit():
 
 
 def test_dense_reference_runs_the_full_model():
-    from workbench.plan import Plan, Structure
+    from workbench.domain.plan import Plan, Structure
 
     engine, reference = _engine(), _engine()
     engine.prune(Plan(sparsity=0.3, structure=Structure(width_ratio=2.0, drop_blocks=[1])))
@@ -243,8 +243,8 @@ def test_dense_reference_runs_the_full_model():
 
 
 def test_a_cancelled_structured_prune_puts_everything_back():
-    from workbench.errors import Cancelled
-    from workbench.plan import Plan, Structure
+    from workbench.infra.errors import Cancelled
+    from workbench.domain.plan import Plan, Structure
 
     engine = _engine()
     engine.prune(Plan(sparsity=0.5, structure=Structure(width_ratio=2.0)))
@@ -264,12 +264,12 @@ def test_blocks_to_drop_from_depth_scores():
     run = engine.choose_drops(2, "angular")
     assert run[1] == run[0] + 1
     assert engine.choose_drops(0, "1,3") == [1, 3]
-    engine.prune(__import__("workbench.plan", fromlist=["Plan"]).Plan(sparsity=0.5))
+    engine.prune(__import__("workbench.domain.plan", fromlist=["Plan"]).Plan(sparsity=0.5))
     assert engine.state().blocks[0].block_influence == pytest.approx(bi[0])
 
 
 def test_bad_structures_are_refused_before_any_change():
-    from workbench.plan import Plan, Structure
+    from workbench.domain.plan import Plan, Structure
 
     engine = _engine()
     for structure, where in [(Structure(drop_blocks=[0, 1, 2, 3]), "structure.drop_blocks"),
@@ -290,7 +290,7 @@ def test_bad_structures_are_refused_before_any_change():
 def test_export_loads_as_the_smaller_architecture_with_the_same_logits(tmp_path, structure, intermediate, layers, padded):
     from transformers import AutoModelForCausalLM
 
-    from workbench.plan import Plan, Structure
+    from workbench.domain.plan import Plan, Structure
 
     engine = _engine()
     engine.prune(Plan(sparsity=0.5, structure=Structure(**structure)))
@@ -309,7 +309,7 @@ def test_cli_prune_with_width_and_depth_exports_and_replays(tiny_model_dir, tmp_
 
     from transformers import AutoModelForCausalLM
 
-    from workbench.cli import main
+    from workbench.cli.main import main
 
     tiny = ["--samples", "4", "--seqlen", "32"]
     session, out = tmp_path / "s.toml", tmp_path / "out"
@@ -331,7 +331,7 @@ def test_cli_prune_with_width_and_depth_exports_and_replays(tiny_model_dir, tmp_
 def test_cli_compare_structured_variants(tiny_model_dir, capsys):
     import json
 
-    from workbench.cli import main
+    from workbench.cli.main import main
 
     assert main(["compare", "--model", str(tiny_model_dir), "--samples", "4", "--seqlen", "32", "--allocators", "uniform",
                  "--sparsity", "0.25", "--width-ratios", "2.0", "--drops", "1", "--probes", "perplexity,efficiency",
@@ -347,7 +347,7 @@ def test_cli_compare_structured_variants(tiny_model_dir, capsys):
 def test_cli_compare_one_width_variant_per_score(tiny_model_dir, capsys):
     import json
 
-    from workbench.cli import main
+    from workbench.cli.main import main
 
     assert main(["compare", "--model", str(tiny_model_dir), "--samples", "4", "--seqlen", "32", "--allocators", "",
                  "--width-ratios", "2.0", "--width-score", "ppm,data", "--probes", "perplexity", "--json"]) == 0

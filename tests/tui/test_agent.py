@@ -13,8 +13,8 @@ import pytest
 
 from tests.tui.conftest import consistent, settle, tiny_factory
 from workbench.agent.record import ACCEPTED
-from workbench.errors import Cancelled
-from workbench.plan import Plan
+from workbench.domain.plan import Plan
+from workbench.infra.errors import Cancelled
 from workbench.tui.screens.agent import AgentScreen
 from workbench.tui.screens.params import ParamsScreen
 from workbench.tui.widgets.plots import InfluencePlot

@@ -8,8 +8,8 @@ import pytest
 from textual import events
 
 from tests.tui.conftest import settle, tiny_factory
-from workbench.errors import Cancelled
-from workbench.tui.edits import BlockKey, GlobalKey, LinearKey
+from workbench.app.edits import BlockKey, GlobalKey, LinearKey
+from workbench.infra.errors import Cancelled
 from workbench.tui.screens.confirm import ConfirmScreen
 from workbench.tui.screens.help import HelpScreen
 from workbench.tui.screens.picker import PickerScreen
@@ -228,9 +228,9 @@ async def test_layout_fits_80x24(make_app):
 
 async def test_save_writes_toml_that_replays_to_the_numbers_shown(make_app, tiny_model_dir, tmp_path, monkeypatch,
                                                                    capsys):
-    from workbench import cli
-    from workbench.engine import CalibrationSpec
-    from workbench.session import load_session, replay_engine
+    from workbench.cli import main as cli
+    from workbench.engine.facade import CalibrationSpec
+    from workbench.domain.session import load_session, replay_engine
     from workbench.tui.app import load_engine
 
     monkeypatch.chdir(tmp_path)

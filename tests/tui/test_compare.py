@@ -10,8 +10,8 @@ import threading
 import pytest
 
 from tests.tui.conftest import consistent, settle, tiny_factory
-from workbench.errors import Cancelled
-from workbench.plan import Plan
+from workbench.domain.plan import Plan
+from workbench.infra.errors import Cancelled
 from workbench.tui.screens.compare import CompareScreen, CompareTable
 from workbench.tui.widgets.block_pane import BlockPane
 

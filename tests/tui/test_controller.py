@@ -9,12 +9,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from workbench.compare import Comparison, VariantResult
-from workbench.plan import Plan
+from workbench.app import edits
+from workbench.app.controller import Controller, PruneJob
+from workbench.app.edits import BlockKey
+from workbench.domain.plan import Plan
 from workbench.probes import ProbeResult
-from workbench.tui import edits
-from workbench.tui.controller import Controller, PruneJob
-from workbench.tui.edits import BlockKey
+from workbench.studies.compare import Comparison, VariantResult
 
 
 def linear(name: str, numel: int, target: float = 0.5):

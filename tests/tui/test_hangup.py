@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from workbench.session import load_session
+from workbench.domain.session import load_session
 
 ROOT = Path(__file__).resolve().parents[2]
 CHILD = """

@@ -9,11 +9,11 @@ from types import SimpleNamespace
 import pytest
 
 from workbench.agent.record import ACCEPTED, NO_ACTION, ROLLED_BACK, StepRecord
-from workbench.engine import Plan
-from workbench.errors import WorkbenchError
+from workbench.app import edits
+from workbench.engine.facade import Plan
+from workbench.infra.errors import WorkbenchError
 from workbench.probes import ProbeResult
-from workbench.tui import edits
-from workbench.tui.format import (
+from workbench.app.format import (
     CORE_COLUMNS,
     Cell,
     Scale,
@@ -34,10 +34,10 @@ from workbench.tui.format import (
     short,
     variant_column,
 )
-from workbench.plan import plan_from_dict
-from workbench.tui.history import EditHistory
-from workbench.tui.recovery import Autosave, clear_recovery, describe_recovery
-from workbench.tui.themes import default_theme_name, load_themes, parse_theme, themes_dir
+from workbench.app.history import EditHistory
+from workbench.app.recovery import Autosave, clear_recovery, describe_recovery
+from workbench.app.themes import default_theme_name, load_themes, parse_theme, themes_dir
+from workbench.domain.plan import plan_from_dict
 
 
 def test_numbers_fit_their_columns():
@@ -86,7 +86,7 @@ def test_probe_summary_marks_worse_than_dense():
 
 
 def test_variant_column_marks_the_best_and_waits_for_queued_variants():
-    from workbench.compare import Comparison, VariantResult
+    from workbench.studies.compare import Comparison, VariantResult
 
     dense = ProbeResult("perplexity", 18.0, "ppl", False, 2, 0.0, "quick", 0.05, 0.0, relative=True)
     probes = ["perplexity"]
@@ -214,7 +214,7 @@ def test_recovery_description(tmp_path):
 
 
 def test_autosave_writes_only_the_newest_and_reports_a_failing_streak_once(tmp_path, monkeypatch):
-    from workbench.tui import recovery
+    from workbench.app import recovery
 
     written = []
     monkeypatch.setattr(recovery, "write_recovery", lambda session, path: written.append(session))
@@ -235,7 +235,7 @@ def test_autosave_writes_only_the_newest_and_reports_a_failing_streak_once(tmp_p
 
 
 def test_header_lines_fit_80_columns():
-    from workbench.tui.format import probes_line, sparsity_line
+    from workbench.app.format import probes_line, sparsity_line
 
     state = SimpleNamespace(achieved=0.5174, params_nonzero=51_300_000, params_total=106_200_000)
     for note in (None, "re-pruning", "not applied (p prunes)"):
@@ -374,8 +374,8 @@ def test_width_steps_land_on_the_grid_and_stop_at_full_width():
 
 
 def test_structure_cells_and_plan_line():
-    from workbench.plan import Structure
-    from workbench.tui.format import block_widths, depth_cells, global_width_cell, structure_text, width_cells
+    from workbench.domain.plan import Structure
+    from workbench.app.format import block_widths, depth_cells, global_width_cell, structure_text, width_cells
 
     blocks = [SimpleNamespace(index=i, width=w, intermediate=320, dropped=d, block_influence=bi, angular_distance=ad)
               for i, (w, d, bi, ad) in enumerate([(None, False, 0.25, 0.5), (295, False, 0.125, None),

@@ -15,17 +15,17 @@ import pytest
 
 from tests.faults import full_disk_file
 from tests.tui.conftest import settle, tiny_factory
-from workbench import atomic
-from workbench.session import Session, load_session, save_session
+from workbench.domain.session import Session, load_session, save_session
+from workbench.infra import atomic
 from workbench.tui.screens.confirm import ConfirmScreen
-from workbench.tui.recovery import (claim_recovery, clear_recovery, lock_path, recovery_files, release_recovery,
+from workbench.app.recovery import (claim_recovery, clear_recovery, lock_path, recovery_files, release_recovery,
                                     slot_path, write_recovery)
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def session(sparsity: float) -> Session:
-    from workbench.engine import Plan
+    from workbench.engine.facade import Plan
 
     return Session(model="tiny", plan=Plan(sparsity=sparsity), versions={"workbench": "test"})
 
@@ -111,9 +111,9 @@ def test_an_old_single_recovery_file_without_a_lock_is_offered(tmp_path):
 HOLDER = """
 import os, sys, time
 from pathlib import Path
-from workbench.tui.recovery import claim_recovery, write_recovery
-from workbench.session import Session
-from workbench.engine import Plan
+from workbench.app.recovery import claim_recovery, write_recovery
+from workbench.domain.session import Session
+from workbench.engine.facade import Plan
 slot = claim_recovery(Path(sys.argv[1]))
 write_recovery(Session(model="tiny", plan=Plan(sparsity=float(sys.argv[2])), versions={"w": "t"}), slot.path)
 print(slot.path, flush=True)

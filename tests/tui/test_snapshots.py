@@ -8,11 +8,11 @@ from tests.tui.conftest import settle
 from workbench.agent.loop import AgentRun, AgentSettings
 from workbench.agent.policies import make_policy
 from workbench.agent.record import ACCEPTED, NO_ACTION, ROLLED_BACK, StepRecord
-from workbench.compare import Comparison, VariantResult
-from workbench.plan import Plan
+from workbench.app.edits import AgentForm
+from workbench.domain.plan import Plan
 from workbench.probes import ProbeResult
-from workbench.sensitivity import Sensitivity
-from workbench.tui.edits import AgentForm
+from workbench.studies.compare import Comparison, VariantResult
+from workbench.studies.sensitivity import Sensitivity
 
 
 async def _ready(pilot) -> None:

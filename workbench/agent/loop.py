@@ -37,9 +37,9 @@ from workbench.agent.policies.llm import LLMSettings
 from workbench.agent.record import ACCEPTED, NO_ACTION, ROLLED_BACK, AgentLog, Observation, StepRecord
 from workbench.allocators import DEFAULT_M
 from workbench.allocators.agent import DEFAULTS
-from workbench.engine import Engine
-from workbench.errors import WorkbenchError
-from workbench.plan import MAX_SPARSITY, Plan, weighted_mean
+from workbench.domain.plan import MAX_SPARSITY, Plan, weighted_mean
+from workbench.engine.facade import Engine
+from workbench.infra.errors import WorkbenchError
 
 Progress = Callable[[str, float], None]
 Cancel = Callable[[], bool]
@@ -219,8 +219,8 @@ class AgentRun:
 
     # ----- inside -----------------------------------------------------------------------------------
     def _begin(self, progress: Progress | None, cancel: Cancel | None) -> None:
-        from workbench.gradients import mean_abs_gradients
-        from workbench.sensitivity import scan
+        from workbench.engine.gradients import mean_abs_gradients
+        from workbench.studies.sensitivity import scan
 
         engine, s = self.engine, self.settings
         engine.prune(self.start_plan(), progress, cancel)

@@ -9,7 +9,7 @@ import math
 import torch
 
 from workbench.agent.record import BlockObservation, zscores
-from workbench.engine import Engine
+from workbench.engine.facade import Engine
 
 QUANTILE = 0.1  # the paper's low quantile of the non-zero Wanda scores
 SAMPLE = 1 << 18  # about this many scores per block (a fixed stride through every linear): exact on small models

@@ -13,14 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from workbench.errors import WorkbenchError
-from workbench.plan import MAX_SPARSITY
-from workbench.registry import Registry, complete_params
+from workbench.domain.plan import MAX_SPARSITY
+from workbench.infra.errors import WorkbenchError
+from workbench.infra.registry import Registry, complete_params
 
 
 @dataclass(frozen=True)
 class InfluenceSpec:
-    """Which per-block influence scores (see `workbench.gradients`): per-example gradients of the linears in
+    """Which per-block influence scores (see `workbench.engine.gradients`): per-example gradients of the linears in
     `scope` on `train` and `val` calibration windows of `seqlen` tokens, combined by `estimator` and
     `aggregate`."""
 

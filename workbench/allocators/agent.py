@@ -24,8 +24,8 @@ runs the loop first with the plan's settings and records them in the plan (see `
 from __future__ import annotations
 
 from workbench.allocators import ALLOCATORS, SEARCH, AllocationContext, Allocator, rebalance
-from workbench.errors import WorkbenchError
-from workbench.plan import MAX_SPARSITY, check_fraction
+from workbench.domain.plan import MAX_SPARSITY, check_fraction
+from workbench.infra.errors import WorkbenchError
 
 DEFAULTS = {"policy": "builtin", "step": 0.025, "span": 0.1, "max_steps": 40, "rollback": 0.1, "start": None, "steps": ()}
 

@@ -2,7 +2,7 @@
 HadiAskari/Expert_Allocation `LayerIF_Computation/`, mapping as in HadiAskari/LayerIF_Pruning_New
 `lib/prune.py`, which is AlphaPruning's `ww_sparsity`).
 
-Each block gets an influence score from per-example gradients of the dense model (`workbench.gradients`):
+Each block gets an influence score from per-example gradients of the dense model (`workbench.engine.gradients`):
 DataInf (or the plain gradient dot product, `identity`) over training x validation windows of the
 calibration source, summed per block (`positive`: the paper's cumulative positive influence; `all`: the
 released notebook). A lower score marks a better-trained block, which is pruned less:
@@ -16,9 +16,9 @@ parameters); a final rebalance instead of a bare cap, so the mean stays exact wh
 """
 
 from workbench.allocators import ALLOCATORS, GRADIENTS, AllocationContext, Allocator, InfluenceSpec, rebalance
-from workbench.errors import WorkbenchError
+from workbench.infra.errors import WorkbenchError
 
-ESTIMATORS = ("datainf", "identity")  # as in workbench.gradients.ESTIMATORS
+ESTIMATORS = ("datainf", "identity")  # as in workbench.engine.gradients.ESTIMATORS
 AGGREGATES = ("positive", "all")
 SCOPES = ("attention", "all")
 CHOICES = {"estimator": ESTIMATORS, "aggregate": AGGREGATES, "scope": SCOPES}

@@ -10,7 +10,7 @@ S (it only matters when blocks differ in size or a target is clipped to [0, 0.99
 """
 
 from workbench.allocators import ALLOCATORS, DEFAULT_M, DENSE_STATISTICS, AllocationContext, Allocator, rebalance
-from workbench.errors import WorkbenchError
+from workbench.infra.errors import WorkbenchError
 
 
 def check_owl(params: dict, where: str) -> None:

@@ -14,8 +14,8 @@ from typing import Callable, NamedTuple
 import numpy as np
 import torch
 
-from workbench.errors import WorkbenchError
-from workbench.registry import Registry, complete_params
+from workbench.infra.errors import WorkbenchError
+from workbench.infra.registry import Registry, complete_params
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from workbench.errors import WorkbenchError
+from workbench.infra.errors import WorkbenchError
 from workbench.methods import LinearStats, Method, Pattern, apply_mask, lowest_mask, lowest_mask_matrix, nm_mask, METHODS
 
 

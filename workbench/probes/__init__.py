@@ -16,8 +16,8 @@ from typing import Callable, ClassVar
 
 import torch
 
-from workbench.errors import Cancelled, WorkbenchError
-from workbench.registry import Registry
+from workbench.infra.errors import Cancelled, WorkbenchError
+from workbench.infra.registry import Registry
 
 SIZES = ("quick", "full")
 # Items of an exact-match probe that may flip between machines on a replay with recomputed masks: up to
@@ -28,7 +28,7 @@ EXACT_MATCH_FLIPS = 3
 @dataclass
 class ProbeResult:
     """One probe's outcome; `floor` is the score of random choice (or zero). `tolerance` is how far a
-    replay may land from this score (see `workbench.replaycheck`): absolute, or a fraction of the score
+    replay may land from this score (see `workbench.domain.replaycheck`): absolute, or a fraction of the score
     when `relative` (perplexity)."""
 
     name: str
@@ -91,7 +91,7 @@ class Probe(ABC):
         """Return (score, number of items, details)."""
 
     def replay_tolerance(self, score: float, items: int, dense: ProbeResult | None) -> float:
-        """How far a replay on another machine may land from `score` (see `workbench.replaycheck`):
+        """How far a replay on another machine may land from `score` (see `workbench.domain.replaycheck`):
         `tolerance_items` of `items` for a probe that counts items, else `tolerance`; `dense` is the
         dense model's result when known."""
         return self.tolerance_items / items if self.tolerance_items and items else self.tolerance
@@ -134,8 +134,8 @@ def timing_only():
 
 
 def refuse_random_weights(model: torch.nn.Module, names) -> None:
-    """One-line error when probes of quality are asked of a model with random weights (`workbench.shapes`)."""
-    from workbench.shapes import random_weights_of
+    """One-line error when probes of quality are asked of a model with random weights (`workbench.model.shapes`)."""
+    from workbench.model.shapes import random_weights_of
 
     random = random_weights_of(model)
     quality = [n for n in names if n not in WEIGHT_FREE]

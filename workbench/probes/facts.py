@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
-from workbench.errors import WorkbenchError
+from workbench.infra.errors import WorkbenchError
 from workbench.probes import EXACT_MATCH_FLIPS, PROBES, Probe, ProbeContext
 from workbench.probes._generate import encode, score_choices
 

@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from workbench.data import evaluation_windows
+from workbench.model.data import evaluation_windows
 from workbench.probes import PROBES, Probe, ProbeContext, ProbeResult
 
 SEQLEN = 256

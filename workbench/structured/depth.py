@@ -6,7 +6,7 @@
 - Angular distance (Gromov et al., arXiv 2403.17887): d(l, l+n) = arccos(cos(x_T^l, x_T^(l+n))) / pi on
   the last token T of each sample, averaged over samples; the run l..l+n-1 with the smallest d is dropped.
 
-`DepthStatistics` accumulates both from one dense pass, block by block (see `workbench.capture`).
+`DepthStatistics` accumulates both from one dense pass, block by block (see `workbench.engine.capture`).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from workbench.capture import block0_inputs
-from workbench.errors import Cancelled, WorkbenchError
-from workbench.model import blocks_of
+from workbench.engine.capture import block0_inputs
+from workbench.infra.errors import Cancelled, WorkbenchError
+from workbench.model.loader import blocks_of
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

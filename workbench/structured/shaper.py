@@ -10,13 +10,13 @@ from typing import Callable, Iterator
 
 import torch
 
-from workbench.errors import WorkbenchError
-from workbench.model import LinearRef
-from workbench.plan import Structure, check_structure
+from workbench.domain.plan import Structure, check_structure
+from workbench.engine.weights import WeightBank
+from workbench.infra.errors import WorkbenchError
+from workbench.model.loader import LinearRef
 from workbench.structured.depth import DepthStatistics
 from workbench.structured.shrink import Depth
 from workbench.structured.width import NEURON_SCORES, kept_count, kept_neurons, neuron_scores
-from workbench.weights import WeightBank
 
 GLU = ("gate", "up", "down")
 

@@ -12,9 +12,9 @@ from typing import Callable
 
 import torch
 
-from workbench.errors import WorkbenchError
-from workbench.plan import WIDTH_DIVISORS
-from workbench.registry import Registry
+from workbench.domain.plan import WIDTH_DIVISORS
+from workbench.infra.errors import WorkbenchError
+from workbench.infra.registry import Registry
 
 
 NeuronScore = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]

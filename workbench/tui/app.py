@@ -1,6 +1,6 @@
 """The workbench app: per-block panes with live statistics and sparsity sliders over the engine.
 
-Every number on screen comes from the engine (`workbench.engine`); the app turns key presses into plans
+Every number on screen comes from the engine (`workbench.engine.facade`); the app turns key presses into plans
 and hands them to its `Controller`, which keeps the plan, its history and what to prune next. Heavy work
 runs in thread workers (one group per kind: engine, calibrate, prune, probe, save, compare, sensitivity,
 agent) that never touch widgets: they post messages, and errors end up in `on_worker_state_changed` as
@@ -34,30 +34,30 @@ from textual.timer import Timer
 from textual.widgets import Footer, Static
 from textual.worker import Worker, WorkerState
 
-from workbench.errors import Cancelled, WorkbenchError, out_of_memory
-from workbench.plan import CalibrationSpec, Plan
-from workbench.tui import edits
+from workbench.app import edits
+from workbench.app.controller import Controller, PruneJob
+from workbench.app.edits import BlockKey, GlobalKey, LinearKey
+from workbench.domain.plan import CalibrationSpec, Plan
+from workbench.infra.errors import Cancelled, WorkbenchError, out_of_memory
 from workbench.tui.commands import COMMANDS
-from workbench.tui.controller import Controller, PruneJob
-from workbench.tui.edits import BlockKey, GlobalKey, LinearKey
-from workbench.tui.format import (Cell, Scale, cells_markup, depth_cells, global_width_cell, influence_cells, params,
+from workbench.app.format import (Cell, Scale, cells_markup, depth_cells, global_width_cell, influence_cells, params,
                                   pct, structured, width_cells)
 from workbench.tui.jobs.agent import AgentJobs
 from workbench.tui.jobs.compare import CompareJobs
 from workbench.tui.jobs.worker import BORROWING, WorkerJob
 from workbench.tui.messages import (DropsChosen, EngineReady, FullPruneNeeded, ProbesDone, Saved, StateChanged,
                                     WorkProgress)
-from workbench.tui.recovery import (Autosave, claim_recovery, clear_recovery, default_recovery_path,
+from workbench.app.recovery import (Autosave, claim_recovery, clear_recovery, default_recovery_path,
                                     describe_recovery, release_recovery)
+from workbench.app.themes import ThemeSpec, default_theme_name, load_themes
 from workbench.tui.screens.agent import AgentScreen
-from workbench.tui.screens.confirm import ConfirmScreen
 from workbench.tui.screens.compare import CompareScreen, CompareTable
+from workbench.tui.screens.confirm import ConfirmScreen
 from workbench.tui.screens.help import HelpScreen
 from workbench.tui.screens.params import ParamsScreen
 from workbench.tui.screens.path_prompt import PathPrompt
 from workbench.tui.screens.picker import PickerScreen
 from workbench.tui.screens.plots import PlotsScreen
-from workbench.tui.themes import ThemeSpec, default_theme_name, load_themes
 from workbench.tui.widgets.activity import Activity
 from workbench.tui.widgets.block_pane import BlockPane
 from workbench.tui.widgets.header import WorkbenchHeader
@@ -66,7 +66,7 @@ from workbench.tui.widgets.slider import Slider
 from workbench.tui.widgets.stat_row import StatRow
 
 if TYPE_CHECKING:
-    from workbench.engine import Engine
+    from workbench.engine.facade import Engine
 
 DEBOUNCE_S = 0.3
 REFRESH_S = 0.25
@@ -89,7 +89,7 @@ EngineFactory = Callable[..., "Engine"]
 
 def load_engine(model: str, device: str, dtype: str, calibration: CalibrationSpec, progress) -> Engine:
     """The default engine factory: `Engine.load`."""
-    from workbench.engine import Engine
+    from workbench.engine.facade import Engine
 
     return Engine.load(model, device=device, dtype=dtype, calibration=calibration, progress=progress)
 
@@ -259,7 +259,7 @@ class WorkbenchApp(CompareJobs, AgentJobs, App):
     @work(thread=True, exclusive=True, group="engine", exit_on_error=False)
     def _load_worker(self, model: str, path: Path | None) -> None:
         """Load a model (or reuse the loaded one) and, for a session, read and check the file."""
-        from workbench.session import check_against_model, load_session
+        from workbench.domain.session import check_against_model, load_session
 
         job = WorkerJob(self, "engine")
         session = load_session(path) if path is not None else None
@@ -837,7 +837,7 @@ class WorkbenchApp(CompareJobs, AgentJobs, App):
     @work(thread=True, exclusive=True, group="save", exit_on_error=False)
     def _save_worker(self, path: Path, history: list[dict], probes: list, theme: str, comparison, sensitivity,
                      agent) -> None:
-        from workbench.session import save_session, session_from_engine
+        from workbench.domain.session import save_session, session_from_engine
 
         session = session_from_engine(self.engine, history=history, probes=probes, theme=theme,
                                       device=self.device, dtype=self.dtype)

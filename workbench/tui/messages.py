@@ -8,16 +8,16 @@ from typing import TYPE_CHECKING
 
 from textual.message import Message
 
-from workbench.plan import Plan
+from workbench.domain.plan import Plan
 
 if TYPE_CHECKING:  # torch stays unloaded until the model loads
     from workbench.agent.loop import AgentRun
     from workbench.agent.record import StepRecord
-    from workbench.compare import Comparison
-    from workbench.engine import Engine, EngineState
+    from workbench.studies.compare import Comparison
+    from workbench.engine.facade import Engine, EngineState
     from workbench.probes import ProbeResult
-    from workbench.sensitivity import Sensitivity
-    from workbench.session import Session
+    from workbench.studies.sensitivity import Sensitivity
+    from workbench.domain.session import Session
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from workbench.agent.record import Action, Observation, StepRecord
-from workbench.registry import Registry
+from workbench.infra.registry import Registry
 
 
 class Policy(Protocol):

@@ -15,7 +15,7 @@ import math
 
 from workbench.agent.policies import POLICIES
 from workbench.agent.record import ACCEPTED, ROLLED_BACK, Action, Observation, StepRecord, zscores
-from workbench.plan import MAX_SPARSITY
+from workbench.domain.plan import MAX_SPARSITY
 
 BLOCK_SHARE = 0.25  # share of the blocks raised in one step
 ROLLBACK_PENALTY = 1.0  # cost added per rollback a block took part in: one standard deviation of a signal

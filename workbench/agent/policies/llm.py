@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from workbench.agent.policies import POLICIES
 from workbench.agent.record import Action, Observation, StepRecord
-from workbench.errors import WorkbenchError
+from workbench.infra.errors import WorkbenchError
 
 HISTORY = 20  # past steps shown in each prompt
 REPLY_SCHEMA = {

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from textual import work
 
-from workbench.errors import WorkbenchError
-from workbench.plan import Plan
-from workbench.tui import edits
+from workbench.app import edits
+from workbench.domain.plan import Plan
+from workbench.infra.errors import WorkbenchError
 from workbench.tui.jobs.worker import WorkerJob
 from workbench.tui.messages import AgentHalted, AgentStepped
 from workbench.tui.screens.agent import AgentScreen

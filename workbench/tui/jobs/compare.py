@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from textual import work
 
-from workbench.plan import Plan
-from workbench.tui.format import PROBE_LABELS, heat_cells
+from workbench.app.format import PROBE_LABELS, heat_cells
+from workbench.domain.plan import Plan
 from workbench.tui.jobs.worker import BORROWING, WorkerJob
 from workbench.tui.messages import Compared, Scanned
 from workbench.tui.screens.compare import CompareScreen
@@ -30,7 +30,7 @@ class CompareJobs:
         self._when_applied(self._start_comparison)
 
     def _start_comparison(self) -> None:
-        from workbench.compare import Variant
+        from workbench.studies.compare import Variant
 
         variants = [Variant(name, plan) for name, plan in self.controller.queued]
         if not variants or self._busy(BORROWING):
@@ -42,7 +42,7 @@ class CompareJobs:
     def _compare_worker(self, variants: list, probes: list[str]) -> None:
         """Run the comparison; what finished comes back also after a cancel or a failure, when the engine
         is free again."""
-        from workbench.compare import Comparison, run_comparison
+        from workbench.studies.compare import Comparison, run_comparison
 
         job, engine, finished, comparison = WorkerJob(self, "compare"), self.engine, [], None
         try:
@@ -92,7 +92,7 @@ class CompareJobs:
     @work(thread=True, exclusive=True, group="sensitivity", exit_on_error=False)
     def _sensitivity_worker(self, plan: Plan) -> None:
         """Scan every block; the engine comes back in `plan` also after a cancel or a failure."""
-        from workbench.sensitivity import scan
+        from workbench.studies.sensitivity import scan
 
         job, result = WorkerJob(self, "sensitivity"), None
         try:

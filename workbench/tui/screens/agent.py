@@ -15,9 +15,9 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from workbench.tui.controller import Controller
-from workbench.tui.edits import AgentForm, agent_fields, parse_agent_form
-from workbench.tui.format import AGENT_COLUMNS, agent_run_line, agent_settings_line, agent_step_cells, cells_markup
+from workbench.app.controller import Controller
+from workbench.app.edits import AgentForm, agent_fields, parse_agent_form
+from workbench.app.format import AGENT_COLUMNS, agent_run_line, agent_settings_line, agent_step_cells, cells_markup
 from workbench.tui.screens.params import ParamsScreen
 from workbench.tui.widgets.activity import Activity
 from workbench.tui.widgets.plots import AgentPlot

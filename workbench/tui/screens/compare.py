@@ -14,10 +14,10 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 from textual.worker import Worker
 
-from workbench.plan import MAX_SPARSITY
-from workbench.tui.controller import Controller
-from workbench.tui.edits import allocator_options, method_options
-from workbench.tui.format import Cell, comparison_labels, dense_column, pct, variant_column
+from workbench.app.controller import Controller
+from workbench.app.edits import allocator_options, method_options
+from workbench.app.format import Cell, comparison_labels, dense_column, pct, variant_column
+from workbench.domain.plan import MAX_SPARSITY
 from workbench.tui.screens.picker import PickerScreen
 from workbench.tui.screens.value_prompt import ValuePrompt
 from workbench.tui.widgets.activity import Activity
@@ -127,7 +127,7 @@ class CompareScreen(Screen):
     @work(exclusive=True, group="add-variant", exit_on_error=False)
     async def action_add_variant(self) -> None:
         """Ask for an allocator, a method and a global target, then add that variant."""
-        from workbench.compare import grid
+        from workbench.studies.compare import grid
 
         plan = self.controller.plan
         allocator = await self.app.push_screen_wait(PickerScreen("Variant: allocator", allocator_options(), plan.allocator))

@@ -8,7 +8,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-from workbench.tui.format import escape
+from workbench.app.format import escape
 
 INTRO = ("Each line is a transformer block: its target sparsity slider, then achieved sparsity, mean |W|, "
          "outlier ratio, activation norm and reconstruction error (bars and colour flag the blocks that stand "

@@ -12,13 +12,13 @@ from textual.screen import Screen
 from textual.widgets import Footer, TabbedContent, TabPane
 from textual.worker import Worker
 
-from workbench.tui.controller import Controller
-from workbench.tui.format import block_widths, pct, structured
+from workbench.app.controller import Controller
+from workbench.app.format import block_widths, pct, structured
 from workbench.tui.messages import HistogramReady
 from workbench.tui.widgets.plots import AllocationPlot, HistogramPlot, InfluencePlot, ProbePlot, StructurePlot
 
 if TYPE_CHECKING:
-    from workbench.engine import Engine
+    from workbench.engine.facade import Engine
 
 
 class PlotsScreen(Screen):

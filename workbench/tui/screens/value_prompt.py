@@ -6,7 +6,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Input, Label
 
-from workbench.tui.format import parse_percent
+from workbench.app.format import parse_percent
 from workbench.tui.screens.dialog import Dialog
 
 

@@ -8,9 +8,9 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.reactive import reactive
 
-from workbench.plan import weighted_mean
-from workbench.tui.edits import BlockKey, LinearKey
-from workbench.tui.format import Cell, Scale
+from workbench.app.edits import BlockKey, LinearKey
+from workbench.app.format import Cell, Scale
+from workbench.domain.plan import weighted_mean
 from workbench.tui.widgets.stat_row import StatRow
 
 

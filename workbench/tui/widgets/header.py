@@ -7,7 +7,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Static
 
-from workbench.tui.format import cells_markup, escape, plan_line, probes_line, sparsity_line
+from workbench.app.format import cells_markup, escape, plan_line, probes_line, sparsity_line
 
 
 class WorkbenchHeader(Vertical):

@@ -6,7 +6,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Static
 
-from workbench.tui.format import CORE_COLUMNS, EXTRA_COLUMNS, WIDTH_CELL, columns_width, headings
+from workbench.app.format import CORE_COLUMNS, EXTRA_COLUMNS, WIDTH_CELL, columns_width, headings
 from workbench.tui.widgets.stat_row import LABEL_WIDTH
 
 

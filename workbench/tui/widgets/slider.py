@@ -12,8 +12,8 @@ from textual.message import Message
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from workbench.tui.edits import SliderKey
-from workbench.tui.format import MAX_PERCENT
+from workbench.app.edits import SliderKey
+from workbench.app.format import MAX_PERCENT
 from workbench.tui.screens.value_prompt import ValuePrompt
 
 VALUE_WIDTH = 7  # " 50.0%"

@@ -9,8 +9,8 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Static
 
-from workbench.tui.edits import SliderKey
-from workbench.tui.format import (CORE_COLUMNS, EXTRA_COLUMNS, Cell, Scale, cells_markup, columns_width, core_cells,
+from workbench.app.edits import SliderKey
+from workbench.app.format import (CORE_COLUMNS, EXTRA_COLUMNS, Cell, Scale, cells_markup, columns_width, core_cells,
                                   extra_cells)
 from workbench.tui.widgets.slider import Slider
 

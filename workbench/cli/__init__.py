@@ -1,0 +1,1 @@
+"""The `workbench` command (`main`) and its headless subcommands, one module per command group."""

@@ -1,0 +1,384 @@
+"""The pruning engine shared by the app, the CLI and session replay. It never imports textual.
+
+`Engine` is a thin facade over named parts, and holds the one lock that makes every public call safe
+from any thread:
+
+- `WeightBank` (workbench.engine.weights): dense weights kept aside, what each linear holds now; every linear
+  is `method.prune(dense, stats, target, pattern)` for its recorded assignment, or dense.
+- `CalibrationCache` (workbench.engine.calibration): token windows, the committed statistics of the last full
+  prune, the dense model's statistics, Hessians spilled to disk.
+- `BlockSignals` (workbench.engine.signals): per-block signals (outlier ratios, influence scores), computed lazily and cached.
+- `Planner` (workbench.engine.planner): a plan checked and turned into per-linear assignments.
+- `read_state` (workbench.engine.state): the read model.
+
+Re-pruning is therefore idempotent and free of cumulative damage, and a session (calibration spec +
+the plan of the last full prune + the current plan) replays exactly.
+
+- `prune(plan)`: full calibration-aware prune; re-captures statistics (sequential or one-pass). On
+  cancel, every touched linear is put back as it was before the call.
+- `apply(plan)`: incremental; re-prunes from cached statistics only the linears whose assignment
+  changed. Cancellable between linears; each linear is replaced in one step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from workbench.allocators import ALLOCATORS, DENSE_STATISTICS, GRADIENTS, SEARCH
+from workbench.domain.plan import DROP_BY, MODES, CalibrationSpec, Plan, Structure
+from workbench.engine.calibration import LEADER, CalibrationCache
+from workbench.engine.capture import BlockStats, release_freed_memory
+from workbench.engine.masks import MaskFingerprint, StoredMask
+from workbench.engine.planner import Planner
+from workbench.engine.signals import BlockSignals
+from workbench.engine.state import EngineState, read_state
+from workbench.engine.weights import Assignment, WeightBank
+from workbench.infra.errors import Cancelled, WorkbenchError
+from workbench.infra.memory import configure_allocator
+from workbench.methods import METHODS
+from workbench.model.loader import Loaded, LinearRef, find_linears, load_model
+from workbench.probes import ProbeContext, ProbeResult, run_probes
+from workbench.structured.depth import DepthStatistics, drop_by_angular, drop_by_influence, parse_drop
+from workbench.structured.depth import collect as collect_depth
+from workbench.structured.shaper import Shaper
+
+Progress = Callable[[str, float], None]
+Cancel = Callable[[], bool]
+
+
+@dataclass
+class Report:
+    """Outcome of prune/apply."""
+
+    seconds: float
+    linears_pruned: int
+
+
+def _prune_units(refs: list[LinearRef], assigned: dict[str, Assignment]) -> list[list[LinearRef]]:
+    """What is pruned (and cancellable) as one: for a method with `prune_group`, the consecutive linears
+    of `refs` that read the same input (same block, same group leader); otherwise one linear each."""
+    groups = []
+    for _, group in itertools.groupby(refs, key=lambda r: (r.block, LEADER[r.kind], assigned[r.name].method)):
+        group = list(group)
+        if METHODS.get(assigned[group[0].name].method).prune_group is None:
+            groups.extend([r] for r in group)
+        else:
+            groups.append(group)
+    return groups
+
+
+def _locked(method):
+    """Run an Engine method under the engine's lock."""
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return run
+
+
+class Engine:
+    """A loaded model, its dense weights, cached calibration statistics, and the current pruning."""
+
+    def __init__(self, loaded: Loaded, calibration: CalibrationSpec | None = None):
+        configure_allocator()  # before the bank's copies: large tensors mapped, freed back to the OS
+        self.loaded = loaded
+        self.calibration = calibration or CalibrationSpec()
+        if self.calibration.mode not in MODES:
+            raise WorkbenchError("calibration.mode", f"unknown mode {self.calibration.mode!r} (use {', '.join(MODES)})")
+        self.linears: list[list[LinearRef]] = find_linears(loaded.model)
+        self.refs: dict[str, LinearRef] = {r.name: r for block in self.linears for r in block}
+        self.bank = WeightBank(self.refs, loaded.device)
+        self.shaper = Shaper(loaded.model, self.linears, self.bank)
+        self.statistics = CalibrationCache(loaded, self.calibration, self.dense_weights)
+        self.signals = BlockSignals(self.linears, self.bank, self.statistics)
+        self.planner = Planner(self.linears, self.calibration, self.signals, self.shaper)
+        self._lock = threading.RLock()
+        self.plan: Plan | None = None
+        self.calibrated_with: Plan | None = None
+        self.dense_probes: dict[str, ProbeResult] = {}
+
+    # ----- construction -------------------------------------------------------------------------
+    @classmethod
+    def load(cls, model: str = "embedded", device: str = "auto", dtype: str = "auto",
+             calibration: CalibrationSpec | None = None, progress: Progress | None = None,
+             offload: bool | None = None) -> "Engine":
+        """Load a model spec (see `workbench.model.loader.load_model`) into a new engine."""
+        return cls(load_model(model, device=device, dtype=dtype, offload=offload, progress=progress), calibration)
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, tokenizer, calibration: CalibrationSpec | None = None,
+                   spec: str = "in-memory") -> "Engine":
+        """Wrap an already built model (tests use `tests.tiny.tiny_llama`)."""
+        param = next(model.parameters())
+        loaded = Loaded(model=model, tokenizer=tokenizer, spec=spec, device=param.device, dtype=param.dtype, offload=False)
+        return cls(loaded, calibration)
+
+    # ----- plans and allocation -----------------------------------------------------------------
+    def block_numels(self) -> list[int]:
+        """Parameters in the linears of each block as the model runs now (0 for dropped blocks)."""
+        return self.planner.block_numels()
+
+    @_locked
+    def check_plan(self, plan: Plan):
+        """Refuse an invalid plan with a one-line error naming the key; return its method."""
+        return self.planner.check(plan)
+
+    @_locked
+    def prepare(self, plan: Plan, progress: Progress | None = None, cancel: Cancel | None = None) -> None:
+        """Compute (once) what the plan's allocator reads before it can allocate, e.g. the dense model's
+        statistics; a no-op when they are cached or not needed. A searching allocator (the agent) whose
+        params lack recorded decisions runs its search on this engine and records them in
+        `plan.allocator_params`, so the plan is self-contained afterwards."""
+        self.planner.check(plan)
+        needs = self.planner.needs(plan)
+        if self.planner.needs_dense_statistics(plan) and self.statistics.dense is None:
+            if progress:
+                progress(f"{plan.allocator if DENSE_STATISTICS in needs else 'width'}: statistics of the dense model", 0.0)
+            self.statistics.dense_statistics(progress, cancel)
+        if GRADIENTS in needs:
+            spec = self.planner.influence_spec(plan)
+            if progress and self.signals.influence_if_computed(spec) is None:
+                progress(f"{plan.allocator}: influence scores from gradients of the dense model", 0.0)
+            self.signals.influence(spec, progress, cancel)
+        if SEARCH in needs:
+            ALLOCATORS.get(plan.allocator).search(self, plan, progress, cancel)
+
+    @_locked
+    def allocate(self, plan: Plan) -> dict[str, float]:
+        """Per-linear target sparsity for `plan` (allocator, then block and linear overrides)."""
+        return self.planner.allocate(plan)
+
+    @_locked
+    def block_targets(self, plan: Plan) -> list[float]:
+        """Parameter-weighted target of each block under `plan`."""
+        return self.planner.block_targets(plan)
+
+    # ----- statistics ---------------------------------------------------------------------------
+    @_locked
+    def calibration_ids(self) -> torch.Tensor:
+        """The calibration token windows (computed once)."""
+        return self.statistics.ids()
+
+    @_locked
+    def calibrate(self, progress: Progress | None = None, cancel: Cancel | None = None) -> None:
+        """Capture statistics of the dense model without pruning (for `workbench stats`)."""
+        stats = self.statistics.dense_statistics(progress, cancel)
+        if self.statistics.committed is None:
+            self.statistics.commit(stats)
+
+    @_locked
+    def outlier_ratios(self, M: float, dense: bool = False) -> tuple[list[float], dict[str, float]]:
+        """OWL outlier ratios of the dense weights, per block and per linear, from the dense model's
+        statistics (`dense=True`) or the committed ones."""
+        return self.signals.outlier_ratios(M, dense)
+
+    @_locked
+    def depth_scores(self, progress: Progress | None = None, cancel: Cancel | None = None) -> DepthStatistics:
+        """Block influence and angular distances of the dense model (one pass, computed once)."""
+        if self.shaper.depth_statistics is None:
+            with self.dense_weights():
+                self.shaper.depth_statistics = collect_depth(self.loaded.model, self.statistics.ids(), self.loaded.device,
+                                                             progress, cancel)
+        return self.shaper.depth_statistics
+
+    @_locked
+    def choose_drops(self, count: int, by: str, progress: Progress | None = None, cancel: Cancel | None = None) -> list[int]:
+        """The `count` blocks to drop: lowest block influence (`bi`), the run of lowest angular distance
+        (`angular`), or a hand-picked list ("22,23", `count` ignored)."""
+        if by not in DROP_BY:
+            return parse_drop(by, len(self.linears))
+        scores = self.depth_scores(progress, cancel)
+        return drop_by_influence(scores.block_influence(), count) if by == "bi" else drop_by_angular(scores, count)
+
+    # ----- pruning ------------------------------------------------------------------------------
+    @_locked
+    def prune(self, plan: Plan, progress: Progress | None = None, cancel: Cancel | None = None) -> Report:
+        """Full calibration-aware prune: capture statistics block by block (sequential: from the blocks
+        before, as pruned; one-pass: from the dense model) and prune each block as its statistics land."""
+        start = time.perf_counter()
+        method = self.planner.check(plan)
+        self.prepare(plan, progress, cancel)
+        old_stats, old_assigned, old_structure = self.statistics.committed, self.bank.assignments(), self.shaper.current
+        touched: list[str] = self.shaper.apply(plan.structure, self._down_norms)
+        dropped = [r.name for i in self.shaper.depth.dropped for r in self.linears[i]]
+        self.bank.restore(dropped, {}, None)  # a dropped block is dense, so bringing it back is exact
+        touched += dropped
+        assigned = self.planner.assignments(plan)
+        active = self.shaper.depth.active  # capture numbers the blocks that run; these are their numbers
+
+        def to_dense(position: int) -> None:
+            touched.extend(ref.name for ref in self.linears[active[position]] if self.bank.to_dense(ref))
+
+        def prune_block(position: int, block_stats: BlockStats) -> None:
+            for group in _prune_units(self.linears[active[position]], assigned):
+                if cancel is not None and cancel():
+                    raise Cancelled()
+                touched.extend(r.name for r in group)
+                self.bank.prune_group(group, self.statistics.hessians.linear(group[0].kind, block_stats), assigned)
+
+        try:
+            captured = self.statistics.capture(method.needs_hessian or bool(self.calibration.hessian), to_dense,
+                                               prune_block, progress, cancel)
+        except BaseException:
+            touched += self.shaper.apply(old_structure, self._down_norms)
+            self.bank.restore(dict.fromkeys(touched), old_assigned,
+                              (lambda ref: self.statistics.linear(ref, old_stats)) if old_stats else None)
+            raise
+        stats: list[BlockStats | None] = [None] * len(self.linears)
+        for position, block_stats in zip(active, captured):
+            stats[position] = block_stats
+        self.statistics.commit(stats)
+        self.plan = plan
+        self.calibrated_with = plan
+        return Report(seconds=time.perf_counter() - start, linears_pruned=len(self.refs))
+
+    def _down_norms(self, block: int) -> torch.Tensor | None:
+        """down_proj's input channel norms in the dense model (for the data-aware width score)."""
+        dense = self.statistics.dense
+        return None if dense is None else dense[block][LEADER["down"]].sq_norm
+
+    @_locked
+    def needs_full_prune(self, plan: Plan) -> bool:
+        """Whether `apply(plan)` must run a full `prune`: no statistics cached yet, another structure (width
+        or depth), or the plan's method needs a Hessian that was not captured."""
+        if self.statistics.committed is None or self.calibrated_with is None or plan.structure != self.shaper.current:
+            return True
+        return METHODS.get(plan.method).needs_hessian and not self.statistics.has_hessian()
+
+    @_locked
+    def apply(self, plan: Plan, progress: Progress | None = None, cancel: Cancel | None = None) -> Report:
+        """Incremental prune from cached statistics: only linears whose assignment changed are redone.
+        Falls back to a full `prune` when there are no statistics yet or the method needs a Hessian
+        that was not captured."""
+        self.planner.check(plan)
+        if self.needs_full_prune(plan):
+            return self.prune(plan, progress, cancel)
+        start = time.perf_counter()
+        self.prepare(plan, progress, cancel)
+        assigned = self.planner.assignments(plan)
+        dropped = self.shaper.depth.dropped
+        todo = [ref for ref in self.refs.values()
+                if ref.block not in dropped and self.bank.assignment(ref.name) != assigned[ref.name]]
+        done = 0
+        for group in _prune_units(todo, assigned):
+            if cancel is not None and cancel():
+                raise Cancelled()
+            if progress:
+                progress(f"pruning {', '.join(r.name for r in group)}", done / len(todo))
+            self.bank.prune_group(group, self.statistics.linear(group[0]), assigned)
+            done += len(group)
+        if todo:
+            release_freed_memory()
+        if progress:
+            progress("pruned", 1.0)
+        self.plan = plan
+        return Report(seconds=time.perf_counter() - start, linears_pruned=len(todo))
+
+    @_locked
+    def restore_dense(self) -> None:
+        """Every linear back to its dense weight, every block at full width and in the forward pass
+        (statistics stay cached)."""
+        self.shaper.apply(Structure(), self._down_norms)
+        self.bank.restore(list(self.bank.assignments()), {}, None)
+        self.plan = None
+
+    @contextlib.contextmanager
+    def dense_weights(self) -> Iterator[None]:
+        """Temporarily run the dense model at full width and depth (for dense reference probes and dense
+        statistics); the pruning and the structure come back after. The engine stays locked meanwhile."""
+        with self._lock, self.shaper.depth.full(), self.bank.dense_weights():
+            yield
+
+    # ----- reading --------------------------------------------------------------------------------
+    @_locked
+    def state(self) -> EngineState:
+        """A snapshot of every block and linear as plain dataclasses."""
+        return read_state(self.loaded.spec, self.plan, self.linears, self.bank, self.statistics, self.signals,
+                          self.shaper, self.planner.outlier_M(self.plan))
+
+    @_locked
+    def histogram(self, name: str, bins: int = 40) -> tuple[list[float], list[int], list[int]]:
+        """|W| histograms of one linear: (bin edges, dense counts, current non-zero counts)."""
+        return self.bank.histogram(name, bins)
+
+    # ----- masks ------------------------------------------------------------------------------------
+    @_locked
+    def mask_fingerprints(self) -> dict[str, MaskFingerprint]:
+        """Kept count, hash and sampled keep bits of every linear's current mask (see workbench.engine.masks)."""
+        return self.bank.fingerprints()
+
+    @_locked
+    def keep_masks(self) -> dict[str, torch.Tensor]:
+        """Every linear's current keep mask (True = non-zero), on the CPU."""
+        return self.bank.keep_masks()
+
+    @_locked
+    def save_masks(self, path: str | os.PathLike) -> str:
+        """Write the exact masks (and non-dense kept values) to a mask file; return its SHA-256."""
+        return self.bank.save_masks(path)
+
+    @_locked
+    def restore_masks(self, stored: dict[str, StoredMask], where: str = "mask file") -> int:
+        """Put every linear's weight back exactly as stored: dense weights under the stored keep masks, or
+        the stored kept values. Everything is checked before any weight changes. Returns how many
+        linears changed. Their assignments stay as the plan made them, so later edits re-prune them."""
+        return self.bank.restore_masks(stored, where)
+
+    @_locked
+    def weights_digest(self) -> str:
+        """SHA-256 over every linear's weight bytes, in name order: equal digests, bit-identical weights."""
+        return self.bank.digest()
+
+    # ----- probes and export ----------------------------------------------------------------------
+    @_locked
+    def dense_reference(self, names, size: str = "quick", cancel: Cancel | None = None) -> list[ProbeResult]:
+        """The dense model's results for probes `names`, measured once (dense weights swapped in) and kept."""
+        missing = [n for n in names if n not in self.dense_probes or self.dense_probes[n].size != size]
+        if missing:
+            with self.dense_weights():
+                for result in run_probes(self._probe_context(cancel), missing, size):
+                    self.dense_probes[result.name] = result
+        return [self.dense_probes[n] for n in names]
+
+    @_locked
+    def probe(self, names=("perplexity",), size: str = "quick", progress: Progress | None = None,
+              cancel: Cancel | None = None) -> list[ProbeResult]:
+        """Run probes on the current model; dense reference results are measured once and kept."""
+        dense = self.dense_reference(names, size, cancel)
+        if not self.bank.assignments():
+            return dense
+        return run_probes(self._probe_context(cancel), names, size, progress, dense=self.dense_probes)
+
+    def _probe_context(self, cancel: Cancel | None) -> ProbeContext:
+        return ProbeContext(self.loaded.model, self.loaded.tokenizer, self.loaded.device,
+                            eval_source=self.calibration.source, seed=self.calibration.seed, cancel=cancel)
+
+    def export(self, directory: str | os.PathLike, notice: Callable[[str], None] | None = None) -> Path:
+        """Save the pruned model and tokenizer with save_pretrained (safetensors), atomically: a failed
+        export (disk full...) is one WorkbenchError and leaves neither the directory nor a temporary. A
+        shrunk model is saved as the smaller architecture (fewer layers, smaller intermediate_size);
+        `notice` hears when the layout had to be padded to be loadable."""
+        from workbench.infra.atomic import atomic_directory
+
+        with self._lock:
+            target = Path(directory).expanduser().resolve()
+            if target.exists() and (not target.is_dir() or any(target.iterdir())):
+                raise WorkbenchError(f"--export {target}", "exists and is not an empty directory")
+            with atomic_directory(target, f"--export {target}") as tmp, self.shaper.loadable(self.loaded.model.config) as note:
+                if note and notice:
+                    notice(note)
+                self.loaded.model.save_pretrained(tmp)
+                self.loaded.tokenizer.save_pretrained(tmp)
+            return target

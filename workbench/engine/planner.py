@@ -1,0 +1,102 @@
+"""The planner: checks a plan against the model and turns it into per-linear targets and assignments
+(allocator, then per-block and per-linear overrides; an N:M pattern fixes every target)."""
+
+from __future__ import annotations
+
+from workbench.allocators import ALLOCATORS, DEFAULT_M, DENSE_STATISTICS, AllocationContext, InfluenceSpec
+from workbench.domain.plan import CalibrationSpec, Plan, check_fraction, weighted_mean
+from workbench.engine.signals import BlockSignals
+from workbench.engine.weights import Assignment
+from workbench.infra.errors import WorkbenchError
+from workbench.methods import METHODS, Method, parse_pattern
+from workbench.model.loader import LinearRef
+from workbench.structured.shaper import Shaper
+
+
+class Planner:
+    """Plans for one model (`linears`: its linears block by block)."""
+
+    def __init__(self, linears: list[list[LinearRef]], calibration: CalibrationSpec, signals: BlockSignals, shaper: Shaper):
+        self.linears = linears
+        self.refs = {r.name: r for block in linears for r in block}
+        self.calibration = calibration
+        self.signals = signals
+        self.shaper = shaper
+
+    def block_numels(self, plan: Plan | None = None) -> list[int]:
+        """Parameters in the linears of each block as the model runs now (0 for the blocks `plan` drops)."""
+        dropped = set(plan.structure.drop_blocks) if plan is not None else set(self.shaper.depth.dropped)
+        return [0 if i in dropped else sum(r.numel for r in block) for i, block in enumerate(self.linears)]
+
+    def check(self, plan: Plan) -> Method:
+        """Refuse an invalid plan with a one-line error naming the key; return its method."""
+        method = METHODS.get(plan.method, where="method")
+        method.params(plan.method_params, where="method_params")
+        ALLOCATORS.get(plan.allocator, where="allocator").params(plan.allocator_params, where="allocator_params")
+        check_fraction(plan.sparsity, "sparsity")
+        pattern = parse_pattern(plan.pattern)
+        if pattern is not None and (plan.block_overrides or plan.linear_overrides):
+            raise WorkbenchError("overrides", f"per-block and per-linear targets do not apply with pattern {pattern}")
+        for block, value in plan.block_overrides.items():
+            if not isinstance(block, int) or not 0 <= block < len(self.linears):
+                raise WorkbenchError(f"overrides.blocks.{block}", f"no such block (the model has blocks 0..{len(self.linears) - 1})")
+            check_fraction(value, f"overrides.blocks.{block}")
+        for name, value in plan.linear_overrides.items():
+            if name not in self.refs:
+                raise WorkbenchError(f"overrides.linears.{name}", "no such linear (names look like layers.3.mlp.down_proj)")
+            check_fraction(value, f"overrides.linears.{name}")
+        self.shaper.check(plan.structure)
+        if self.calibration.hessian is False and method.needs_hessian:
+            raise WorkbenchError("calibration.hessian", f"method {method.name} needs the Hessian; set hessian = true or leave it unset")
+        return method
+
+    def needs(self, plan: Plan) -> frozenset[str]:
+        """What the plan's allocator reads (see `workbench.allocators.NEEDS`); nothing under a pattern."""
+        return frozenset() if plan.pattern else ALLOCATORS.get(plan.allocator).needs
+
+    def allocate(self, plan: Plan) -> dict[str, float]:
+        """Per-linear target sparsity for `plan` (allocator, then block and linear overrides)."""
+        self.check(plan)
+        pattern = parse_pattern(plan.pattern)
+        if pattern is not None:
+            return {name: pattern.sparsity for name in self.refs}
+        allocator = ALLOCATORS.get(plan.allocator)
+        ctx = AllocationContext(block_numels=self.block_numels(plan),
+                                outlier_ratios=lambda M: self.signals.outlier_ratios(M, dense=True)[0],
+                                influence=self.signals.influence)
+        per_block = allocator.allocate(ctx, plan.sparsity, **allocator.params(plan.allocator_params))
+        for block, value in plan.block_overrides.items():
+            per_block[block] = value
+        targets = {ref.name: per_block[ref.block] for ref in self.refs.values()}
+        targets.update(plan.linear_overrides)
+        return targets
+
+    def block_targets(self, plan: Plan, targets: dict[str, float] | None = None) -> list[float]:
+        """Parameter-weighted target of each block under `plan` (or of the given per-linear `targets`)."""
+        targets = self.allocate(plan) if targets is None else targets
+        return [weighted_mean((targets[r.name] for r in block), (r.numel for r in block)) for block in self.linears]
+
+    def needs_dense_statistics(self, plan: Plan) -> bool:
+        """Whether the plan reads the dense model's statistics: its allocator, or a data-aware width score."""
+        return DENSE_STATISTICS in self.needs(plan) or (
+            plan.structure.width_score == "data" and bool(self.shaper.widths(plan.structure)))
+
+    def assignments(self, plan: Plan) -> dict[str, Assignment]:
+        """What every linear is pruned with under `plan`."""
+        method = self.check(plan)
+        params = tuple(sorted(method.params(plan.method_params).items()))
+        pattern = parse_pattern(plan.pattern)
+        return {name: Assignment(method.name, params, round(target, 9), str(pattern) if pattern else None)
+                for name, target in self.allocate(plan).items()}
+
+    def outlier_M(self, plan: Plan | None) -> float:
+        """The M of the outlier ratios to show: the plan's allocator's, else the default."""
+        if plan is None:
+            return DEFAULT_M
+        allocator = ALLOCATORS.get(plan.allocator)
+        return allocator.outlier_M(allocator.params(plan.allocator_params)) if allocator.outlier_M else DEFAULT_M
+
+    def influence_spec(self, plan: Plan) -> InfluenceSpec | None:
+        """The influence scores the plan's allocator reads, or None."""
+        allocator = ALLOCATORS.get(plan.allocator)
+        return allocator.influence(allocator.params(plan.allocator_params)) if allocator.influence else None

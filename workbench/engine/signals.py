@@ -1,0 +1,107 @@
+"""Per-block signals that allocators read and the panes show, computed lazily and cached: outlier ratios
+from the dense weights and one set of calibration statistics (for as long as those statistics are in
+use), influence scores from gradients of the dense model on calibration windows (for the engine's life:
+they depend on neither the statistics nor the pruning).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from workbench.allocators import InfluenceSpec
+from workbench.engine.calibration import CalibrationCache
+from workbench.engine.capture import BlockStats
+from workbench.engine.gradients import LinearGrams, block_influence, gradient_grams
+from workbench.engine.stats import outlier_count, wanda_score_sum
+from workbench.engine.weights import WeightBank
+from workbench.infra.errors import WorkbenchError
+from workbench.model.data import calibration_windows
+from workbench.model.loader import LinearRef
+
+Progress = Callable[[str, float], None]
+Cancel = Callable[[], bool]
+
+
+class BlockSignals:
+    """Signals of every block; `dense=True` reads the dense model's statistics (computed on first use),
+    otherwise the committed ones."""
+
+    def __init__(self, linears: list[list[LinearRef]], bank: WeightBank, cache: CalibrationCache):
+        self.linears = linears
+        self.bank = bank
+        self.cache = cache
+        self._values: dict[tuple, object] = {}
+        self._grams: dict[tuple, list[list[LinearGrams]]] = {}  # (scope, train, val, seqlen) -> per block, per linear
+        self._influence: dict[InfluenceSpec, list[float]] = {}
+        self._last_influence: InfluenceSpec | None = None
+
+    def _statistics(self, dense: bool, progress: Progress | None, cancel: Cancel | None) -> list[BlockStats]:
+        stats = self.cache.dense_statistics(progress, cancel) if dense else self.cache.committed
+        if stats is None:
+            raise WorkbenchError("outlier ratio", "no calibration statistics yet: prune or calibrate first")
+        return stats
+
+    def _cached(self, key: tuple, stats: list[BlockStats], compute: Callable[[], object]):
+        """`compute()` once per (key, statistics); values of statistics no longer in use are dropped."""
+        live = (id(self.cache.committed), id(self.cache.dense))
+        self._values = {k: v for k, v in self._values.items() if k[-1] in live}
+        full = (*key, id(stats))
+        if full not in self._values:
+            self._values[full] = compute()
+        return self._values[full]
+
+    def outlier_ratios(self, M: float, dense: bool = False, progress: Progress | None = None,
+                       cancel: Cancel | None = None) -> tuple[list[float], dict[str, float]]:
+        """OWL outlier ratios of the dense weights: per block (Wanda scores pooled over its linears above M
+        times their block mean) and per linear (above M times the linear's own mean)."""
+        stats = self._statistics(dense, progress, cancel)
+        weight = self.bank.original if dense else self.bank.dense  # the dense model is measured at full size
+        return self._cached(("outlier_ratio", float(M)), stats, lambda: self._outlier_ratios(float(M), stats, weight))
+
+    def _outlier_ratios(self, M: float, stats: list[BlockStats | None],
+                        weight: Callable[[str], torch.Tensor]) -> tuple[list[float | None], dict[str, float]]:
+        per_block, per_linear = [], {}
+        for block, block_stats in zip(self.linears, stats):
+            if block_stats is None:  # a dropped block
+                per_block.append(None)
+                continue
+            dense = {r.name: weight(r.name).to(torch.float32) for r in block}
+            linear = {r.name: self.cache.channel_norms(r, stats) for r in block}
+            total = sum(wanda_score_sum(dense[r.name], linear[r.name]) for r in block)
+            numel = sum(w.numel() for w in dense.values())
+            threshold = M * total / numel
+            count = 0
+            for r in block:
+                s = linear[r.name]
+                count += outlier_count(dense[r.name], s, threshold)
+                own = M * wanda_score_sum(dense[r.name], s) / dense[r.name].numel()
+                per_linear[r.name] = outlier_count(dense[r.name], s, own) / dense[r.name].numel()
+            per_block.append(count / numel)
+        return per_block, per_linear
+
+    def influence(self, spec: InfluenceSpec, progress: Progress | None = None, cancel: Cancel | None = None) -> list[float]:
+        """LayerIF influence score per block of the dense model (see `workbench.engine.gradients`). The gradients'
+        Gram matrices are computed once per scope and window counts (the expensive part); estimator and
+        aggregation are cheap on top. A cancelled computation keeps nothing."""
+        if spec not in self._influence:
+            key = (spec.scope, spec.train, spec.val, spec.seqlen)
+            if key not in self._grams:
+                self._grams[key] = self._gradient_grams(spec, progress, cancel)
+            self._influence[spec] = block_influence(self._grams[key], spec.estimator, spec.aggregate)
+        self._last_influence = spec
+        return self._influence[spec]
+
+    def influence_if_computed(self, spec: InfluenceSpec | None = None) -> list[float] | None:
+        """The influence scores of `spec` (default: the last read) when computed already, else None."""
+        return self._influence.get(spec or self._last_influence)
+
+    def _gradient_grams(self, spec: InfluenceSpec, progress: Progress | None, cancel: Cancel | None) -> list[list[LinearGrams]]:
+        """Training and validation examples: the first `train` and the next `val` calibration windows of
+        `seqlen` tokens (seeded random offsets of the calibration part, so they may overlap a little)."""
+        loaded, c = self.cache.loaded, self.cache.spec
+        ids = calibration_windows(loaded.tokenizer, c.source, spec.train + spec.val, spec.seqlen, c.seed)
+        with self.cache.dense_model():
+            return gradient_grams(loaded.model, ids[: spec.train], ids[spec.train :], loaded.device, spec.scope,
+                                  progress, cancel)

@@ -1,0 +1,125 @@
+"""The read model: every block and linear as plain dataclasses, for the app, the CLI and sessions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from workbench.domain.plan import Plan, weighted_mean
+from workbench.engine.calibration import CalibrationCache
+from workbench.engine.signals import BlockSignals
+from workbench.engine.stats import activation_norm, pool_weight_summaries, relative_error
+from workbench.engine.weights import WeightBank
+from workbench.model.loader import LinearRef
+from workbench.structured.shaper import Shaper
+
+
+@dataclass
+class WeightStatistics:
+    """What a linear and a block report alike. |W| statistics are of the dense weight; `None` means
+    not measured."""
+
+    numel: int
+    target: float
+    achieved: float
+    w_mean_abs: float
+    w_std: float
+    w_max_abs: float
+    kurtosis: float
+    outlier_ratio: float | None
+    act_norm: float | None
+    recon_error: float | None
+
+
+@dataclass
+class LinearState(WeightStatistics):
+    """One linear as plain data."""
+
+    name: str
+    block: int
+    kind: str
+    shape: tuple[int, int]
+    method: str | None
+    act_norm_max: float | None
+
+
+@dataclass
+class BlockState(WeightStatistics):
+    """One block: pooled statistics of its seven linears, its influence score when computed (LayerIF), its
+    structure (dropped from the forward pass; GLU neurons kept of `intermediate`, None at full width) and
+    its depth scores when computed (block influence, angular distance to the next block)."""
+
+    index: int
+    linears: list[LinearState]
+    influence: float | None = None
+    dropped: bool = False
+    width: int | None = None
+    intermediate: int = 0
+    block_influence: float | None = None
+    angular_distance: float | None = None
+
+
+@dataclass
+class EngineState:
+    """Everything the app, the CLI and sessions show about the model."""
+
+    model: str
+    plan: Plan | None
+    target: float
+    achieved: float
+    params_total: int
+    params_nonzero: int
+    calibrated: bool
+    blocks: list[BlockState]
+
+
+def _linear_state(ref: LinearRef, bank: WeightBank, cache: CalibrationCache, outlier_ratio: float | None) -> LinearState:
+    s = bank.summary(ref.name)
+    a = bank.assignment(ref.name)
+    measured = cache.committed is not None and cache.committed[ref.block] is not None
+    act = activation_norm(cache.channel_norms(ref)) if measured else (None, None)
+    recon = bank.reconstruction(ref.name)
+    return LinearState(
+        name=ref.name, block=ref.block, kind=ref.kind, shape=tuple(ref.module.weight.shape), numel=ref.numel,
+        target=a.target if a else 0.0, achieved=bank.achieved(ref.name), method=a.method if a else None,
+        w_mean_abs=s.mean_abs, w_std=s.std, w_max_abs=s.max_abs, kurtosis=s.kurtosis, outlier_ratio=outlier_ratio,
+        act_norm=act[0], act_norm_max=act[1], recon_error=relative_error(*recon) if recon else None,
+    )
+
+
+def read_state(spec: str, plan: Plan | None, linears: list[list[LinearRef]], bank: WeightBank,
+               cache: CalibrationCache, signals: BlockSignals, shaper: Shaper, M: float) -> EngineState:
+    """A snapshot of every block and linear; outlier ratios (threshold `M`) from the committed statistics,
+    influence scores as last read (when any were computed). `params_total` counts the model as loaded and
+    `params_nonzero` what runs now, so structured removal counts as sparsity; a block's `achieved` is the
+    share of zeros in its linears as they are (shrunk or not)."""
+    calibrated = cache.committed is not None
+    block_ratios, linear_ratios = signals.outlier_ratios(M) if calibrated else (None, {})
+    influence = signals.influence_if_computed()
+    depth = shaper.depth_statistics
+    bi = depth.block_influence() if depth else None
+    angular = depth.angular_distance(1) if depth else None
+    blocks = []
+    for i, block in enumerate(linears):
+        states = [_linear_state(ref, bank, cache, linear_ratios.get(ref.name)) for ref in block]
+        numels = [x.numel for x in states]
+        pooled = pool_weight_summaries([bank.summary(r.name) for r in block])
+        recons = [bank.reconstruction(r.name) for r in block]
+        blocks.append(BlockState(
+            index=i, numel=sum(numels),
+            target=weighted_mean((x.target for x in states), numels),
+            achieved=weighted_mean((x.achieved for x in states), numels),
+            w_mean_abs=pooled.mean_abs, w_std=pooled.std, w_max_abs=pooled.max_abs, kurtosis=pooled.kurtosis,
+            outlier_ratio=block_ratios[i] if block_ratios else None,
+            act_norm=sum(x.act_norm for x in states) / len(states) if states[0].act_norm is not None else None,
+            recon_error=relative_error(sum(r[0] for r in recons), sum(r[1] for r in recons)) if all(recons) else None,
+            linears=states, influence=influence[i] if influence else None,
+            dropped=i in shaper.depth.dropped, width=shaper.kept(i), intermediate=shaper.intermediate(i),
+            block_influence=bi[i] if bi else None, angular_distance=angular[i] if angular and i < len(angular) else None,
+        ))
+    total = sum(bank.original(r.name).numel() for block in linears for r in block)
+    nonzero = sum(round(x.numel * (1 - x.achieved)) for b in blocks if not b.dropped for x in b.linears)
+    return EngineState(
+        model=spec, plan=plan,
+        target=weighted_mean((b.target for b in blocks if not b.dropped), (b.numel for b in blocks if not b.dropped)),
+        achieved=1 - nonzero / total, params_total=total, params_nonzero=nonzero, calibrated=calibrated, blocks=blocks,
+    )
