@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
@@ -23,6 +24,41 @@ SIZES = ("quick", "full")
 # Items of an exact-match probe that may flip between machines on a replay with recomputed masks: up to
 # 2 flipped in the measurements (README, Reliability), one more for margin.
 EXACT_MATCH_FLIPS = 3
+
+
+LINKS = ("mean", "exp")
+
+
+@dataclass
+class Units:
+    """What a score is recomputed from, one entry per item (exact-match probes: 1.0 right, 0.0 wrong) or
+    per chunk of tokens (perplexity, kl: summed per-token values, with the chunk's token count as its
+    weight): the score is `link(sum(values) / sum(weights))` (weights 1 when None; link `mean` is the
+    identity, `exp` gives perplexity from NLL). A paired bootstrap resamples the same unit indices of
+    two results of one probe (same items, same order)."""
+
+    values: list[float]
+    weights: list[float] | None = None
+    link: str = "mean"
+
+    def score(self, index=None) -> float:
+        """The statistic over all units, or over the units at `index` (a resample)."""
+        values = self.values if index is None else [self.values[i] for i in index]
+        weights = (self.weights if index is None else [self.weights[i] for i in index]) if self.weights else None
+        mean = sum(values) / (sum(weights) if weights else len(values))
+        return math.exp(mean) if self.link == "exp" else mean
+
+    def to_dict(self) -> dict:
+        data = {"values": list(self.values), "link": self.link}
+        if self.weights is not None:
+            data["weights"] = list(self.weights)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Units":
+        return cls([float(v) for v in data["values"]],
+                   [float(w) for w in data["weights"]] if data.get("weights") is not None else None,
+                   data.get("link", "mean"))
 
 
 @dataclass
@@ -42,13 +78,18 @@ class ProbeResult:
     floor: float
     details: dict = field(default_factory=dict)
     relative: bool = False
+    units: dict[str, Units] = field(default_factory=dict)  # "score" recomputes `score`; others name a detail
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        data["units"] = {name: u.to_dict() for name, u in self.units.items()}
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "ProbeResult":
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        fields["units"] = {name: Units.from_dict(u) for name, u in (data.get("units") or {}).items()}
+        return cls(**fields)
 
     def allowance(self) -> float:
         """The tolerance in score units."""
