@@ -1,18 +1,28 @@
 """Sensitivity scan: for each block, raise only that block's target by a step from the current plan,
 re-prune from the cached statistics (milliseconds) and measure one quick probe. It shows where sparsity is
 cheap and where it hurts, before hand-tuning. The engine is back in the plan afterwards, also on cancel.
+
+Raising block b changes nothing before it, so perplexity is measured from the hidden states kept at each
+block's input under the plan (`workbench.engine.suffix`): only blocks b..L-1 and the head run, on the
+quick probe's windows. Other probes run whole.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import torch.nn.functional as F
+
 from workbench.domain.plan import MAX_SPARSITY, Plan, check_fraction
 from workbench.engine.facade import Engine
+from workbench.engine.suffix import BlockInputs
 from workbench.infra.errors import Cancelled, WorkbenchError
+from workbench.model.data import evaluation_windows
+from workbench.probes import perplexity
 
 Progress = Callable[[str, float], None]
 Cancel = Callable[[], bool]
@@ -52,6 +62,25 @@ def raised(plan: Plan, block: int, step: float, current: float) -> Plan:
     return dataclasses.replace(plan, block_overrides=overrides, linear_overrides=linears)
 
 
+def suffix_perplexity(engine: Engine) -> Callable[[int], float]:
+    """Quick perplexity measured from the inputs of block `position` (a running block's index), kept once
+    for the model as it stands; equal to the perplexity probe's quick score up to float summation."""
+    ids = evaluation_windows(engine.loaded.tokenizer, engine.calibration.source, perplexity.SEQLEN,
+                             perplexity.WINDOWS["quick"])
+    kept = BlockInputs(engine.loaded.model, ids, engine.loaded.device)
+
+    def measure(position: int) -> float:
+        total, count = 0.0, 0
+        for logits, batch in kept.logits_from(position):
+            target = batch[:, 1:].to(logits.device)
+            logits = logits[:, :-1].float()
+            total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="sum").item()
+            count += target.numel()
+        return math.exp(total / count)
+
+    return measure
+
+
 def scan(engine: Engine, plan: Plan, step: float = 0.1, probe: str = "perplexity", blocks: list[int] | None = None,
          progress: Progress | None = None, cancel: Cancel | None = None) -> Sensitivity:
     """Scan `blocks` (default: all) of `plan`; the engine is applied to `plan` first and left in it."""
@@ -61,14 +90,24 @@ def scan(engine: Engine, plan: Plan, step: float = 0.1, probe: str = "perplexity
     if plan.pattern:
         raise WorkbenchError("sensitivity", f"per-block targets do not apply with pattern {plan.pattern}")
     count = len(engine.linears)
-    blocks = list(range(count)) if blocks is None else blocks
+    dropped = set(plan.structure.drop_blocks)
+    running = [b for b in range(count) if b not in dropped]  # plan block -> position in the running model
+    blocks = running if blocks is None else blocks
     for b in blocks:
         if not 0 <= b < count:
             raise WorkbenchError("--blocks", f"no block {b} (the model has blocks 0..{count - 1})")
+    if dropped & set(blocks):
+        raise WorkbenchError("--blocks", f"block(s) {', '.join(map(str, sorted(dropped & set(blocks))))} are dropped by the plan")
     start = time.perf_counter()
     engine.apply(plan, cancel=cancel)
     targets = engine.block_targets(plan)
-    base = engine.probe([probe])[0].score
+    from_block = suffix_perplexity(engine) if probe == "perplexity" else None
+
+    def measure(b: int) -> float:
+        """The probe with the model as it stands; perplexity from block b's kept inputs on."""
+        return from_block(running.index(b)) if from_block else engine.probe([probe])[0].score
+
+    base = from_block(len(running)) if from_block else measure(running[0])
     result = Sensitivity(probe, step, base, [None] * count)
     try:
         for n, b in enumerate(blocks):
@@ -77,7 +116,7 @@ def scan(engine: Engine, plan: Plan, step: float = 0.1, probe: str = "perplexity
             if progress:
                 progress(f"sensitivity: block {b} +{step:.0%}", n / len(blocks))
             engine.apply(raised(plan, b, step, targets[b]))
-            result.deltas[b] = engine.probe([probe])[0].score - base
+            result.deltas[b] = measure(b) - base
     finally:
         engine.apply(plan)
     result.seconds = time.perf_counter() - start
