@@ -154,7 +154,7 @@ def test_sessions_keep_the_structure_and_refuse_bad_values(tmp_path):
     text = (tmp_path / "s.toml").read_text()
     for old, new, message in [("width_ratio = 2.4", "width_ratio = 0", "plan.structure.width_ratio: an expansion ratio"),
                               ("width_divisor = 64", "width_divisor = 100", "plan.structure.width_divisor: must be one of"),
-                              ("drop_blocks = [\n    22,\n    23,\n]", "drop_blocks = [1, 1]", "plan.structure.drop_blocks: expected distinct"),
+                              ("drop_blocks = [\n    22,\n    23,\n]", "drop_blocks = [1, 1]", "plan.structure.drop_blocks: block 1 chosen twice"),
                               ("width_ratio = 2.4", 'width_ratio = "x"', "plan.structure.width_ratio: expected int/float")]:
         assert old in text, old
         (tmp_path / "bad.toml").write_text(text.replace(old, new))

@@ -337,7 +337,7 @@ def test_drops_by_rule_replace_every_drop_and_never_drop_every_block():
     cleared, label = edits.set_drops(chosen, [], 4, "none")
     assert cleared.structure.drop_blocks == [] and chosen.structure.drop_blocks == [1, 3]
     assert label == "keep every block"
-    with pytest.raises(ValueError, match="cannot drop 4 of 4 blocks"):
+    with pytest.raises(ValueError, match="cannot drop every block: at least one of the 4 must run"):
         edits.set_drops(plan, [0, 1, 2, 3], 4, "bi")
     with pytest.raises(ValueError, match="no block 4"):
         edits.set_drops(plan, [4], 4, "angular")

@@ -9,7 +9,7 @@ import math
 
 from workbench.allocators import ALLOCATORS, SEARCH
 from workbench.app.format import params_text, parse_percent
-from workbench.domain.plan import WIDTH_DIVISORS, Plan
+from workbench.domain.plan import WIDTH_DIVISORS, Plan, drop_problem
 from workbench.infra.errors import WorkbenchError
 
 PARAMS_WHERE = "allocator_params"
@@ -279,13 +279,10 @@ def parse_drop_count(typed: dict[str, str]) -> int:
 def set_drops(plan: Plan, chosen: list[int], blocks: int, rule: str) -> tuple[Plan, str]:
     """Drop exactly the blocks `chosen` by `rule` (bi, angular; none with no blocks clears every drop);
     ValueError when they are not distinct blocks of the model's `blocks` or would drop every one."""
-    picked = sorted(set(chosen))
-    if len(picked) != len(chosen):
-        raise ValueError(f"block chosen twice: {chosen}")
-    bad = [b for b in picked if not 0 <= b < blocks]
-    if bad:
-        raise ValueError(f"no block {bad[0]} (the model has blocks 0..{blocks - 1})")
-    check_drop_count(len(picked), blocks)
+    problem = drop_problem(list(chosen), blocks)
+    if problem:
+        raise ValueError(problem)
+    picked = sorted(chosen)
     if not picked:
         return _structure(plan, drop_blocks=[]), "keep every block"
     return _structure(plan, drop_blocks=picked), f"drop {','.join(map(str, picked))} by {rule}"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from workbench.domain.plan import DROP_BY, DTYPES, MODES, CalibrationSpec, Plan, Structure
+from workbench.domain.plan import DROP_BY, DTYPES, MODES, CalibrationSpec, Plan, Structure, drop_problem
 from workbench.infra.errors import WorkbenchError
 
 
@@ -122,4 +122,7 @@ def resolve_drops(args, engine, plan: Plan, progress=None) -> Plan:
     if not args.drop_blocks and args.drop_by in DROP_BY:
         return plan
     drops = engine.choose_drops(args.drop_blocks, args.drop_by, progress)
+    problem = drop_problem(drops, asked=args.drop_blocks or None)
+    if problem:
+        raise WorkbenchError("--drop-blocks/--drop-by", problem)
     return dataclasses.replace(plan, structure=dataclasses.replace(plan.structure, drop_blocks=drops))

@@ -85,9 +85,28 @@ def check_structure(structure: Structure, where: str = "structure") -> None:
             raise WorkbenchError(f"{where}.{key}", f"an expansion ratio (kept neurons / hidden size) must be > 0, got {ratio!r}")
     if structure.width_divisor is not None and structure.width_divisor not in WIDTH_DIVISORS:
         raise WorkbenchError(f"{where}.width_divisor", f"must be one of {', '.join(map(str, WIDTH_DIVISORS))}, got {structure.width_divisor!r}")
-    if len(set(structure.drop_blocks)) != len(structure.drop_blocks) or any(
-            isinstance(b, bool) or not isinstance(b, int) or b < 0 for b in structure.drop_blocks):
-        raise WorkbenchError(f"{where}.drop_blocks", f"expected distinct block numbers, got {structure.drop_blocks!r}")
+    problem = drop_problem(structure.drop_blocks)
+    if problem:
+        raise WorkbenchError(f"{where}.drop_blocks", problem)
+
+
+def drop_problem(drops: list, blocks: int | None = None, asked: int | None = None) -> str | None:
+    """The one check of a list of blocks to drop, wherever it comes from (session, CLI, app): distinct
+    block numbers of the model (`blocks`, when known), not every block, and exactly `asked` of them when
+    a count was asked for. The reason it is refused, or None."""
+    if any(isinstance(b, bool) or not isinstance(b, int) for b in drops):
+        return f"expected block numbers, got {drops!r}"
+    twice = sorted({b for b in drops if drops.count(b) > 1})
+    if twice:
+        return f"block {twice[0]} chosen twice in {','.join(map(str, drops))}"
+    bad = [b for b in drops if b < 0 or (blocks is not None and b >= blocks)]
+    if bad:
+        return f"no block {bad[0]}" + (f" (the model has blocks 0..{blocks - 1})" if blocks is not None else "")
+    if blocks is not None and len(drops) >= blocks:
+        return f"cannot drop every block: at least one of the {blocks} must run"
+    if asked is not None and len(drops) != asked:
+        return f"{asked} blocks to drop asked, but {len(drops)} named ({','.join(map(str, sorted(drops)))})"
+    return None
 
 
 def structure_to_dict(structure: Structure) -> dict:

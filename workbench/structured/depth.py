@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from workbench.domain.plan import drop_problem
 from workbench.engine.capture import block0_inputs
 from workbench.infra.errors import Cancelled, WorkbenchError
 from workbench.model.loader import blocks_of
@@ -109,14 +110,12 @@ def drop_by_angular(stats: DepthStatistics, n: int) -> list[int]:
 
 
 def parse_drop(text: str, blocks: int) -> list[int]:
-    """A hand-picked list such as "22,23" (the block numbers as the user sees them)."""
+    """A hand-picked list such as "22,23" (the block numbers as the user sees them), sorted."""
     try:
-        picked = sorted({int(x) for x in text.split(",") if x.strip()})
+        picked = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise WorkbenchError("--drop-by", f"expected bi, angular or block numbers such as 22,23, got {text!r}") from None
-    bad = [b for b in picked if not 0 <= b < blocks]
-    if bad:
-        raise WorkbenchError("--drop-by", f"no block {bad[0]} (the model has blocks 0..{blocks - 1})")
-    if len(picked) >= blocks:
-        raise WorkbenchError("--drop-by", "cannot drop every block")
-    return picked
+    problem = drop_problem(picked, blocks)
+    if problem:
+        raise WorkbenchError("--drop-by", problem)
+    return sorted(picked)

@@ -10,7 +10,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from workbench.domain.plan import Structure, check_structure
+from workbench.domain.plan import Structure, check_structure, drop_problem
 from workbench.engine.weights import WeightBank
 from workbench.infra.errors import WorkbenchError
 from workbench.model.loader import LinearRef
@@ -44,12 +44,12 @@ class Shaper:
         """Refuse a structure this model cannot take, naming the key."""
         check_structure(structure, where)
         blocks = len(self.linears)
-        for key, indices in (("width_overrides", structure.width_overrides), ("drop_blocks", structure.drop_blocks)):
-            bad = [b for b in indices if not 0 <= b < blocks]
-            if bad:
-                raise WorkbenchError(f"{where}.{key}", f"no block {bad[0]} (the model has blocks 0..{blocks - 1})")
-        if len(structure.drop_blocks) >= blocks:
-            raise WorkbenchError(f"{where}.drop_blocks", "cannot drop every block")
+        bad = [b for b in structure.width_overrides if not 0 <= b < blocks]
+        if bad:
+            raise WorkbenchError(f"{where}.width_overrides", f"no block {bad[0]} (the model has blocks 0..{blocks - 1})")
+        problem = drop_problem(structure.drop_blocks, blocks)
+        if problem:
+            raise WorkbenchError(f"{where}.drop_blocks", problem)
         NEURON_SCORES.get(structure.width_score, where=f"{where}.width_score")
 
     def widths(self, structure: Structure) -> dict[int, int]:
