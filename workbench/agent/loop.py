@@ -34,9 +34,8 @@ from typing import Callable
 from workbench.agent.observation import observe_blocks
 from workbench.agent.policies import Policy
 from workbench.agent.policies.llm import LLMSettings
-from workbench.agent.record import ACCEPTED, NO_ACTION, ROLLED_BACK, AgentLog, Observation, StepRecord
+from workbench.agent.record import ACCEPTED, DEFAULTS, NO_ACTION, ROLLED_BACK, AgentLog, Observation, StepRecord
 from workbench.allocators import DEFAULT_M
-from workbench.allocators.agent import DEFAULTS
 from workbench.domain.plan import MAX_SPARSITY, Plan, weighted_mean
 from workbench.engine.facade import Engine
 from workbench.infra.errors import WorkbenchError

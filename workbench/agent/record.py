@@ -11,6 +11,8 @@ ROLLED_BACK = "rolled back"
 NO_ACTION = "no action"
 OUTCOMES = (ACCEPTED, ROLLED_BACK, NO_ACTION)
 EPS = 1e-8
+# The agent allocator's parameters and their defaults: the loop's settings and the recorded decisions.
+DEFAULTS = {"policy": "builtin", "step": 0.025, "span": 0.1, "max_steps": 40, "rollback": 0.1, "start": None, "steps": ()}
 
 
 def zscores(values: list[float]) -> list[float]:

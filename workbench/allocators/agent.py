@@ -23,11 +23,10 @@ runs the loop first with the plan's settings and records them in the plan (see `
 
 from __future__ import annotations
 
+from workbench.agent.record import DEFAULTS
 from workbench.allocators import ALLOCATORS, SEARCH, AllocationContext, Allocator, rebalance
 from workbench.domain.plan import MAX_SPARSITY, check_fraction
 from workbench.infra.errors import WorkbenchError
-
-DEFAULTS = {"policy": "builtin", "step": 0.025, "span": 0.1, "max_steps": 40, "rollback": 0.1, "start": None, "steps": ()}
 
 
 def targets_after(start: float, steps, count: int, where: str = "allocator_params.steps") -> list[float]:
