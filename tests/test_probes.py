@@ -14,9 +14,9 @@ import torch
 from tests.tiny import tiny_llama
 from workbench.cli.probe import SUITE, add_eval_parser, add_probe_parser, cmd_probe, probe_table
 from workbench.infra.errors import Cancelled, WorkbenchError
-from workbench.probes import PROBES, ProbeContext, run_probes
+from workbench.probes import CHUNK, PROBES, ProbeContext, ProbeResult, Units, flips, run_probes
 from workbench.probes import arithmetic, brackets, facts, instructions
-from workbench.probes._generate import cached, common_prefix_length, cut_at_stop, greedy_generate, score_choices
+from workbench.probes._generate import ChoiceScore, cached, common_prefix_length, cut_at_stop, greedy_generate, score_choices
 from workbench.probes.efficiency import parameter_counts
 
 GENERATIVE = ("arithmetic", "brackets", "facts", "instructions")
@@ -234,6 +234,74 @@ def test_probe_is_deterministic_and_serializable(ctx, name):
     assert not first.differs(second)
     tomli_w.dumps({"details": first.details})  # plain TOML data: no None, no tensors
     json.dumps(first.to_dict())
+
+
+@pytest.mark.parametrize("name", GENERATIVE)
+def test_exact_match_units_are_the_items_and_recompute_the_score(ctx, name):
+    result = run_probes(ctx, [name])[0]
+    units = result.units["score"]
+    assert len(units.values) == result.items and set(units.values) <= {0.0, 1.0}
+    assert units.weights is None and units.link == "mean"
+    assert units.score() == result.score  # exact: both are (items right) / items
+    assert ProbeResult.from_dict(json.loads(json.dumps(result.to_dict()))).units == result.units
+
+
+def test_exact_match_units_follow_the_item_order(ctx, monkeypatch):
+    """Items right in a known pattern (every third) give units in that pattern."""
+    problems = arithmetic.make_problems(ctx.seed, arithmetic.DIGITS["quick"], arithmetic.PER_CELL["quick"])
+    monkeypatch.setattr(arithmetic, "greedy_generate",
+                        lambda *a, **k: [f" {p.answer}" if i % 3 == 0 else " x" for i, p in enumerate(problems)])
+    result = run_probes(ctx, ["arithmetic"])[0]
+    assert result.units["score"].values == [1.0 if i % 3 == 0 else 0.0 for i in range(len(problems))]
+
+    def choices(model, tokenizer, items, device, cancel=None):
+        return [[ChoiceScore(-1.0, 1, i % 3 == 0)] + [ChoiceScore(-2.0, 1, False)] * (len(c) - 1)
+                for i, (_, c) in enumerate(items)]
+
+    monkeypatch.setattr(facts, "score_choices", choices)
+    result = run_probes(ctx, ["facts"])[0]
+    assert result.units["score"].values == [1.0 if i % 3 == 0 else 0.0 for i in range(result.items)]
+
+
+def test_perplexity_units_are_chunks_of_32_tokens(ctx):
+    """Summed NLL per run of 32 predicted tokens in each 256-token window (255 predicted: 7 x 32 + 31),
+    weighted by token count, link exp. The score adds the token NLLs per batch in float32 (as
+    cross_entropy's sum), the units in float64: the score's total is off by float32 summation, about
+    log2(510) x 6e-8 of it for pairwise sums, so the mean NLL (6.2 nats) by <= 4e-6 and the perplexity by
+    that share; rel 1e-5 bounds it (6e-7 seen)."""
+    result = run_probes(ctx, ["perplexity"])[0]
+    units = result.units["score"]
+    assert units.weights == ([float(CHUNK)] * 7 + [31.0]) * 2 and units.link == "exp"
+    assert sum(units.weights) == result.details["tokens"]
+    assert units.score() == pytest.approx(result.score, rel=1e-5)
+
+
+def result_with(values, name="arithmetic", size="quick", weights=None):
+    return ProbeResult(name, sum(values) / len(values), "exact match", True, len(values), 0.0, size, 0.0, 0.0,
+                       units={"score": Units(values, weights)})
+
+
+def test_flips_from_hand_made_units():
+    dense = result_with([1.0, 1.0, 0.0, 0.0, 1.0, 0.0])
+    pruned = result_with([1.0, 0.0, 1.0, 0.0, 0.0, 0.0])
+    assert flips(dense, pruned) == {"lost": 2, "gained": 1}
+    assert flips(pruned, dense) == {"lost": 1, "gained": 2}
+    assert flips(dense, dense) == {"lost": 0, "gained": 0}
+    assert flips(dense, result_with([1.0] * 5)) is None  # other items
+    assert flips(dense, result_with(pruned.units["score"].values, size="full")) is None
+    assert flips(dense, result_with(pruned.units["score"].values, name="facts")) is None
+    chunks = [1.0] * 6
+    assert flips(result_with(chunks, weights=chunks), result_with(chunks, weights=chunks)) is None  # chunks, not items
+
+
+def test_run_reports_flips_against_the_dense_result(ctx):
+    """The tiny random model gets every arithmetic item wrong: each item right in `dense` is lost."""
+    result = run_probes(ctx, ["arithmetic"])[0]
+    assert result.score == 0.0 and "flips" not in result.details
+    dense = result_with([1.0, 0.0] * (result.items // 2))
+    again = PROBES.get("arithmetic")().run(ctx, "quick", dense)
+    assert again.details["flips"] == {"lost": result.items // 2, "gained": 0}
+    assert "flips" not in PROBES.get("arithmetic")().run(ctx, "quick", result_with([1.0] * 3)).details
 
 
 @pytest.mark.parametrize("name", GENERATIVE)

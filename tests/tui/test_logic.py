@@ -85,6 +85,15 @@ def test_probe_summary_marks_worse_than_dense():
     assert probe_summary(result(512.34), None) == Cell("ppl 512")
 
 
+def test_probe_summary_shows_kl_with_top1_and_flips():
+    kl = ProbeResult("kl", 0.786, "nats", False, 2, 0.1, "quick", 0.066, 0.0, details={"top1": 0.543})
+    assert probe_summary(kl, None) == Cell("KL 0.786 top1 54%")
+    arith = ProbeResult("arithmetic", 0.25, "exact match", True, 4, 0.1, "quick", 0.75, 0.0,
+                        details={"flips": {"lost": 2, "gained": 1}})
+    dense = ProbeResult("arithmetic", 0.5, "exact match", True, 4, 0.1, "quick", 0.75, 0.0)
+    assert probe_summary(arith, dense).text == "arith 0.250 (-0.25) -2/+1"
+
+
 def test_variant_column_marks_the_best_and_waits_for_queued_variants():
     from workbench.studies.compare import Comparison, VariantResult
 

@@ -167,8 +167,16 @@ PROBE_LABELS = {"perplexity": "ppl", "arithmetic": "arith", "brackets": "bracket
 
 
 def probe_summary(result, dense) -> Cell:
-    """"ppl 512.3 (+12)": a probe's score and its change against the dense model, compactly."""
-    return against_dense(f"{PROBE_LABELS.get(result.name, result.name)} {short(result.score)}", result, dense)
+    """"ppl 512.3 (+12)": a probe's score and its change against the dense model, compactly; KL with its
+    top-1 agreement ("KL 0.79 top1 54%"); exact-match items lost and gained against dense ("-9/+1")."""
+    if result.name == "kl":
+        top1 = result.details.get("top1")
+        return Cell(f"KL {short(result.score)}" + (f" top1 {top1:.0%}" if top1 is not None else ""))
+    cell = against_dense(f"{PROBE_LABELS.get(result.name, result.name)} {short(result.score)}", result, dense)
+    changed = result.details.get("flips")
+    if changed and (changed["lost"] or changed["gained"]):
+        return Cell(f"{cell.text} -{changed['lost']}/+{changed['gained']}", cell.tone)
+    return cell
 
 
 def against_dense(text: str, result, dense) -> Cell:

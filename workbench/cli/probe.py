@@ -14,7 +14,7 @@ from workbench.cli.console import progress_line
 from workbench.domain.plan import DTYPES, CalibrationSpec
 from workbench.infra.errors import WorkbenchError
 
-SUITE = ("perplexity", "arithmetic", "brackets", "facts", "instructions", "efficiency")
+SUITE = ("perplexity", "kl", "arithmetic", "brackets", "facts", "instructions", "efficiency")
 
 
 def _add_source_args(p: argparse.ArgumentParser) -> None:
@@ -60,7 +60,7 @@ def _names(text: str) -> list[str]:
 
 
 def _source(args):
-    """(model, tokenizer, device, session or None, eval source, seed) for --model or --session."""
+    """(loaded model, session or None, eval source, seed, engine or None) for --model or --session."""
     if args.session and args.model:
         raise WorkbenchError("--model", "give --model or --session, not both (a session names its model)")
     data = getattr(args, "data", None)
@@ -77,11 +77,11 @@ def _source(args):
     else:
         from workbench.model.loader import EMBEDDED, load_model
 
-        session = None
+        session, engine = None, None
         loaded = load_model(args.model or EMBEDDED, device=args.device or "auto", dtype=args.dtype or "auto", progress=progress)
         source = data or CalibrationSpec.source
         seed = CalibrationSpec.seed if seed is None else seed
-    return loaded, session, source, seed
+    return loaded, session, source, seed, engine
 
 
 def probe_table(results) -> str:
@@ -102,9 +102,16 @@ def cmd_probe(args) -> int:
     names = _names(args.probes)
     for name in names:
         PROBES.get(name, where="--probes")
-    loaded, _, source, seed = _source(args)
-    ctx = ProbeContext(loaded.model, loaded.tokenizer, loaded.device, eval_source=source, seed=seed)
-    results = run_probes(ctx, names, "full" if args.full else "quick", progress=progress_line(args.json))
+    loaded, session, source, seed, engine = _source(args)
+    size = "full" if args.full else "quick"
+    if engine is not None and (source, seed) == (session.calibration.source, session.calibration.seed):
+        results = engine.probe(names, size, progress_line(args.json))  # kl against the dense model, flips
+    else:
+        if engine is not None and "kl" in names:
+            raise WorkbenchError("--probes", "kl compares with the dense model on the session's own held-out data: "
+                                             "run it without --data and --seed")
+        ctx = ProbeContext(loaded.model, loaded.tokenizer, loaded.device, eval_source=source, seed=seed)
+        results = run_probes(ctx, names, size, progress=progress_line(args.json))
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
     else:
@@ -128,7 +135,7 @@ def cmd_eval(args) -> int:
     limit = _limit(args.limit)
     manager = evalharness.task_manager(args.include_path)
     evalharness.check_tasks(manager, tasks)  # before the model loads
-    loaded, session, _, _ = _source(args)
+    loaded, session, _, _, _ = _source(args)
     results = evalharness.evaluate(loaded.model, loaded.tokenizer, tasks, limit=limit, num_fewshot=args.num_fewshot,
                                    batch_size=args.batch_size, chat_template=args.chat_template, manager=manager)
     if session is not None:

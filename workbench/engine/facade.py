@@ -48,6 +48,7 @@ from workbench.infra.memory import configure_allocator
 from workbench.methods import METHODS
 from workbench.model.loader import Loaded, LinearRef, find_linears, load_model
 from workbench.probes import ProbeContext, ProbeResult, run_probes
+from workbench.probes.kl import TOP_K, DenseTopK, dense_topk
 from workbench.structured.depth import DepthStatistics, drop_by_angular, drop_by_influence, parse_drop
 from workbench.structured.depth import collect as collect_depth
 from workbench.structured.shaper import Shaper
@@ -108,6 +109,7 @@ class Engine:
         self.plan: Plan | None = None
         self.calibrated_with: Plan | None = None
         self.dense_probes: dict[str, ProbeResult] = {}
+        self.dense_topks: list[DenseTopK] = []  # the kl probe's dense reference, one per window set (quick, full)
 
     # ----- construction -------------------------------------------------------------------------
     @classmethod
@@ -348,7 +350,7 @@ class Engine:
         missing = [n for n in names if n not in self.dense_probes or self.dense_probes[n].size != size]
         if missing:
             with self.dense_weights():
-                for result in run_probes(self._probe_context(cancel), missing, size):
+                for result in run_probes(self._probe_context(cancel, dense_now=True), missing, size):
                     self.dense_probes[result.name] = result
         return [self.dense_probes[n] for n in names]
 
@@ -361,9 +363,24 @@ class Engine:
             return dense
         return run_probes(self._probe_context(cancel), names, size, progress, dense=self.dense_probes)
 
-    def _probe_context(self, cancel: Cancel | None) -> ProbeContext:
-        return ProbeContext(self.loaded.model, self.loaded.tokenizer, self.loaded.device,
-                            eval_source=self.calibration.source, seed=self.calibration.seed, cancel=cancel)
+    def _probe_context(self, cancel: Cancel | None, dense_now: bool = False) -> ProbeContext:
+        """The context probes run in; `dense_now` when the dense weights are already in (dense_reference)."""
+        ctx = ProbeContext(self.loaded.model, self.loaded.tokenizer, self.loaded.device,
+                           eval_source=self.calibration.source, seed=self.calibration.seed, cancel=cancel)
+        ctx.dense_topk = functools.partial(self._dense_topk, check_cancel=ctx.check_cancel, swap=not dense_now)
+        return ctx
+
+    @_locked
+    def _dense_topk(self, windows: torch.Tensor, check_cancel: Callable[[], None], swap: bool) -> DenseTopK:
+        """The dense model's top-k log-probabilities at `windows` (the kl probe's), computed once per window
+        set and kept on the CPU; `swap` puts the dense weights in for it."""
+        for stored in self.dense_topks:
+            if stored.covers(windows, TOP_K):
+                return stored
+        with self.dense_weights() if swap else contextlib.nullcontext():
+            stored = dense_topk(self.loaded.model, windows, self.loaded.device, TOP_K, check_cancel)
+        self.dense_topks.append(stored)
+        return stored
 
     def export(self, directory: str | os.PathLike, notice: Callable[[str], None] | None = None) -> Path:
         """Save the pruned model and tokenizer with save_pretrained (safetensors), atomically: a failed

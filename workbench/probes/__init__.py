@@ -2,7 +2,9 @@
 `Probe` subclass with `@PROBES.register(name)`; `run_probes` runs a list of them on a model.
 
 A probe is deterministic (fixed items or seeded generators, greedy decoding) and returns a
-`ProbeResult` with its score, item count, wall time and the tolerance `workbench replay --check` uses.
+`ProbeResult` with its score, item count, wall time, the tolerance `workbench replay --check` uses and
+the units its score is recomputed from (per item, or per chunk of `CHUNK` tokens). Given the dense
+model's result, an exact-match probe also reports its flips (items right to wrong, wrong to right).
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ import math
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
-from typing import Callable, ClassVar
+from typing import TYPE_CHECKING, Callable, ClassVar
 
 import torch
 
 from workbench.infra.errors import Cancelled, WorkbenchError
 from workbench.infra.registry import Registry
+
+if TYPE_CHECKING:
+    from workbench.probes.kl import DenseTopK
 
 SIZES = ("quick", "full")
 # Items of an exact-match probe that may flip between machines on a replay with recomputed masks: up to
@@ -27,6 +32,7 @@ EXACT_MATCH_FLIPS = 3
 
 
 LINKS = ("mean", "exp")
+CHUNK = 32  # predicted tokens per unit of the token-level probes (perplexity, kl)
 
 
 @dataclass
@@ -59,6 +65,18 @@ class Units:
         return cls([float(v) for v in data["values"]],
                    [float(w) for w in data["weights"]] if data.get("weights") is not None else None,
                    data.get("link", "mean"))
+
+
+def right_or_wrong(items: list[bool]) -> dict[str, Units]:
+    """The units of an exact-match probe: 1.0 for each item right, 0.0 for each wrong, in item order."""
+    return {"score": Units([1.0 if ok else 0.0 for ok in items])}
+
+
+def chunk_units(per_token: torch.Tensor, link: str = "mean") -> Units:
+    """Units of per-token values (windows x predicted tokens): the sum over each run of `CHUNK`
+    consecutive tokens of a window (a window's last run may be shorter), weighted by its token count."""
+    parts = [part for row in per_token.double() for part in row.split(CHUNK)]
+    return Units([part.sum().item() for part in parts], [float(len(part)) for part in parts], link)
 
 
 @dataclass
@@ -100,9 +118,25 @@ class ProbeResult:
         return abs(self.score - other.score) > self.allowance()
 
 
+def flips(before: ProbeResult | None, after: ProbeResult | None) -> dict[str, int] | None:
+    """Items right in `before` and wrong in `after` ("lost"), and wrong then right ("gained"), from the
+    per-item units (1 right, 0 wrong) of two results of one exact-match probe and size; None when the
+    two results hold no such units for the same items."""
+    if before is None or after is None:
+        return None
+    a, b = before.units.get("score"), after.units.get("score")
+    if (a is None or b is None or a.weights is not None or b.weights is not None or len(a.values) != len(b.values)
+            or (before.name, before.size) != (after.name, after.size)):
+        return None
+    return {"lost": sum(x > y for x, y in zip(a.values, b.values)),
+            "gained": sum(x < y for x, y in zip(a.values, b.values))}
+
+
 @dataclass
 class ProbeContext:
-    """What a probe runs against. `cancel` is polled between batches."""
+    """What a probe runs against. `cancel` is polled between batches. `dense_topk(windows)` gives the
+    dense model's top-k next-token log-probabilities at token windows (`workbench.probes.kl`), computed
+    once by the engine; None means `model` is its own reference (a bare model: KL 0)."""
 
     model: torch.nn.Module
     tokenizer: object
@@ -110,6 +144,7 @@ class ProbeContext:
     eval_source: str = "embedded"
     seed: int = 0
     cancel: Callable[[], bool] | None = None
+    dense_topk: Callable[[torch.Tensor], DenseTopK] | None = None
 
     def check_cancel(self) -> None:
         if self.cancel is not None and self.cancel():
@@ -128,8 +163,8 @@ class Probe(ABC):
     floor: ClassVar[float] = 0.0
 
     @abstractmethod
-    def measure(self, ctx: ProbeContext, size: str) -> tuple[float, int, dict]:
-        """Return (score, number of items, details)."""
+    def measure(self, ctx: ProbeContext, size: str) -> tuple[float, int, dict, dict[str, Units]]:
+        """Return (score, number of items, details, units); units["score"] recomputes the score."""
 
     def replay_tolerance(self, score: float, items: int, dense: ProbeResult | None) -> float:
         """How far a replay on another machine may land from `score` (see `workbench.domain.replaycheck`):
@@ -138,13 +173,14 @@ class Probe(ABC):
         return self.tolerance_items / items if self.tolerance_items and items else self.tolerance
 
     def run(self, ctx: ProbeContext, size: str = "quick", dense: ProbeResult | None = None) -> ProbeResult:
-        """Measure under no_grad and wrap the outcome with its timing and replay tolerance."""
+        """Measure under no_grad and wrap the outcome with its timing, replay tolerance and units; with
+        the dense model's result of an exact-match probe, details["flips"] counts the items that changed."""
         if size not in SIZES:
             raise WorkbenchError("probe size", f"unknown size {size!r} (use quick or full)")
         start = time.perf_counter()
         with torch.no_grad():
-            score, items, details = self.measure(ctx, size)
-        return ProbeResult(
+            score, items, details, units = self.measure(ctx, size)
+        result = ProbeResult(
             name=self.name,
             score=float(score),
             metric=self.metric,
@@ -156,7 +192,12 @@ class Probe(ABC):
             floor=self.floor,
             details=details,
             relative=self.relative,
+            units=units,
         )
+        changed = flips(dense, result) if dense is not None else None
+        if changed is not None:
+            result.details["flips"] = changed
+        return result
 
 
 PROBES: Registry[type[Probe]] = Registry("probe", __name__)

@@ -15,7 +15,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from workbench.probes import EXACT_MATCH_FLIPS, PROBES, Probe, ProbeContext
+from workbench.probes import EXACT_MATCH_FLIPS, PROBES, Probe, ProbeContext, right_or_wrong
 from workbench.probes._generate import encode, greedy_generate
 
 OPERATIONS = {"+": ("addition", operator.add), "-": ("subtraction", operator.sub), "*": ("multiplication", operator.mul)}
@@ -99,4 +99,4 @@ class Arithmetic(Probe):
             "correct": sum(correct),
             "examples": [f"{p.text} {out.strip()}" for p, out in zip(problems, outputs)][:: PER_CELL[size]],
         }
-        return sum(correct) / len(problems), len(problems), details
+        return sum(correct) / len(problems), len(problems), details, right_or_wrong(correct)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import random
 from typing import Sequence
 
-from workbench.probes import EXACT_MATCH_FLIPS, PROBES, Probe, ProbeContext
+from workbench.probes import EXACT_MATCH_FLIPS, PROBES, Probe, ProbeContext, right_or_wrong
 from workbench.probes._generate import encode, score_choices
 
 PAIRS = {"(": ")", "[": "]", "{": "}", "<": ">"}
@@ -115,4 +115,4 @@ class Brackets(Probe):
             "loglik_floor": 1 / (DISTRACTORS + 1),
             "by_depth": {d: {k: sum(v) / len(v) for k, v in cell.items()} for d, cell in by_depth.items()},
         }
-        return sum(greedy) / len(items), len(items), details
+        return sum(greedy) / len(items), len(items), details, right_or_wrong(greedy)

@@ -157,7 +157,7 @@ class Efficiency(Probe):
         else:
             details["energy"] = energy
         details["sparse_2to4"] = _sparse_speed(ctx, timed, tokens, tokens / seconds)
-        return counts["model_nonzero"] / 1e6, tokens, details
+        return counts["model_nonzero"] / 1e6, tokens, details, {}
 
 
 def _sparse_speed(ctx: ProbeContext, timed, tokens: int, dense_speed: float) -> dict | str:

@@ -20,7 +20,7 @@ from functools import lru_cache
 from importlib import resources
 
 from workbench.infra.errors import WorkbenchError
-from workbench.probes import EXACT_MATCH_FLIPS, PROBES, Probe, ProbeContext
+from workbench.probes import EXACT_MATCH_FLIPS, PROBES, Probe, ProbeContext, right_or_wrong
 from workbench.probes._generate import encode, score_choices
 
 QUICK_EVERY = 8
@@ -98,4 +98,4 @@ class Facts(Probe):
             "loglik_floor": 1 / (DISTRACTORS + 1),
             "by_category": {c: {k: sum(v) / len(v) for k, v in cell.items()} for c, cell in by_category.items()},
         }
-        return sum(greedy) / len(asked), len(asked), details
+        return sum(greedy) / len(asked), len(asked), details, right_or_wrong(greedy)

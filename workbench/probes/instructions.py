@@ -25,7 +25,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from workbench.probes import EXACT_MATCH_FLIPS, PROBES, Probe, ProbeContext
+from workbench.probes import EXACT_MATCH_FLIPS, PROBES, Probe, ProbeContext, right_or_wrong
 from workbench.probes._generate import chat_prompt, encode, greedy_generate
 
 MAX_NEW_TOKENS = {"quick": 16, "full": 64}
@@ -233,4 +233,4 @@ class Instructions(Probe):
             "max_new_tokens": MAX_NEW_TOKENS[size],
             "mean_words": sum(len(_words(r)) for r in replies) / len(replies),
         }
-        return sum(passed) / len(asked), len(asked), details
+        return sum(passed) / len(asked), len(asked), details, right_or_wrong(passed)
