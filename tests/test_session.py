@@ -9,7 +9,7 @@ from tests.conftest import make_engine
 from workbench.domain.plan import CalibrationSpec, Plan
 from workbench.domain.session import Session, check_against_model, load_session, save_session, session_to_dict
 from workbench.infra.errors import WorkbenchError
-from workbench.probes import ProbeResult
+from workbench.probes import ProbeResult, Units
 
 GOOD = """\
 version = 1
@@ -71,13 +71,15 @@ def test_write_is_atomic(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["s.toml"]
 
 
+PROBE = '[[probes]]\nname = "arithmetic"\nscore = 0.5\ntolerance = 0.1\n[probes.units.score]\n'
+
 BAD = [
     ("version = 1\n[model\nspec = 1", "invalid TOML"),
     (GOOD.replace("version = 1", 'version = "1"'), "version: expected int"),
     (GOOD.replace("version = 1", "version = 7"), "version: session version 7 was written by a newer workbench"),
-    (GOOD.replace("version = 1", 'version = 3\n[versions]\nworkbench = "0.9.0"'),
-     "version: session version 3 was written by a newer workbench (0.9.0); this workbench"),
-    (GOOD.replace("version = 1", "version = 0"), "version: unsupported session version 0 (this workbench reads 1, 2)"),
+    (GOOD.replace("version = 1", 'version = 4\n[versions]\nworkbench = "0.9.0"'),
+     "version: session version 4 was written by a newer workbench (0.9.0); this workbench"),
+    (GOOD.replace("version = 1", "version = 0"), "version: unsupported session version 0 (this workbench reads 1, 2, 3)"),
     (GOOD.replace("version = 1", "version = 2") + '[masks.linears]\n"layers.0.mlp.up_proj" = "12 abc"\n',
      'masks.linears.layers.0.mlp.up_proj: expected "KEPT HASH SAMPLE"'),
     (GOOD.replace("version = 1", "version = 2") + '[masks]\nfile = "x.masks.safetensors"\n[masks.linears]\n',
@@ -99,6 +101,12 @@ BAD = [
     (GOOD + '[calibration]\nmode = "twice"\n', "calibration.mode: unknown mode 'twice'"),
     (GOOD + '[calibration]\nhessian = "yes"\n', "calibration.hessian: expected auto, true or false"),
     (GOOD + "[[probes]]\nname = \"perplexity\"\n", "probes[0].score: missing"),
+    (GOOD + PROBE + 'bits = "01x1"\n', "probes[0].units.score.bits: expected a string of 0 and 1"),
+    (GOOD + PROBE + 'bits = "0101"\nvalues = "1 2"\n', "probes[0].units.score: expected bits or values"),
+    (GOOD + PROBE + 'values = "3.5 oops"\n', "probes[0].units.score.values: expected numbers separated by spaces"),
+    (GOOD + PROBE + 'values = "3.5 2.5"\nweights = "32.0"\n', "probes[0].units.score.weights: 1 weights for 2 values"),
+    (GOOD + PROBE + 'values = "3.5"\nlink = "log"\n', "probes[0].units.score.link: expected mean or exp, got 'log'"),
+    (GOOD + PROBE + 'bits = "01"\nsize = 2\n', "probes[0].units.score.size: unknown key"),
 ]
 
 
@@ -149,3 +157,42 @@ def test_example_sessions_are_valid():
     assert len(sessions) >= 2
     for path in sessions:
         assert load_session(path).probes, f"{path} records no probes to check"
+
+
+def test_a_version_3_session_keeps_units_compactly_and_round_trips(tmp_path):
+    session = _session()
+    nll = Units([101.25, 98.5, 0.1 + 0.2], [32.0, 32.0, 31.0], "exp")
+    session.probes = [ProbeResult("perplexity", nll.score(), "ppl", False, 2, 1.0, "quick", 0.05, 0.0, relative=True,
+                                  units={"score": nll}),
+                      ProbeResult("facts", 0.5, "exact match", True, 4, 1.0, "quick", 0.75, 0.0,
+                                  units={"score": Units([1.0, 0.0, 0.0, 1.0])})]
+    session.dense_probes = [ProbeResult("facts", 0.75, "exact match", True, 4, 1.0, "quick", 0.75, 0.0,
+                                        units={"score": Units([1.0, 1.0, 0.0, 1.0])})]
+    path = tmp_path / "s.toml"
+    save_session(session, path)
+    text = path.read_text()
+    assert text.startswith("version = 3\n") and 'bits = "1001"' in text and 'weights = "32.0 32.0 31.0"' in text
+    loaded = load_session(path)
+    assert loaded == session and loaded.probes[0].units["score"].values[2] == 0.1 + 0.2  # exact repr round trip
+    save_session(loaded, tmp_path / "again.toml")
+    assert (tmp_path / "again.toml").read_text() == text
+
+
+def test_version_2_sessions_still_load_with_or_without_units(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text(GOOD.replace("version = 1", "version = 2") + """
+[[probes]]
+name = "perplexity"
+score = 30.0
+tolerance = 0.05
+
+[[probes]]
+name = "arithmetic"
+score = 0.5
+tolerance = 0.1
+[probes.units.score]  # the list form that version 2 files got once probes kept units
+values = [1.0, 0.0, 1.0]
+link = "mean"
+""")
+    probes = load_session(path).probes
+    assert [p.units for p in probes] == [{}, {"score": Units([1.0, 0.0, 1.0])}]

@@ -2,14 +2,17 @@
 comparison file.
 
 `compare` evaluates the grid of allocators x methods (and any saved sessions' plans) at one sparsity and
-prints one row per probe and one column per variant (score, delta vs dense, best marked `*`), then the
-per-block targets. Ctrl-C stops it cleanly: what finished is printed and nothing is written.
+prints one row per probe and one column per variant (score, delta vs dense with its paired 95% interval,
+best marked `*` only where the intervals say so, else the tied variants under the table), then the
+per-block targets. Ctrl-C stops it cleanly: what finished is printed and nothing is written. Replaying a
+comparison file prints its recorded table (intervals from the saved units, no model needed) before re-running it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -74,27 +77,37 @@ def add_sensitivity_parser(subparsers) -> argparse.ArgumentParser:
 
 
 # ----- output -------------------------------------------------------------------------------------------
-def comparison_table(comparison) -> str:
-    """Probe rows x variant columns: score and delta vs dense, the best per row marked `*`; then the
-    per-block targets of every variant."""
+def comparison_table(comparison, columns: int | None = None) -> str:
+    """Probe rows x variant columns: score, delta vs dense and its paired 95% interval, `*` on the best of a
+    row only where its interval against every other variant excludes 0; the variants are split into groups
+    that fit `columns` (the terminal's width by default). Under the table: the tied variants per probe,
+    the flips vs dense and the probes without intervals; then the per-block targets of every variant."""
+    columns = columns or shutil.get_terminal_size((120, 24)).columns
+    rows = {row.probe: row for row in comparison.rows()}
+    cells = {r.name: [_cell(r.probe(probe), rows[probe], r.name) for probe in comparison.probes] for r in comparison.results}
+    widths = {n: 2 + max(len(n), *(len(c) for c in column)) for n, column in cells.items()}
+    groups: list[list] = [[]]
+    for r in comparison.results:
+        if groups[-1] and 23 + sum(widths[g.name] for g in groups[-1]) + widths[r.name] > columns:
+            groups.append([])
+        groups[-1].append(r)
+    lines = []
+    for group in groups:
+        head = f"{'probe':<13}{'dense':>10}" + "".join(f"{r.name:>{widths[r.name]}}" for r in group)
+        lines += [head, "-" * len(head)]
+        for k, probe in enumerate(comparison.probes):
+            dense = comparison.dense_probe(probe)
+            lines.append(f"{probe:<13}{_score(dense.score if dense else None):>10}"
+                         + "".join(f"{cells[r.name][k]:>{widths[r.name]}}" for r in group))
+        footer = [("achieved", [f"{r.achieved:.2%}" for r in group]), ("prune s", [f"{r.seconds:.1f}" for r in group])]
+        if any(r.prepare_seconds >= 0.05 for r in comparison.results):  # scoring or search before the prune
+            footer.append(("search s", [f"{r.prepare_seconds:.1f}" for r in group]))
+        for label, values in footer:
+            lines.append(f"{label:<13}{'':>10}" + "".join(f"{v:>{widths[r.name]}}" for v, r in zip(values, group)))
+        lines.append("")
+    lines += _notes(comparison, rows)
     names = [r.name for r in comparison.results]
     width = max([10, *(len(n) + 2 for n in names)])
-    head = f"{'probe':<13}{'dense':>10}" + "".join(f"{n:>{width + 10}}" for n in names)
-    lines = [head, "-" * len(head)]
-    for probe in comparison.probes:
-        dense = comparison.dense_probe(probe)
-        best = comparison.best(probe) if len(names) > 1 else None
-        row = f"{probe:<13}{_score(dense.score if dense else None):>10}"
-        for r in comparison.results:
-            p = r.probe(probe)
-            cell = "-" if p is None else f"{_score(p.score)} ({_delta(p.score - dense.score) if dense else '-'})"
-            row += f"{cell + ('*' if r.name == best else ' '):>{width + 10}}"
-        lines.append(row)
-    lines.append(f"{'achieved':<13}{'':>10}" + "".join(f"{r.achieved:>{width + 9}.2%} " for r in comparison.results))
-    lines.append(f"{'prune s':<13}{'':>10}" + "".join(f"{r.seconds:>{width + 9}.1f} " for r in comparison.results))
-    if any(r.prepare_seconds >= 0.05 for r in comparison.results):  # scoring or search before the prune
-        lines.append(f"{'search s':<13}{'':>10}" + "".join(f"{r.prepare_seconds:>{width + 9}.1f} " for r in comparison.results))
-    lines.append("")
     blocks = max((len(r.block_targets) for r in comparison.results), default=0)
     ratios = comparison.outlier_ratios
     head = f"{'block':>5} {'outlier%':>8}" + "".join(f"{n:>{width}}" for n in names)
@@ -105,21 +118,65 @@ def comparison_table(comparison) -> str:
     return "\n".join(lines)
 
 
+def _cell(result, row, name: str) -> str:
+    """"466.3 +450 [+380,+530]*": a variant's score, its delta vs dense and the delta's interval."""
+    if result is None:
+        return "-"
+    delta = row.deltas.get(name)
+    text = _score(result.score)
+    if delta is not None:
+        text += f" {_compact(delta.delta)} [{_compact(delta.low)},{_compact(delta.high)}]"
+    return text + ("*" if row.best == name else " ")
+
+
+def _notes(comparison, rows) -> list[str]:
+    """The lines under the table: ties, flips vs dense, probes without intervals."""
+    from workbench.studies.intervals import LEVEL, RESAMPLES
+
+    names = [r.name for r in comparison.results]
+    if len(names) < 2:
+        return []
+    lines = [(f"delta vs dense [{LEVEL:.0%} paired bootstrap interval, {RESAMPLES} resamples]; * best: its interval "
+              "against every other variant excludes 0")]
+    tied = [(p, row.tied) for p, row in rows.items() if row.tied]
+    if tied:
+        lines.append("no best, tied (the top's interval against each includes 0):")
+        lines += [f"  {p:<13}{'all' if len(t) == len(names) else ', '.join(t)}" for p, t in tied]
+    flipped = [(p, row.flips) for p, row in rows.items() if row.flips]
+    if flipped:
+        lines.append("items flipped vs dense (right to wrong / wrong to right):")
+        lines += [f"  {p:<13}" + ", ".join(f"{n} {f['lost']}/{f['gained']}" for n, f in changed.items()) for p, changed in flipped]
+    bare = [p for p in comparison.probes if any(r.probe(p) is not None and not r.probe(p).units for r in comparison.results)]
+    if bare:
+        lines.append(f"no per-item data, so no interval (best by score alone): {', '.join(bare)}")
+    return lines + [""]
+
+
 def _score(value: float | None) -> str:
     if value is None:
         return "-"
     return f"{value:.4g}" if abs(value) >= 100 else f"{value:.3f}"
 
 
-def _delta(value: float) -> str:
-    return f"{value:+.4g}" if abs(value) >= 100 else f"{value:+.3f}"
+def _compact(value: float) -> str:
+    """A signed difference to about 3 significant digits, never in exponent form."""
+    size = abs(value)
+    return f"{value:+.0f}" if size >= 100 else f"{value:+.1f}" if size >= 10 else f"{value:+.2f}" if size >= 1 else f"{value:+.3f}"
 
 
 def _comparison_json(comparison) -> dict:
+    """The comparison as saved (probe results with their units), plus per probe: the best variant (null
+    where none is clearly best), the tied ones, each delta vs dense and pairwise difference with its
+    interval, and flips vs dense."""
     from workbench.domain.session import comparison_to_dict
+    from workbench.studies.intervals import LEVEL, RESAMPLES, SEED
 
     data = comparison_to_dict(comparison)
-    data["best"] = {probe: comparison.best(probe) for probe in comparison.probes}
+    rows = comparison.rows()
+    data["best"] = {row.probe: row.best for row in rows}
+    data["tied"] = {row.probe: row.tied for row in rows}
+    data["intervals"] = {"level": LEVEL, "resamples": RESAMPLES, "seed": SEED, "method": "paired bootstrap, percentile",
+                         "rows": {row.probe: row.to_dict() for row in rows}}
     return data
 
 
@@ -231,12 +288,17 @@ def _file_name(name: str) -> str:
 
 
 def replay_comparison(path: str, file: ComparisonFile, args) -> int:
-    """`workbench replay FILE` for a comparison file (read from `path`): re-run every variant and check its probes."""
+    """`workbench replay FILE` for a comparison file (read from `path`): print the recorded table (its
+    intervals and flips recomputed from the saved units), then re-run every variant and check its probes
+    (with the items that flipped between the two runs)."""
     from workbench.studies.compare import Variant, run_comparison
     from workbench.engine.facade import Engine
     from workbench.domain.replaycheck import check_probes
 
     recorded = file.comparison
+    if not args.json:
+        print(f"{path}: {file.model}, {len(recorded.results)} variants, {recorded.size} probes; as recorded:")
+        print(comparison_table(recorded), flush=True)
     progress = progress_line(args.json)
     engine = Engine.load(file.model, args.device or file.device, args.dtype or file.dtype, file.calibration, progress=progress)
     now = run_comparison(engine, [Variant(r.name, r.plan) for r in recorded.results], recorded.probes, recorded.size,
@@ -247,13 +309,12 @@ def replay_comparison(path: str, file: ComparisonFile, args) -> int:
     ok = all(c.ok for rows in checks.values() for c in rows)
     if args.json:
         print(json.dumps({"file": str(path), "ok": ok, "checks": {k: [vars(c) for c in v] for k, v in checks.items()},
-                          "comparison": _comparison_json(now)}, indent=2, default=str))
+                          "recorded": _comparison_json(recorded), "comparison": _comparison_json(now)}, indent=2, default=str))
     else:
-        print(f"{path}: {file.model}, {len(recorded.results)} variants, {recorded.size} probes")
+        print("replayed:")
         for name, rows in checks.items():
             for c in rows:
-                print(f"  {name:<16} {c.name:<12} recorded {c.recorded:>10.4f}   now {c.now:>10.4f}   "
-                      f"(allowed +-{c.allowed:.4g}) {'ok' if c.ok else 'DIFFERS'}")
+                print(c.describe(f"{name:<16} "))
         print(comparison_table(now))
     return EXIT_CHECK_FAILED if (args.check and not ok) else 0
 

@@ -1,5 +1,6 @@
 """Pictures for reports and slides (matplotlib, no display needed): a comparison's per-block allocations
-overlaid with the dense model's outlier ratio, and each probe's score per variant against dense."""
+overlaid with the dense model's outlier ratio, and each probe's score per variant against dense, its error
+bar the paired 95% interval of its difference from dense (placed around the score: dense + [low, high])."""
 
 from __future__ import annotations
 
@@ -55,7 +56,8 @@ def comparison_figure(comparison: Comparison, path: str | os.PathLike, title: st
     for i, probe in enumerate(probes):
         ax = fig.add_subplot(grid[1 + i // columns, i % columns])
         scores = [r.probe(probe).score if r.probe(probe) else float("nan") for r in comparison.results]
-        ax.bar(range(len(names)), scores, color=[f"C{n}" for n in range(len(names))])
+        ax.bar(range(len(names)), scores, color=[f"C{n}" for n in range(len(names))], yerr=error_bars(comparison, probe),
+               capsize=3, error_kw={"elinewidth": 1})
         dense = comparison.dense_probe(probe)
         if dense is not None:
             ax.axhline(dense.score, color="black", linestyle=":", label="dense")
@@ -65,7 +67,25 @@ def comparison_figure(comparison: Comparison, path: str | os.PathLike, title: st
         ax.set_title(f"{probe} ({better} is better)", fontsize="medium")
         if probe == "perplexity":
             ax.set_yscale("log")
+    fig.supxlabel("error bars: the paired 95% bootstrap interval of each variant's difference from dense", fontsize="small")
     buffer = io.BytesIO()
     fig.savefig(buffer, format=kind)
     atomic_write_bytes(path, buffer.getvalue())
     return path
+
+
+def error_bars(comparison: Comparison, probe: str) -> list[list[float]]:
+    """Matplotlib's yerr for one probe's bars: below and above each variant's score, the paired 95% interval
+    of its difference from dense moved onto the score (0 where there is no interval)."""
+    row = comparison.row(probe)
+    dense = comparison.dense_probe(probe)
+    below, above = [], []
+    for r in comparison.results:
+        p, delta = r.probe(probe), row.deltas.get(r.name)
+        if p is None or delta is None or dense is None:
+            below.append(0.0)
+            above.append(0.0)
+        else:
+            below.append(max(0.0, p.score - (dense.score + delta.low)))
+            above.append(max(0.0, dense.score + delta.high - p.score))
+    return [below, above]

@@ -15,6 +15,10 @@ in the project's history: the README's Reliability section has the table.
   count matches exactly (every method here keeps an exact count);
 - every recorded probe is within its tolerance (`ProbeResult.allowance`): perplexity relative, the
   exact-match probes in items. The probes' tolerances are derived from the same measurements.
+
+Where the recorded and the replayed result both hold per-item right/wrong units (sessions of version 3),
+each check also counts the items that flipped between the two runs; that is for information, the rule
+above decides.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from workbench.engine.masks import MaskAgreement
-from workbench.probes import ProbeResult
+from workbench.probes import ProbeResult, flips
 
 # Lowest agreement measured between two machines: 98.3% (Wanda uniform 70%, blocks 9 to 29 diverging);
 # the threshold leaves that margin again below it.
@@ -31,13 +35,21 @@ MIN_MASK_AGREEMENT = 0.965
 
 @dataclass
 class ProbeCheck:
-    """One recorded probe against its replayed score."""
+    """One recorded probe against its replayed score; `flips` counts the exact-match items right when
+    recorded and wrong now ("lost") and the reverse ("gained"), None without per-item units on both sides."""
 
     name: str
     recorded: float
     now: float
     allowed: float
     ok: bool
+    flips: dict[str, int] | None = None
+
+    def describe(self, label: str = "") -> str:
+        """One report line: recorded and replayed score, the allowance, the verdict, flipped items."""
+        flipped = f", items {self.flips['lost']} lost / {self.flips['gained']} gained" if self.flips else ""
+        return (f"  {label}{self.name:<12} recorded {self.recorded:>10.4f}   now {self.now:>10.4f}   "
+                f"(allowed +-{self.allowed:.4g}) {'ok' if self.ok else 'DIFFERS'}{flipped}")
 
 
 @dataclass
@@ -66,7 +78,7 @@ class ReplayReport:
 
 
 def check_probes(recorded: list[ProbeResult], now: list[ProbeResult]) -> list[ProbeCheck]:
-    """Each recorded probe against the replayed result of the same name."""
+    """Each recorded probe against the replayed result of the same name, with its flipped items."""
     by_name = {p.name: p for p in now}
-    return [ProbeCheck(r.name, r.score, by_name[r.name].score, r.allowance(), not r.differs(by_name[r.name]))
-            for r in recorded]
+    return [ProbeCheck(r.name, r.score, by_name[r.name].score, r.allowance(), not r.differs(by_name[r.name]),
+                       flips(r, by_name[r.name])) for r in recorded]

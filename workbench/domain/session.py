@@ -1,8 +1,8 @@
 """Sessions: everything needed to rebuild a pruning state, as TOML. Never imports textual.
 
-Schema (version 1); every key but `version`, `[model]` and `[plan]` is optional:
+Schema (version 3); every key but `version`, `[model]` and `[plan]` is optional:
 
-    version = 1
+    version = 3
     theme = "dark"                      # the app's theme
     [versions]                          # written for the record: workbench, torch, transformers
     [model]
@@ -28,14 +28,24 @@ Schema (version 1); every key but `version`, `[model]` and `[plan]` is optional:
     [calibrated_with]                   # the plan of the last full calibration-aware prune, same keys
                                         # as [plan]; absent = same as [plan]
     [[history]]                         # the edit history, oldest first (free-form tables)
-    [[probes]]                          # probe results on the saved state (see workbench.probes)
-    [[dense_probes]]                    # the same probes on the dense model
+    [[probes]]                          # probe results on the saved state (see workbench.probes):
+    name = "arithmetic"                 #   name, score, metric, higher_is_better, items, seconds, size,
+    score = 0.021                       #   tolerance, floor, relative, details (free-form)
+    [probes.units.score]                # what the score is recomputed from (workbench.probes.Units),
+    bits = "0100..."                    #   exact-match: one character per item, 1 right, 0 wrong; or
+    # values = "3.52 2.98 ..."          #   per-unit values (chunk NLL sums), space-separated, exact repr
+    # weights = "32.0 32.0 ..."         #   optional: per-unit weights (tokens per chunk)
+    # link = "exp"                      #   mean (default) | exp; other keys under [probes.units] name
+                                        #   other statistics (e.g. top1 of the kl probe)
+    [[dense_probes]]                    # the same probes on the dense model, with their units
     [evaluations]                       # lm-evaluation-harness results: task -> metric -> value
     [masks]                             # the saved state's masks (see workbench.engine.masks)
     file = "NAME.masks.safetensors"     # optional: exact masks beside the session (prune --save-masks)
     sha256 = "..."                      # of that file
     [masks.linears]                     # "layers.3.mlp.down_proj" = "KEPT HASH SAMPLE" per linear:
                                         # kept weights, mask hash, sampled keep bits (base64)
+    [comparison]                        # the last comparison, with its units (workbench.studies.compare)
+    [sensitivity]                       # the last sensitivity scan
     [agent]                             # an agent run's step log (see workbench.agent.record.AgentLog)
 
 Replay = load the model, `prune(calibrated_with)` (which captures the same statistics), then
@@ -45,7 +55,12 @@ keep/drop decisions next to a threshold flip: replay then reports the agreement 
 recorded fingerprints, and `--check` accepts it within documented limits (see `workbench.domain.replaycheck`).
 With a mask file the replayed weights are restored from it, bit for bit on any machine.
 
-Version 1 files (no [masks]) are still read; a file from a newer version is refused naming the version.
+Versions 1 (no [masks]) and 2 (no units) are still read; a file from a newer version is refused naming the
+version. Version 3 is built to grow without another bump: every table but [model] and [plan] is optional
+and absent means "not used", so later features add optional sections (say [experts] for mixture-of-experts
+plans, [recovery], [reasoning]), optional keys in [plan] and probe results, and statistics under
+[probes.units]; a reader of 3 that predates a section refuses it as an unknown key naming it, and a change
+that alters the meaning of an existing key is what needs version 4.
 """
 
 from __future__ import annotations
@@ -64,14 +79,15 @@ from workbench.engine.facade import Engine
 from workbench.engine.masks import MaskAgreement, MaskFingerprint, compare_fingerprints, exact_agreement, load_mask_file, mask_file_for
 from workbench.infra.atomic import atomic_write_text
 from workbench.infra.errors import WorkbenchError
-from workbench.probes import ProbeResult
+from workbench.probes import LINKS, ProbeResult, Units
 from workbench.studies.compare import Comparison, VariantResult
 from workbench.studies.sensitivity import Sensitivity
 
 
-VERSION = 2
-READS = (1, 2)
-COMPARISON_VERSION = 1
+VERSION = 3
+READS = (1, 2, 3)
+COMPARISON_VERSION = 2
+COMPARISON_READS = (1, 2)
 COMPARISON_KEYS = {"probes", "size", "dense_probes", "outlier_ratios", "variants"}
 
 
@@ -160,9 +176,9 @@ def session_to_dict(session: Session) -> dict:
     if session.history:
         data["history"] = session.history
     if session.probes:
-        data["probes"] = [p.to_dict() for p in session.probes]
+        data["probes"] = [probe_to_dict(p) for p in session.probes]
     if session.dense_probes:
-        data["dense_probes"] = [p.to_dict() for p in session.dense_probes]
+        data["dense_probes"] = [probe_to_dict(p) for p in session.dense_probes]
     if session.evaluations:
         data["evaluations"] = session.evaluations
     if session.masks is not None:
@@ -176,15 +192,35 @@ def session_to_dict(session: Session) -> dict:
     return data
 
 
+def units_to_dict(units: Units) -> dict:
+    """One statistic's units, compactly: right/wrong items as a string of bits, other values (and weights)
+    as space-separated exact reprs."""
+    if units.weights is None and units.link == "mean" and all(v in (0.0, 1.0) for v in units.values):
+        return {"bits": "".join("1" if v else "0" for v in units.values)}
+    data = {"values": " ".join(repr(float(v)) for v in units.values), "link": units.link}
+    if units.weights is not None:
+        data["weights"] = " ".join(repr(float(w)) for w in units.weights)
+    return data
+
+
+def probe_to_dict(p: ProbeResult) -> dict:
+    """A probe result as TOML-ready data, its units (when it has any) in the compact form of `units_to_dict`."""
+    data = p.to_dict()
+    data.pop("units", None)
+    if p.units:
+        data["units"] = {key: units_to_dict(u) for key, u in p.units.items()}
+    return data
+
+
 def comparison_to_dict(c: Comparison) -> dict:
     """A comparison as TOML-ready data (the [comparison] table of a session, the body of a comparison file)."""
-    data: dict[str, Any] = {"probes": list(c.probes), "size": c.size, "dense_probes": [p.to_dict() for p in c.dense]}
+    data: dict[str, Any] = {"probes": list(c.probes), "size": c.size, "dense_probes": [probe_to_dict(p) for p in c.dense]}
     if c.outlier_ratios is not None:
         data["outlier_ratios"] = list(c.outlier_ratios)
     data["variants"] = []
     for r in c.results:
         variant = {"name": r.name, "seconds": r.seconds, "prepare_seconds": r.prepare_seconds, "achieved": r.achieved, "params_nonzero": r.params_nonzero,
-                   "block_targets": list(r.block_targets), "plan": plan_to_dict(r.plan), "probes": [p.to_dict() for p in r.probes]}
+                   "block_targets": list(r.block_targets), "plan": plan_to_dict(r.plan), "probes": [probe_to_dict(p) for p in r.probes]}
         if r.session:
             variant["session"] = r.session
         data["variants"].append(variant)
@@ -450,8 +486,45 @@ class Reader:
             for f in ("score", "tolerance"):
                 self.get(item, f, f"{where}.", (int, float))
             defaults = {"metric": "", "higher_is_better": True, "items": 0, "seconds": 0.0, "size": "quick", "floor": 0.0}
-            out.append(ProbeResult.from_dict({**defaults, **item}))
+            result = ProbeResult.from_dict({**defaults, **item, "units": {}})
+            result.units = {key: self.units(u, f"{where}.units.{key}") for key, u in self.table(item, "units", f"{where}.").items()}
+            out.append(result)
         return out
+
+    def units(self, data, where: str) -> Units:
+        """One statistic's units (see `units_to_dict`; version 2 files wrote lists of numbers)."""
+        if not isinstance(data, dict):
+            raise self.fail(where, "expected a table")
+        self.known(data, f"{where}.", {"bits", "values", "weights", "link"})
+        if ("bits" in data) == ("values" in data):
+            raise self.fail(where, "expected bits or values")
+        if "bits" in data:
+            bits = self.get(data, "bits", f"{where}.", str)
+            if not bits or set(bits) - {"0", "1"}:
+                raise self.fail(f"{where}.bits", "expected a string of 0 and 1")
+            return Units([float(b) for b in bits])
+        link = self.get(data, "link", f"{where}.", str, default="mean")
+        if link not in LINKS:
+            raise self.fail(f"{where}.link", f"expected {' or '.join(LINKS)}, got {link!r}")
+        values = self.numbers(data["values"], f"{where}.values")
+        weights = self.numbers(data["weights"], f"{where}.weights") if "weights" in data else None
+        if weights is not None and len(weights) != len(values):
+            raise self.fail(f"{where}.weights", f"{len(weights)} weights for {len(values)} values")
+        return Units(values, weights, link)
+
+    def numbers(self, value, key: str) -> list[float]:
+        """A non-empty list of numbers, or a string of them separated by spaces."""
+        numbers = None
+        if isinstance(value, str):
+            try:
+                numbers = [float(x) for x in value.split()]
+            except ValueError:
+                pass
+        elif isinstance(value, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value):
+            numbers = [float(x) for x in value]
+        if not numbers:
+            raise self.fail(key, "expected numbers separated by spaces")
+        return numbers
 
 
 def read_toml(path: Path, what: str) -> dict:
@@ -518,8 +591,9 @@ def _comparison(path: Path, data: dict) -> ComparisonFile:
     """A comparison file from its parsed TOML."""
     r = Reader(path)
     version = r.get(data, "version", "", int, required=True)
-    if version != COMPARISON_VERSION:
-        raise r.fail("version", f"unsupported comparison version {version} (this workbench reads {COMPARISON_VERSION})")
+    if version not in COMPARISON_READS:
+        raise r.fail("version", f"unsupported comparison version {version} (this workbench reads "
+                                f"{', '.join(map(str, COMPARISON_READS))})")
     if data.get("kind") != "comparison":
         raise r.fail("kind", "expected \"comparison\"")
     r.known(data, "", {"version", "kind", "versions", "model", "calibration"} | COMPARISON_KEYS)

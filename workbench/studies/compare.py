@@ -1,17 +1,21 @@
 """Side-by-side comparison of variants: named plans evaluated one after another on one engine, each by a
 full calibration-aware prune from the dense weights (the dense statistics and the dense probe reference
-are computed once and shared), then the same probes.
+are computed once and shared), then the same probes. Every probe result keeps its units (per item, or per
+chunk of tokens), so `Comparison.row` gives each delta vs dense and each pairwise difference with its paired
+bootstrap interval, flips, and the best (or tied) variants, from a saved file without the model
+(`workbench.studies.intervals`).
 
-A comparison file is TOML (schema below); `workbench replay FILE --check` re-runs it whole and checks every
-variant's probes against their recorded tolerances.
+A comparison file is TOML (schema below, version 2; version 1, without units, is still read);
+`workbench replay FILE --check` re-runs it whole and checks every variant's probes against their recorded
+tolerances.
 
-    version = 1
+    version = 2
     kind = "comparison"
     probes = ["perplexity", "arithmetic"]   # the probe names, in order
     size = "quick"                          # quick | full
     [model]      spec, device, dtype        # as in a session
     [calibration]  source, samples, seqlen, seed, mode, hessian
-    [[dense_probes]]  ...                   # each a probe result, as in a session
+    [[dense_probes]]  ...                   # each a probe result with its [dense_probes.units], as in a session
     [[variants]]
     name = "owl"                            # unique within the comparison
     session = "owl.toml"                    # optional: the variant's own session beside this file
@@ -21,7 +25,7 @@ variant's probes against their recorded tolerances.
     params_nonzero = 31734000
     block_targets = [0.66, 0.7, ...]        # parameter-weighted target of each block
     [variants.plan]  ...                    # a plan, as in a session
-    [[variants.probes]] ...                 # its probe results
+    [[variants.probes]] ...                 # its probe results, with their [variants.probes.units]
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from workbench.domain.plan import Plan
 from workbench.engine.facade import Engine
 from workbench.infra.errors import Cancelled, WorkbenchError
 from workbench.probes import ProbeResult
+from workbench.studies.intervals import Row, probe_row
 
 Progress = Callable[[str, float], None]
 Cancel = Callable[[], bool]
@@ -83,12 +88,22 @@ class Comparison:
         return next((p for p in self.dense if p.name == name), None)
 
     def best(self, probe: str) -> str | None:
-        """The name of the variant with the best score on `probe` (None when no variant has it)."""
+        """The name of the variant with the top score on `probe` (None when no variant has it), whether or
+        not that is a real win: `row(probe).best` is the one to mark."""
         scored = [(r.probe(probe), r.name) for r in self.results if r.probe(probe) is not None]
         if not scored:
             return None
         higher = scored[0][0].higher_is_better
         return (max if higher else min)(scored, key=lambda pair: pair[0].score)[1]
+
+    def row(self, probe: str) -> Row:
+        """`probe` across the variants: deltas vs dense and pairwise differences with their paired 95%
+        intervals, flips vs dense, and the best variant or the tied ones (`workbench.studies.intervals`)."""
+        return probe_row(probe, self.dense_probe(probe), {r.name: p for r in self.results if (p := r.probe(probe)) is not None})
+
+    def rows(self) -> list[Row]:
+        """`row` of every probe, in order."""
+        return [self.row(probe) for probe in self.probes]
 
     def result(self, name: str) -> VariantResult:
         """The result of the variant called `name`."""
