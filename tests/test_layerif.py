@@ -1,5 +1,9 @@
 """LayerIF: block-at-a-time per-example gradients, DataInf, the allocator's map, and its wiring."""
 
+import itertools
+import json
+
+import numpy as np
 import pytest
 import torch
 
@@ -9,11 +13,12 @@ from workbench.allocators import ALLOCATORS, InfluenceSpec
 from workbench.allocators.layerif import AGGREGATES, ESTIMATORS, SCOPES, linear_map
 from workbench.infra.errors import Cancelled, WorkbenchError
 from workbench.engine.gradients import (LinearGrams, block_gradients, block_influence, datainf, dot_product,
-                                 gradient_grams, mean_abs_gradients)
+                                 gradient_grams, mean_abs_gradients, notebook_totals)
 from workbench.domain.plan import Plan
 from workbench.engine.gradients import AGGREGATES as AGGREGATE_FNS
 from workbench.engine.gradients import ESTIMATORS as ESTIMATOR_FNS
 from workbench.engine.gradients import SCOPES as SCOPE_KINDS
+from workbench.model.data import disjoint_starts
 from workbench.model.loader import find_linears
 
 CPU = torch.device("cpu")
@@ -85,8 +90,78 @@ def test_block_influence_sums_linears_then_aggregates():
              for _ in range(2)]
     pairs = datainf(block[0]) + datainf(block[1])
     assert block_influence([block], "datainf", "all") == [pytest.approx(pairs.sum().item())]
-    assert block_influence([block], "datainf", "positive") == [pytest.approx(pairs.clamp(min=0).sum().item())]
+    assert block_influence([block], "datainf", "pairwise-positive") == [pytest.approx(pairs.clamp(min=0).sum().item())]
+    assert block_influence([block], "datainf", "positive-totals") == [pytest.approx(pairs.sum(0).clamp(min=0).sum().item())]
     assert block_influence([block], "identity", "all") == [pytest.approx((-block[0].cross - block[1].cross).sum().item())]
+
+
+# Influence matrices of three blocks (validation x training; integers, so every sum is exact). Per training
+# example (column) over the validation set: A totals 6 and -6 (large pairs of both signs), B 1 and 1, C 2 and 2.
+BLOCK_A = [[3.0, -3.0], [3.0, -3.0]]
+BLOCK_B = [[5.0, -4.0], [-4.0, 5.0]]
+BLOCK_C = [[1.0, 1.0], [1.0, 1.0]]
+
+
+def _identity_blocks(*influences) -> list[list[LinearGrams]]:
+    """Blocks of one linear whose identity-estimator influence (-cross) is the given matrix."""
+    return [[LinearGrams(torch.eye(2, dtype=torch.float64), -torch.tensor(m, dtype=torch.float64), 1)] for m in influences]
+
+
+def test_aggregates_on_a_hand_made_influence_matrix_rank_as_the_paper():
+    blocks = _identity_blocks(BLOCK_A, BLOCK_B, BLOCK_C)
+    paper = block_influence(blocks, "identity", "positive-totals")
+    assert paper == [6.0, 2.0, 4.0]  # the positive totals: A 6, B 1 + 1, C 2 + 2
+    pairwise = block_influence(blocks, "identity", "pairwise-positive")
+    assert pairwise == [6.0, 10.0, 4.0]  # every positive pair: A 3 + 3, B 5 + 5, C 1 + 1 + 1 + 1
+    assert block_influence(blocks, "identity", "notebook") == [-6.0, 0.0, 0.0]
+    assert block_influence(blocks, "identity", "all") == [0.0, 2.0, 4.0]
+    targets = [linear_map(scores, [100] * 3, 0.6, 0.3) for scores in (paper, pairwise)]
+    least_pruned_first = [sorted(range(3), key=t.__getitem__) for t in targets]
+    assert least_pruned_first == [[1, 2, 0], [2, 0, 1]]  # the paper prunes B least, per-pair clamping most
+    assert ALLOCATORS.get("layerif").defaults["aggregate"] == "positive-totals"
+
+
+def test_notebook_aggregate_does_what_the_notebook_does():
+    influence = torch.randint(-9, 10, (5, 7), generator=torch.Generator().manual_seed(5)).double()
+    totals = influence.sum(0)
+    assert (totals > 0).any() and (totals < 0).any()
+    # expert_allocator.ipynb: rows are validation examples, columns training examples (pd.DataFrame of
+    # {train_id: {val_id: value}}); the cell "Only positive IF Values" does, per layer:
+    summed_vector = np.sum(influence.numpy(), axis=0, keepdims=True)
+    remaining_values = np.delete(summed_vector, np.where(summed_vector > 0)[1])
+    assert notebook_totals(influence) == np.sum(remaining_values)
+    assert block_influence(_identity_blocks(influence.tolist()), "identity", "notebook") == [np.sum(remaining_values)]
+
+
+@pytest.mark.parametrize("tokens, samples, seqlen", [(512, 32, 16), (1000, 7, 64), (130, 2, 64)])
+def test_disjoint_starts_share_no_position(tokens, samples, seqlen):
+    for seed in range(5):
+        starts = sorted(disjoint_starts(tokens, samples, seqlen, seed))
+        assert len(starts) == samples and starts[0] >= 0 and starts[-1] + seqlen <= tokens
+        assert all(b - a >= seqlen for a, b in itertools.pairwise(starts))
+    assert disjoint_starts(1000, 7, 64, 0) == disjoint_starts(1000, 7, 64, 0) != disjoint_starts(1000, 7, 64, 1)
+
+
+def test_training_and_validation_windows_share_no_token_position(monkeypatch):
+    import workbench.engine.signals
+    import workbench.model.data
+
+    monkeypatch.setattr(workbench.model.data, "token_stream", lambda tokenizer, source, part: torch.arange(512))  # id = position
+    seen = []
+
+    def recorded(model, train_ids, val_ids, *args):
+        seen.append((train_ids, val_ids))
+        return gradient_grams(model, train_ids, val_ids, *args)
+
+    monkeypatch.setattr(workbench.engine.signals, "gradient_grams", recorded)
+    engine = make_engine()
+    engine.prepare(_plan(train=20, val=12, seqlen=16))  # 32 windows of 16: every slot of the 512 tokens
+    train, val = seen[0]
+    assert train.shape == (20, 16) and val.shape == (12, 16)
+    assert not set(train.flatten().tolist()) & set(val.flatten().tolist())
+    assert len(set(torch.cat([train, val]).flatten().tolist())) == 512  # no position in two windows at all
+    with pytest.raises(WorkbenchError, match="too short: 512 tokens .* hold 32 disjoint windows of 16, 33 asked for"):
+        engine.prepare(_plan(train=21, val=12, seqlen=16))
 
 
 def test_allocator_choices_are_the_estimators_aggregates_and_scopes():
@@ -149,7 +224,7 @@ def test_prepare_computes_the_scores_once_and_the_allocator_reads_them(monkeypat
     scores = [b.influence for b in state.blocks]
     assert scores == engine.signals.influence(InfluenceSpec("identity", "all", "attention", 4, 2, 16))
     engine.prune(_plan())  # the read model shows the scores the plan's allocator read last
-    spec = InfluenceSpec("datainf", "positive", "attention", 4, 2, 16)
+    spec = InfluenceSpec("datainf", "positive-totals", "attention", 4, 2, 16)
     assert [b.influence for b in engine.state().blocks] == engine.signals.influence(spec)
     targets = engine.block_targets(_plan())
     assert sorted(range(4), key=targets.__getitem__) == sorted(range(4), key=engine.signals.influence(spec).__getitem__)
@@ -157,6 +232,21 @@ def test_prepare_computes_the_scores_once_and_the_allocator_reads_them(monkeypat
     assert runs == [1]
     engine.prepare(_plan(scope="all"))
     assert runs == [1, 1]
+
+
+def test_raw_scores_of_a_spec_under_every_aggregate():
+    engine = make_engine()
+    assert engine.signals.influence_scores() is None
+    engine.prepare(_plan())
+    spec = InfluenceSpec("datainf", "positive-totals", "attention", 4, 2, 16)
+    raw = engine.signals.influence_scores()
+    assert raw.spec == spec and raw.blocks == engine.signals.influence(spec)
+    assert set(raw.by_aggregate) == set(AGGREGATES) and all(len(v) == 4 for v in raw.by_aggregate.values())
+    notebook = engine.signals.influence_scores(InfluenceSpec("datainf", "notebook", "attention", 4, 2, 16))
+    assert notebook.blocks == raw.by_aggregate["notebook"] == engine.signals.influence(notebook.spec)
+    data = json.loads(json.dumps(raw.to_dict()))
+    assert data["aggregate"] == "positive-totals" and data["train"] == 4 and data["scores"] == raw.by_aggregate
+    assert engine.signals.influence_scores(InfluenceSpec("datainf", "all", "all", 4, 2, 16)) is None  # not computed
 
 
 def test_scores_are_of_the_dense_model():

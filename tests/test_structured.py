@@ -8,7 +8,7 @@ import torch
 
 from workbench.infra.errors import WorkbenchError
 from workbench.structured.depth import DepthStatistics, drop_by_angular, drop_by_influence, parse_drop
-from workbench.structured.width import NEURON_SCORES, kept_count, kept_neurons, neuron_scores
+from workbench.structured.width import NEURON_SCORES, RANDOM_SEED, kept_count, kept_neurons, neuron_scores, random_scores
 
 
 def _mlp(seed=0, hidden=8, intermediate=12):
@@ -32,7 +32,16 @@ def test_neuron_scores_follow_the_formulas():
     assert neuron_scores("data", gate, up, down, norms)[i] == pytest.approx(expected.item())
     with pytest.raises(WorkbenchError, match="needs calibration statistics"):
         neuron_scores("data", gate, up, down)
-    assert NEURON_SCORES.names() == ["data", "pon", "ppm", "vow"]
+    assert NEURON_SCORES.names() == ["data", "pon", "ppm", "random", "vow"]
+
+
+def test_random_score_is_seeded_and_blind_to_the_weights():
+    scores = neuron_scores("random", *_mlp(seed=0))
+    assert torch.equal(scores, neuron_scores("random", *_mlp(seed=1)))  # the weights do not matter
+    assert torch.equal(scores, random_scores(12, RANDOM_SEED)) and torch.equal(random_scores(12, 3), random_scores(12, 3))
+    assert sorted(scores.tolist()) == list(range(12))  # a permutation: no ties
+    assert len({tuple(kept_neurons(random_scores(1536, seed), 1331).tolist()) for seed in range(4)}) == 4
+    assert kept_neurons(scores, 4).tolist() == [0, 3, 7, 10]  # recorded: a CPU generator gives these on any machine
 
 
 @pytest.mark.parametrize("intermediate, hidden, ratio, divisor, kept", [

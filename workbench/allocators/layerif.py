@@ -3,9 +3,16 @@ HadiAskari/Expert_Allocation `LayerIF_Computation/`, mapping as in HadiAskari/La
 `lib/prune.py`, which is AlphaPruning's `ww_sparsity`).
 
 Each block gets an influence score from per-example gradients of the dense model (`workbench.engine.gradients`):
-DataInf (or the plain gradient dot product, `identity`) over training x validation windows of the
-calibration source, summed per block (`positive`: the paper's cumulative positive influence; `all`: the
-released notebook). A lower score marks a better-trained block, which is pruned less:
+DataInf (or the plain gradient dot product, `identity`) over disjoint training and validation windows of
+the calibration source, one influence matrix (validation x training) per block, aggregated (`aggregate`):
+- `positive-totals` (default, the paper's "cumulative positive influence"): each training example's
+  influence summed over the validation set, the positive totals summed;
+- `notebook` (the authors' `expert_allocator.ipynb`): the same totals, the positive ones deleted and the
+  rest summed;
+- `pairwise-positive` (this workbench's earlier default): every (validation, training) pair clamped at 0,
+  then summed, which measures spread rather than sign;
+- `all`: every value summed.
+A lower score marks a better-trained block, which is pruned less:
 r_i = (S_i - min S) / (max S - min S) * 2 eps + (1 - eps), scaled by S * sum N / sum N r so the
 parameter-weighted mean is the target, capped at 0.99 (a rebalance keeps the mean exact).
 
@@ -19,7 +26,7 @@ from workbench.allocators import ALLOCATORS, GRADIENTS, AllocationContext, Alloc
 from workbench.infra.errors import WorkbenchError
 
 ESTIMATORS = ("datainf", "identity")  # as in workbench.engine.gradients.ESTIMATORS
-AGGREGATES = ("positive", "all")
+AGGREGATES = ("positive-totals", "notebook", "pairwise-positive", "all")  # as in workbench.engine.gradients.AGGREGATES
 SCOPES = ("attention", "all")
 CHOICES = {"estimator": ESTIMATORS, "aggregate": AGGREGATES, "scope": SCOPES}
 COUNTS = {"train": 1, "val": 1, "seqlen": 2}  # integer parameters and their least value
@@ -63,13 +70,15 @@ def allocate_layerif(ctx: AllocationContext, sparsity: float, **params) -> list[
 
 ALLOCATORS.add(Allocator(
     "layerif", allocate_layerif,
-    defaults={"eps": 0.3, "estimator": "datainf", "aggregate": "positive", "scope": "attention",
+    defaults={"eps": 0.3, "estimator": "datainf", "aggregate": "positive-totals", "scope": "attention",
               "train": 24, "val": 8, "seqlen": 64},
     description="influence-guided: blocks with lower influence (better trained) pruned less, about S x (1 +- eps)",
     needs=frozenset({GRADIENTS}),
     hints={"eps": "targets span the global target x [1 - eps, 1 + eps], in [0, 1)",
            "estimator": "datainf (inverse-Hessian approximation) or identity (plain gradient dot product)",
-           "aggregate": "positive (sum of positive influences, the paper) or all (every influence)",
+           "aggregate": "positive-totals (per training example over the validation set, positive totals summed: "
+                        "the paper), notebook (the non-positive totals summed: the authors' notebook), "
+                        "pairwise-positive (every positive pair summed) or all (every influence)",
            "scope": "gradients of attention (q, k, v, o, the paper) or all linears",
            "train": "training windows for the influence (whole number >= 1; cost grows with train + val)",
            "val": "validation windows for the influence (whole number >= 1)",

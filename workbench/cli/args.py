@@ -95,7 +95,7 @@ def add_structure_args(p: argparse.ArgumentParser) -> None:
     """Width (GLU expansion ratio) and depth (dropped blocks) options."""
     p.add_argument("--width-ratio", type=float, default=None,
                    help="GLU expansion ratio to keep (kept neurons / hidden size), e.g. 2.4")
-    p.add_argument("--width-score", default=Structure.width_score, help="neuron importance: ppm (default), vow, pon, data")
+    p.add_argument("--width-score", default=Structure.width_score, help="neuron importance: ppm (default), vow, pon, data, random (a seeded control)")
     p.add_argument("--width-divisor", type=int, default=None, help="round kept neurons to a multiple of 32, 64, 128 or 256")
     p.add_argument("--width-block", action="append", metavar="BLOCK=RATIO", help="per-block expansion ratio, e.g. 3=2.0")
     p.add_argument("--drop-blocks", type=int, default=0, metavar="N", help="drop N blocks from the forward pass")

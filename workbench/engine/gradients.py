@@ -188,14 +188,45 @@ def dot_product(grams: LinearGrams) -> torch.Tensor:
 
 
 ESTIMATORS = {"datainf": datainf, "identity": dot_product}
-# Per block, the influences of all (validation, training) pairs summed: the paper's cumulative positive
-# influence (only I > 0, examples whose upweighting would raise the validation loss) or all of them (the
-# released notebook). Either way a lower score marks a better-trained block.
-AGGREGATES = {"positive": lambda influence: influence.clamp(min=0).sum().item(),
-              "all": lambda influence: influence.sum().item()}
 
 
-def block_influence(grams: list[list[LinearGrams]], estimator: str = "datainf", aggregate: str = "positive") -> list[float]:
-    """One score per block: its linears' influences added up (validation x training), then aggregated."""
-    estimate, total = ESTIMATORS[estimator], AGGREGATES[aggregate]
-    return [total(sum(estimate(g) for g in block)) for block in grams]
+def influence_matrix(block: list[LinearGrams], estimator: str = "datainf") -> torch.Tensor:
+    """A block's influence matrix (validation x training): the influences of its linears added up, as the
+    LayerIF code adds them over a layer's weight matrices."""
+    return sum(ESTIMATORS[estimator](g) for g in block)
+
+
+# A block's score from its influence matrix I (validation x training); a lower score marks a better-trained
+# block. I_ji > 0: upweighting training example i would raise validation example j's loss.
+def positive_totals(influence: torch.Tensor) -> float:
+    """The paper's "cumulative positive influence": each training example's influence summed over the
+    validation set, then the positive totals summed."""
+    return influence.sum(0).clamp(min=0).sum().item()
+
+
+def notebook_totals(influence: torch.Tensor) -> float:
+    """The authors' notebook (`expert_allocator.ipynb`, the cell titled "Only positive IF Values"): each
+    training example's influence summed over the validation set, the positive totals deleted, the rest
+    (<= 0) summed."""
+    return influence.sum(0).clamp(max=0).sum().item()
+
+
+def pairwise_positive(influence: torch.Tensor) -> float:
+    """Every (validation, training) pair clamped at 0, then summed: how spread out the influences are, not
+    the sign of any example's total."""
+    return influence.clamp(min=0).sum().item()
+
+
+def all_influences(influence: torch.Tensor) -> float:
+    """Every value summed (the notebook's "All IF values" cell)."""
+    return influence.sum().item()
+
+
+AGGREGATES = {"positive-totals": positive_totals, "notebook": notebook_totals,
+              "pairwise-positive": pairwise_positive, "all": all_influences}
+
+
+def block_influence(grams: list[list[LinearGrams]], estimator: str = "datainf",
+                    aggregate: str = "positive-totals") -> list[float]:
+    """One score per block: its influence matrix, aggregated."""
+    return [AGGREGATES[aggregate](influence_matrix(block, estimator)) for block in grams]

@@ -6,6 +6,7 @@ they depend on neither the statistics nor the pruning).
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
@@ -13,15 +14,37 @@ import torch
 from workbench.allocators import InfluenceSpec
 from workbench.engine.calibration import CalibrationCache
 from workbench.engine.capture import BlockStats
-from workbench.engine.gradients import LinearGrams, block_influence, gradient_grams
+from workbench.engine.gradients import AGGREGATES, LinearGrams, block_influence, gradient_grams
 from workbench.engine.stats import outlier_count, wanda_score_sum
 from workbench.engine.weights import WeightBank
 from workbench.infra.errors import WorkbenchError
-from workbench.model.data import calibration_windows
+from workbench.model.data import disjoint_windows
 from workbench.model.loader import LinearRef
 
 Progress = Callable[[str, float], None]
 Cancel = Callable[[], bool]
+
+
+def _gradients_key(spec: InfluenceSpec) -> tuple:
+    """What the gradients of `spec` depend on: scope and windows (not estimator or aggregate)."""
+    return spec.scope, spec.train, spec.val, spec.seqlen
+
+
+@dataclass(frozen=True)
+class InfluenceScores:
+    """LayerIF's raw per-block scores of the dense model for `spec` (its windows, scope and estimator), under
+    every aggregate; `blocks` are those of `spec.aggregate`, the ones the allocator maps."""
+
+    spec: InfluenceSpec
+    by_aggregate: dict[str, list[float]]
+
+    @property
+    def blocks(self) -> list[float]:
+        return self.by_aggregate[self.spec.aggregate]
+
+    def to_dict(self) -> dict:
+        """Plain data for a session or `--json`: the spec's fields and `scores`, per aggregate a list per block."""
+        return {**asdict(self.spec), "scores": dict(self.by_aggregate)}
 
 
 class BlockSignals:
@@ -86,7 +109,7 @@ class BlockSignals:
         Gram matrices are computed once per scope and window counts (the expensive part); estimator and
         aggregation are cheap on top. A cancelled computation keeps nothing."""
         if spec not in self._influence:
-            key = (spec.scope, spec.train, spec.val, spec.seqlen)
+            key = _gradients_key(spec)
             if key not in self._grams:
                 self._grams[key] = self._gradient_grams(spec, progress, cancel)
             self._influence[spec] = block_influence(self._grams[key], spec.estimator, spec.aggregate)
@@ -97,11 +120,20 @@ class BlockSignals:
         """The influence scores of `spec` (default: the last read) when computed already, else None."""
         return self._influence.get(spec or self._last_influence)
 
+    def influence_scores(self, spec: InfluenceSpec | None = None) -> InfluenceScores | None:
+        """The raw scores of `spec` (default: the last read) under every aggregate when its gradients are
+        computed already, else None (computes no gradients)."""
+        spec = spec or self._last_influence
+        grams = self._grams.get(_gradients_key(spec)) if spec else None
+        if grams is None:
+            return None
+        return InfluenceScores(spec, {name: block_influence(grams, spec.estimator, name) for name in AGGREGATES})
+
     def _gradient_grams(self, spec: InfluenceSpec, progress: Progress | None, cancel: Cancel | None) -> list[list[LinearGrams]]:
-        """Training and validation examples: the first `train` and the next `val` calibration windows of
-        `seqlen` tokens (seeded random offsets of the calibration part, so they may overlap a little)."""
+        """Training and validation examples: the first `train` and the next `val` of one seeded draw of
+        disjoint `seqlen`-token windows of the calibration part (no token position in both)."""
         loaded, c = self.cache.loaded, self.cache.spec
-        ids = calibration_windows(loaded.tokenizer, c.source, spec.train + spec.val, spec.seqlen, c.seed)
+        ids = disjoint_windows(loaded.tokenizer, c.source, spec.train + spec.val, spec.seqlen, c.seed)
         with self.cache.dense_model():
             return gradient_grams(loaded.model, ids[: spec.train], ids[spec.train :], loaded.device, spec.scope,
                                   progress, cancel)

@@ -13,8 +13,10 @@ Sources:
 
 Calibration windows are `samples x seqlen` token windows at seeded random offsets (Python's
 `random.Random(seed)`, identical on every machine; they overlap when the part has fewer than
-samples x seqlen tokens, and a part too short for one window is refused); evaluation windows are
-consecutive from the start.
+samples x seqlen tokens, and a part too short for one window is refused); disjoint windows (LayerIF's
+training and validation examples) are a seeded draw without replacement of the part's consecutive
+`seqlen`-token slots, so no token position is in two of them; evaluation windows are consecutive from the
+start.
 """
 
 from __future__ import annotations
@@ -162,6 +164,22 @@ def calibration_windows(tokenizer, source: str = CalibrationSpec.source, samples
     rng = random.Random(seed)
     starts = [rng.randrange(0, len(ids) - seqlen) for _ in range(samples)]
     return torch.stack([ids[s : s + seqlen] for s in starts])
+
+
+def disjoint_starts(tokens: int, samples: int, seqlen: int, seed: int) -> list[int]:
+    """Starts of `samples` windows of `seqlen` tokens in a stream of `tokens` that share no position: a
+    seeded draw (Python's `random.Random(seed)`) without replacement of the tokens // seqlen slots (at
+    least `samples` of them)."""
+    return [slot * seqlen for slot in random.Random(seed).sample(range(tokens // seqlen), samples)]
+
+
+def disjoint_windows(tokenizer, source: str, samples: int, seqlen: int, seed: int) -> torch.Tensor:
+    """`samples x seqlen` token ids of the calibration part at `disjoint_starts` (no position in two windows)."""
+    ids = token_stream(tokenizer, source, CALIBRATION)
+    if samples > len(ids) // seqlen:
+        raise WorkbenchError(f"data {source!r}", f"too short: {len(ids)} tokens in the calibration part hold "
+                                                 f"{len(ids) // seqlen} disjoint windows of {seqlen}, {samples} asked for")
+    return torch.stack([ids[s : s + seqlen] for s in disjoint_starts(len(ids), samples, seqlen, seed)])
 
 
 def evaluation_windows(tokenizer, source: str = "embedded", seqlen: int = 256, max_windows: int | None = None) -> torch.Tensor:

@@ -3,7 +3,15 @@
 In `down(act(gate x) * up x)` neuron i is row i of gate and up and column i of down; removing it removes
 all three. Neuron importance is a small registry (`NEURON_SCORES`); the kept neurons are the top-k. The
 target is an expansion ratio (intermediate / hidden), converted to a kept count as OptiPFair does,
-optionally rounded to a multiple of a divisor.
+optionally rounded to a multiple of a divisor. `random` is the control a score has to beat: a seeded
+permutation independent of the weights.
+
+The data-aware score's activation norm differs from OptiPFair's accumulation: OptiPFair's hook adds each
+forward batch's norm ||X_d^i||_2 over that batch's tokens (`_accumulated_act_norms[layer] += norm`), so with
+several batches it sums per-batch norms and its ranking depends on how the calibration set is batched;
+here ||X_d^i||_2 is one norm over all calibration tokens (the square root of the summed squares kept in
+the dense statistics), the formula OptiPFair's hook states (CFSP, Eq. 8). With one batch the two are equal.
+OptiPFair also divides each PPM part by its max + 1e-8 where this code guards only a zero max.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from workbench.infra.registry import Registry
 
 NeuronScore = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 NEURON_SCORES: Registry[NeuronScore] = Registry("width score", "workbench.structured")
+RANDOM_SEED = 0  # the `random` score's seed: the same neurons on every machine
 
 
 def _peak_to_peak(w: torch.Tensor, dim: int) -> torch.Tensor:
@@ -53,6 +62,20 @@ def data_ppm(gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor, down_sq_n
     parts = (_peak_to_peak(gate, 1), _peak_to_peak(up, 1), _peak_to_peak(down, 0))
     spread = sum(p / p.max().clamp_min(torch.finfo(p.dtype).tiny) for p in parts)
     return spread * down_sq_norm.to(spread.dtype).sqrt()
+
+
+def random_scores(intermediate: int, seed: int = RANDOM_SEED) -> torch.Tensor:
+    """A seeded random permutation of 0..intermediate-1 as float32 (a CPU torch.Generator: the same on every
+    machine; no ties)."""
+    return torch.randperm(intermediate, generator=torch.Generator().manual_seed(seed)).to(torch.float32)
+
+
+@NEURON_SCORES.register("random")
+def random_choice(gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor, down_sq_norm: torch.Tensor | None = None) -> torch.Tensor:
+    """Random control, seeded and blind to the weights: `random_scores` with RANDOM_SEED (every block of
+    one width keeps the same indices; neuron numbering is arbitrary per block, so the choice is still
+    independent of each block's weights)."""
+    return random_scores(gate.shape[0])
 
 
 def neuron_scores(name: str, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor,
