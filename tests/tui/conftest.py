@@ -69,8 +69,8 @@ def consistent(app: WorkbenchApp) -> bool:
 
 
 def idle(app: WorkbenchApp) -> bool:
-    """True when the current plan is applied and no worker or pending edit is left."""
-    busy = any(w.is_running or w.state.name == "PENDING" for w in app.workers)
+    """True when the current plan is applied and no job, worker or pending edit is left."""
+    busy = app.running_groups or any(w.is_running or w.state.name == "PENDING" for w in app.workers)
     return app.controller.applied and not app.controller.edit_pending and not busy
 
 

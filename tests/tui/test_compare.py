@@ -8,11 +8,13 @@ import asyncio
 import threading
 
 import pytest
+from textual.widgets import Static
 
 from tests.tui.conftest import consistent, settle, tiny_factory
 from workbench.domain.plan import Plan
 from workbench.infra.errors import Cancelled
-from workbench.tui.screens.compare import CompareScreen, CompareTable
+from workbench.tui.compare.screen import CompareScreen, CompareTable
+from workbench.tui.widgets.activity import Activity
 from workbench.tui.widgets.block_pane import BlockPane
 
 
@@ -80,6 +82,9 @@ async def test_a_cancelled_comparison_keeps_what_finished_and_gives_the_plan_bac
         while not waiting.is_set():
             await asyncio.sleep(0.02)
         assert "comparing variants" in str(app.query_one("#sparsity-line").render())
+        status = str(app.screen.query_one("#compare-status", Static).render())
+        assert "running 2 variants (esc cancels)" in status and "to run (r)" not in status
+        await until(pilot, lambda: "esc cancels · comparison · [2/2] owl" in app.screen.query_one(Activity).label)
         await pilot.press("escape")  # cancels, the screen stays
         await settle(pilot)
         assert isinstance(app.screen, CompareScreen) and "comparison cancelled" in app.notices
@@ -116,3 +121,12 @@ async def test_comparison_and_sensitivity_are_saved_and_shown_again(make_app, tm
         await pilot.press("c")
         assert [name for name, _, result in reopened.controller.columns if result] == ["current"]
         assert len(reopened.screen.query_one(CompareTable).columns) == 3
+
+
+async def until(pilot, done, timeout: float = 30.0) -> None:
+    """Wait (bounded) until `done()`."""
+    for _ in range(int(timeout / 0.05)):
+        if done():
+            return
+        await pilot.pause(0.05)
+    raise AssertionError("not reached in time")

@@ -31,11 +31,17 @@ def result(score: float) -> ProbeResult:
     return ProbeResult("perplexity", score, "ppl", False, 2, 0.0, "quick", 0.05, 0.0)
 
 
+def busy(controller: Controller, *groups: str) -> Controller:
+    """`controller`, told from now on that jobs of `groups` run (none: nothing runs)."""
+    controller.running = lambda *asked: not set(asked).isdisjoint(groups)
+    return controller
+
+
 def applied_controller() -> Controller:
     """A controller whose first full prune has landed."""
     controller = Controller()
     calibrate = controller.start(None)
-    controller.prune_job(full_running=False, calibrate=calibrate)
+    busy(controller).prune_job(calibrate=calibrate)
     controller.landed(STATE, controller.plan, {}, final=True, full=True)
     return controller
 
@@ -45,11 +51,11 @@ def test_a_fresh_model_starts_with_a_full_prune_of_the_default_plan():
     assert not controller.loaded
     calibrate = controller.start(None)
     assert calibrate == Plan() == controller.plan and not controller.applied
-    assert controller.note(pruning=True) == "re-pruning"
-    assert controller.prune_job(full_running=False, calibrate=calibrate) == PruneJob(Plan(), Plan())
+    assert busy(controller, "prune").note() == "re-pruning"
+    assert busy(controller).prune_job(calibrate=calibrate) == PruneJob(Plan(), Plan())
     landing = controller.landed(STATE, Plan(), {"layers.0.q": 0.5}, final=True, full=True)
     assert landing.current and landing.follow_ups == [] and landing.prune is None
-    assert controller.applied and controller.note(pruning=False) is None and not controller.dirty
+    assert controller.applied and busy(controller).note() is None and not controller.dirty
     engine_plan = Plan(sparsity=0.6)
     assert controller.start(engine_plan) is None and controller.applied  # a reused engine keeps its statistics
 
@@ -60,12 +66,12 @@ def test_an_edit_waits_for_its_prune_and_a_running_full_prune_picks_it_up():
     assert controller.edit(plan, label, source=BlockKey(1), now=1.0)
     assert not controller.edit(plan, label, source=BlockKey(1), now=1.1)  # nothing changed
     assert controller.edit_pending and controller.dirty and not controller.applied
-    assert controller.note(pruning=False) == "re-pruning"
-    assert controller.prune_job(full_running=True) is None  # the full prune re-prunes it when it lands
+    assert busy(controller).note() == "re-pruning"
+    assert busy(controller, "calibrate").prune_job() is None  # the full prune re-prunes it when it lands
     assert not controller.edit_pending
     landing = controller.landed(STATE, Plan(), {}, final=True, full=True)  # an older plan's full prune
     assert not landing.current and landing.prune == PruneJob(plan)
-    assert controller.prune_job(full_running=False) == PruneJob(plan)
+    assert busy(controller).prune_job() == PruneJob(plan)
     assert controller.landed(STATE, plan, {"layers.1.q": 0.6}, final=False, full=False).current
     assert not controller.applied
     controller.landed(STATE, plan, {"layers.1.q": 0.6}, final=True, full=False)
@@ -75,11 +81,11 @@ def test_an_edit_waits_for_its_prune_and_a_running_full_prune_picks_it_up():
 def test_work_waits_until_the_current_plan_is_applied():
     controller = applied_controller()
     ran = []
-    assert not controller.when_applied(lambda: ran.append("now"), pruning=False) and ran == ["now"]
+    assert not busy(controller).when_applied(lambda: ran.append("now")) and ran == ["now"]
     plan, label = edits.set_global(controller.plan, 0.7)
     controller.edit(plan, label)
-    assert controller.when_applied(lambda: ran.append("probe"), pruning=False)  # the caller starts the prune
-    assert not controller.when_applied(lambda: ran.append("save"), pruning=True)
+    assert busy(controller).when_applied(lambda: ran.append("probe"))  # the caller starts the prune
+    assert not busy(controller, "prune").when_applied(lambda: ran.append("save"))
     assert ran == ["now"]
     assert controller.landed(STATE, Plan(), {}, final=True, full=False).follow_ups == []  # not the current plan
     landing = controller.landed(STATE, plan, {}, final=True, full=False)
@@ -92,10 +98,10 @@ def test_work_waits_until_the_current_plan_is_applied():
 def test_cancel_and_failure_drop_the_queued_work():
     controller = applied_controller()
     controller.edit(*edits.set_global(controller.plan, 0.7))
-    controller.when_applied(lambda: None, pruning=True)
+    busy(controller, "prune").when_applied(lambda: None)
     controller.cancel()
-    assert not controller.edit_pending and controller.note(pruning=False) == "not applied (p prunes)"
-    controller.when_applied(lambda: None, pruning=True)
+    assert not controller.edit_pending and busy(controller).note() == "not applied (p prunes)"
+    busy(controller, "prune").when_applied(lambda: None)
     controller.prune_failed()
     assert controller.landed(STATE, controller.plan, {}, final=True, full=False).follow_ups == []
 
@@ -104,7 +110,7 @@ def test_undo_and_redo_return_the_labels_and_mark_the_plan_pending():
     controller = applied_controller()
     assert controller.undo() is None
     controller.edit(*edits.set_block(controller.plan, 0, 0.6), now=1.0)
-    controller.prune_job(full_running=False)
+    busy(controller).prune_job()
     assert controller.undo() == "block 0 60.0%" and controller.plan == Plan() and controller.edit_pending
     assert controller.redo() == "block 0 60.0%" and controller.plan.block_overrides == {0: 0.6}
     assert controller.redo() is None
@@ -150,26 +156,26 @@ def measured(name: str, plan: Plan, score: float) -> VariantResult:
 def test_a_comparison_borrows_the_engine_and_the_current_plan_is_restored_by_a_full_prune():
     controller = applied_controller()
     controller.lend("comparing variants", Plan(sparsity=0.4))
-    assert controller.lent and not controller.applied and controller.note(pruning=False) == "comparing variants"
+    assert controller.lent and not controller.applied and busy(controller).note() == "comparing variants"
     ran = []
-    assert not controller.when_applied(lambda: ran.append("save"), pruning=False)  # waits, starts nothing
+    assert not busy(controller).when_applied(lambda: ran.append("save"))  # waits, starts nothing
     edited, label = edits.set_global(controller.plan, 0.7)
     controller.edit(edited, label)
-    assert controller.prune_job(full_running=False) is None and not controller.edit_pending
+    assert busy(controller).prune_job() is None and not controller.edit_pending
     landing = controller.returned(Plan(allocator="owl"))  # the engine holds the last variant
     assert not controller.lent and landing.prune == PruneJob(edited, Plan(sparsity=0.4)) and ran == []
-    assert controller.landed(STATE, edited, {}, final=True, full=True).follow_ups and not controller._restore
+    assert controller.landed(STATE, edited, {}, final=True, full=True).follow_ups and controller.restoring is None
 
 
 def test_p_while_lent_is_the_full_prune_after_it_and_a_scan_comes_back_in_its_plan():
     controller = applied_controller()
     controller.lend("comparing variants", Plan(sparsity=0.4))
-    controller.prune_job(full_running=False, calibrate=controller.plan)
+    busy(controller).prune_job(calibrate=controller.plan)
     assert controller.returned(None).prune == PruneJob(Plan(), Plan())
     controller.landed(STATE, Plan(), {}, final=True, full=True)
     ran = []
     controller.lend("sensitivity scan", None)
-    controller.when_applied(lambda: ran.append("probe"), pruning=False)
+    busy(controller).when_applied(lambda: ran.append("probe"))
     landing = controller.returned(controller.plan)
     assert landing.current and landing.prune is None and ran == []
     for action in landing.follow_ups:
@@ -207,9 +213,9 @@ def test_an_agent_run_keeps_the_engine_while_paused_and_its_allocation_is_one_ed
     final = Plan(allocator="agent", allocator_params={"start": 0.4, "steps": []})
     controller.agent_run, controller.agent_stepping = fake_run(False, final), True
     controller.lend("agent run", Plan())
-    assert not controller.agent_paused and controller.note(pruning=False) == "agent run"
+    assert not controller.agent_paused and busy(controller).note() == "agent run"
     controller.agent_stepping = False
-    assert controller.agent_paused and controller.note(pruning=False) == "agent run paused (A)"
+    assert controller.agent_paused and busy(controller).note() == "agent run paused (A)"
     controller.agent_run.done = True  # stopped: the engine holds the final plan, measured with the run's statistics
     assert controller.use_agent(calibrate=None) and controller.agent == "the log"
     assert controller.history.current.label == "agent allocation" and controller.plan == final

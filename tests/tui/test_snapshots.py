@@ -101,7 +101,7 @@ async def _sensitivity_column(pilot) -> None:
     """A scan with fixed deltas (block 2 not scanned)."""
     await settle(pilot)
     pilot.app.controller.sensitivity = Sensitivity("perplexity", 0.1, 18.25, [0.25, 3.5, None, 12.0])
-    pilot.app._show_heat()
+    pilot.app.features["sensitivity"].show_heat()
     await pilot.pause()
 
 

@@ -82,7 +82,7 @@ async def test_block_scores_command_shows_the_depth_columns(make_app):
         assert len(first) == 2 and float(first[0]) == round(blocks[0].block_influence, 3)
         assert cell(app, 3, "depth").split()[1] == "-" or blocks[3].angular_distance is not None
         await pilot.press("w")
-        await pilot.press("down", "enter")  # the width score picker: the next score after ppm
+        await pilot.press("down", "down", "enter")  # the width score picker: two below ppm (random, vow)
         await settle(pilot)
         assert app.controller.plan.structure.width_score == "vow"
 

@@ -6,8 +6,9 @@ and run with the log of the run whose allocation was used. While a comparison, a
 the engine (it prunes other plans meanwhile), prunes and queued work wait until it is back; an agent run
 keeps it from its start until it ends, also while paused.
 
-The app's handlers and workers drive it (they own the timers, workers and widgets); it never calls the
-engine, so it is tested without Textual or a model. UI-free.
+The app's handlers drive it (they own the timers and widgets); what runs it asks of `running`, the job
+layer's `Jobs.running` (groups "prune" and "calibrate"). It never calls the engine, so it is tested without
+Textual or a model. UI-free.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
     from workbench.domain.session import Session
 
 FollowUp = Callable[[], None]
+Running = Callable[..., bool]
+PRUNING = ("prune", "calibrate")  # the job groups that prune the current plan
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,8 @@ class Landing:
 class Controller:
     """The plan, its edit history and what the engine has made of it; see the module docstring."""
 
-    def __init__(self) -> None:
+    def __init__(self, running: Running = lambda *groups: False) -> None:
+        self.running = running  # whether a job of any of the groups given runs (the job layer's answer)
         self.plan: Plan | None = None
         self.history: EditHistory | None = None
         self.applied_plan: Plan | None = None
@@ -163,7 +167,7 @@ class Controller:
         """Whether the engine holds the current plan."""
         return self.plan is not None and self.applied_plan == self.plan
 
-    def prune_job(self, full_running: bool, calibrate: Plan | None = None) -> PruneJob | None:
+    def prune_job(self, calibrate: Plan | None = None) -> PruneJob | None:
         """The prune to start now for the current plan (the pending edit is then taken care of): the full
         prune of `calibrate` when given, else an incremental one; None while a full prune runs, since the
         current plan is re-pruned when it lands, and while the engine is lent (it is re-pruned when back)."""
@@ -173,14 +177,15 @@ class Controller:
             return None
         if calibrate is not None:
             return PruneJob(self.plan, calibrate)
-        if full_running:
+        if self.running("calibrate"):
             return None
         return PruneJob(self.plan)
 
-    def when_applied(self, action: FollowUp, pruning: bool) -> bool:
+    def when_applied(self, action: FollowUp) -> bool:
         """Run `action` now if the current plan is applied and nothing prunes, else queue it until a prune
         of the current plan lands. True when the caller must start that prune (nothing prunes yet, and
         the engine is not lent)."""
+        pruning = self.running(*PRUNING)
         if self.applied and not pruning and self._lent is None:
             action()
             return False
@@ -213,14 +218,14 @@ class Controller:
         """A prune failed: the work queued for its landing is dropped."""
         self._follow_ups.clear()
 
-    def note(self, pruning: bool) -> str | None:
+    def note(self) -> str | None:
         """Why the state shown is not the current plan's ("re-pruning", or "not applied" after a cancel or
         a failure, or what has the engine); None when it is."""
         if self._lent is not None:
             return "agent run paused (A)" if self.agent_paused else self._lent
         if self.applied:
             return None
-        if self._edit_pending or pruning or self._follow_ups:
+        if self._edit_pending or self.running(*PRUNING) or self._follow_ups:
             return "re-pruning"
         return "not applied (p prunes)"
 
@@ -243,6 +248,11 @@ class Controller:
         calibrate with afterwards, since the engine comes back holding statistics of its own (None: it comes
         back in the plan it was given). A restore still pending (an earlier one was cancelled) is kept."""
         self._lent, self._restore, self.applied_plan = what, restore or self._restore, None
+
+    @property
+    def restoring(self) -> Plan | None:
+        """The full prune that gives the current plan back its statistics, while one is owed."""
+        return self._restore
 
     @property
     def lent(self) -> bool:

@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from workbench.cli.args import add_model_args, add_model_command, add_plan_args, calibration_of, plan_of, resolve_drops
-from workbench.cli.console import progress_line
+from workbench.cli.console import PROGRESS_MODES, progress_line, set_progress_mode
 from workbench.domain.plan import DTYPES
 from workbench.infra.errors import Cancelled, WorkbenchError, out_of_memory
 
@@ -258,6 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_agent_parser(sub)
 
     add_bench_parser(sub)
+    for name, command in sub.choices.items():
+        if name != "tui":
+            command.add_argument("--progress", choices=PROGRESS_MODES, default="auto",
+                                 help="progress on stderr: a bar on a terminal, throttled lines for a log or a pipe "
+                                      "(auto: bar on a terminal, lines otherwise), or none")
     return parser
 
 
@@ -282,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.command is None:
                 parser.print_help()
                 return EXIT_USAGE
+            set_progress_mode(args.progress, args.command)
         return args.func(args)
     except WorkbenchError as exc:
         _say(f"workbench: error: {exc}")

@@ -1,5 +1,6 @@
 """The app's commands in one table: each is a key binding (with an id) and, when it has a palette name,
-an entry of the command palette."""
+an entry of the command palette. The UI features (`workbench.tui.feature`) add theirs between `COMMANDS`
+and `CLOSING` (`command_table`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from textual.binding import Binding
 @dataclass(frozen=True)
 class Command:
     """One app command. `action` is a Textual action string; `description` is the footer label and
-    `tooltip` the longer text of the help screen; `palette` names it in the command palette, with `about`."""
+    `tooltip` the longer text of the help screen; `palette` names it in the command palette, with `about`;
+    `where` it is bound: on the app, or on the blocks screen (its structural edits)."""
 
     id: str
     keys: str
@@ -21,6 +23,7 @@ class Command:
     show: bool = True
     palette: str = ""
     about: str = ""
+    where: str = "app"
 
     @property
     def action_name(self) -> str:
@@ -51,40 +54,39 @@ COMMANDS = (
     Command("app.allocator", "a", "pick('allocator')", "Alloc", tooltip="Pick the allocator (resets sliders)"),
     Command("app.allocator_params", "o", "allocator_params", "Allocator parameters", show=False,
             palette="Allocator parameters", about="Edit the parameters of the plan's allocator"),
-    Command("app.global", "g", "focus_global", "Global target", show=False),
+    Command("app.global", "g", "focus_global", "Global target", show=False, where="blocks"),
     *(Command(f"app.{name}", key, name, name.capitalize(), show=False, palette=f"{name.capitalize()} GLU width",
               tooltip=f"GLU width of the focused block {sign}0.1 expansion ratio (on the global row: every block)",
-              about=f"The focused block (on the global row, every block) keeps {more} neurons")
+              about=f"The focused block (on the global row, every block) keeps {more} neurons", where="blocks")
       for name, key, sign, more in (("narrower", "left_square_bracket", "-", "fewer"),
                                     ("wider", "right_square_bracket", "+", "more"))),
     Command("app.width_reset", "backslash", "width_reset", "Width back", show=False,
             tooltip="The focused block's width back to the global one (on the global row: full width)",
-            palette="Width back", about="The focused block follows the global width (global row: full width)"),
+            palette="Width back", about="The focused block follows the global width (global row: full width)",
+            where="blocks"),
     Command("app.drop", "x", "drop", "Drop block", show=False,
             tooltip="Drop the focused block from the forward pass, or bring it back", palette="Drop or keep block",
-            about="Toggle the focused block out of (or back into) the forward pass"),
+            about="Toggle the focused block out of (or back into) the forward pass", where="blocks"),
     Command("app.width_score", "w", "pick('width_score')", "Width score", show=False,
             tooltip="Pick the GLU neuron score (which neurons a narrower width keeps)"),
     Command("app.drop_by", "X", "drop_by", "Drop by rule", show=False,
             tooltip="Drop N blocks by a rule: lowest block influence (bi), lowest angular distance (angular), "
                     "or none to bring every block back (esc cancels the block scores)",
-            palette="Drop blocks by rule", about="Drop the N blocks a rule picks (bi, angular), or none"),
+            palette="Drop blocks by rule", about="Drop the N blocks a rule picks (bi, angular), or none", where="blocks"),
     Command("app.width_divisor", "W", "pick('width_divisor')", "Width divisor", show=False,
             tooltip="Pick the width divisor: kept GLU neuron counts rounded to a multiple of 32, 64, 128 or 256"),
     Command("app.block_scores", "b", "block_scores", "Block scores", show=False,
             tooltip="Block influence and angular distance of the dense model per block (esc cancels)",
-            palette="Block scores", about="Block influence (ShortGPT) and angular distance per block"),
+            palette="Block scores", about="Block influence (ShortGPT) and angular distance per block", where="blocks"),
     Command("app.plots", "v", "plots", "Plots", tooltip="Plots: allocation, |W| histogram, probe history",
             palette="Plots", about="Allocation, |W| histogram, probe history"),
-    Command("app.compare", "c", "compare", "Compare", show=False,
-            tooltip="Compare screen: variants (allocators, methods, targets) side by side", palette="Compare",
-            about="Compare allocators and methods side by side, pick one as the plan"),
-    Command("app.sensitivity", "s", "sensitivity", "Sensitivity", show=False,
-            tooltip="Sensitivity scan: the probe change when only one block is pruned 10 points harder (esc cancels)",
-            palette="Sensitivity scan", about="Per block, the perplexity cost of raising only its target"),
-    Command("app.agent", "A", "agent", "Agent", show=False,
-            tooltip="Agent screen: a loop raises blocks step by step and rolls back harmful steps (pause, stop, use)",
-            palette="Agent", about="Agent-guided allocation: run it step by step, then use its allocation"),
+)
+CLOSING = (  # after the features' commands
     Command("app.theme", "T", "pick('theme')", "Theme", show=False),
     Command("app.quit", "q", "quit", "Quit", tooltip="Quit (also ctrl+q); unsaved edits stay in the recovery file"),
 )
+
+
+def command_table(features) -> tuple[Command, ...]:
+    """Every command of the app: its own, then each feature's, then theme and quit."""
+    return (*COMMANDS, *(command for feature in features for command in feature.commands), *CLOSING)

@@ -32,5 +32,10 @@ class Activity(Horizontal):
         else:
             bar.update(total=1.0, progress=min(max(fraction, 0.0), 1.0))
 
+    @property
+    def label(self) -> str:
+        """The line shown (empty when hidden)."""
+        return str(self.query_one(Label).content) if self.has_class("-busy") else ""
+
     def hide(self) -> None:
         self.remove_class("-busy")

@@ -14,7 +14,6 @@ from textual.widget import Widget
 
 from workbench.app.edits import SliderKey
 from workbench.app.format import MAX_PERCENT
-from workbench.tui.screens.value_prompt import ValuePrompt
 
 VALUE_WIDTH = 7  # " 50.0%"
 
@@ -22,7 +21,8 @@ VALUE_WIDTH = 7  # " 50.0%"
 class Slider(Widget, can_focus=True):
     """A value in [0, `maximum`] shown as a bar. `key` says what it controls (the app decides what a change
     means). Changes made by the user post `Slider.Changed`; `set_value` from code posts nothing. A locked
-    slider shows its value but refuses changes and posts `Slider.Refused` instead."""
+    slider shows its value but refuses changes and posts `Slider.Refused` instead. To type a value it posts
+    `Slider.ValueWanted`; whoever asks the user hands the answer to `typed`."""
 
     BINDINGS = [
         Binding("left", "nudge(-1)", "-1 point", id="slider.decrease", show=False),
@@ -81,6 +81,13 @@ class Slider(Widget, can_focus=True):
         @property
         def control(self) -> "Slider":
             return self.slider
+
+    class ValueWanted(Message):
+        """The user wants to type an exact value (in percent)."""
+
+        def __init__(self, slider: "Slider"):
+            super().__init__()
+            self.slider = slider
 
     class Refused(Message):
         """The user tried to move a locked slider."""
@@ -145,11 +152,12 @@ class Slider(Widget, can_focus=True):
         if self.locked:
             self.post_message(self.Refused(self))
             return
-        def done(value: float | None) -> None:
-            if value is not None:
-                self._user_set(value)
+        self.post_message(self.ValueWanted(self))
 
-        self.app.push_screen(ValuePrompt(self.label or "sparsity", self.value, self.maximum), done)
+    def typed(self, value: float | None) -> None:
+        """The value the user typed (None: nothing)."""
+        if value is not None:
+            self._user_set(value)
 
     def action_reset(self) -> None:
         if self.locked:

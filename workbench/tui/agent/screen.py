@@ -1,8 +1,9 @@
 """The Agent screen: an agent-guided allocation run (`workbench.agent`), step by step. The settings line
 (e edits them), how the run stands, a live step log (one row per step), a plot of perplexity and the
 global target over the steps. r starts or resumes, space pauses after the step, x stops, escape cancels
-the running step, enter makes the run's allocation the current plan. The app runs the steps in a worker
-(the engine is lent to the run until it ends); this screen shows the controller's run and asks the app."""
+the running step, enter makes the run's allocation the current plan. The Agent feature runs the steps as a
+job (the engine is lent to the run until it ends); this screen shows the controller's run and asks the
+feature."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import os
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
@@ -44,20 +44,9 @@ class AgentScreen(Screen):
     AgentScreen > AgentPlot { height: 1fr; min-height: 6; }
     """
 
-    class RunRequested(Message):
-        """Start a run with the settings, or resume the paused one."""
-
-    class PauseRequested(Message):
-        """Pause the run after its current step."""
-
-    class StopRequested(Message):
-        """End the run (it puts its final allocation on the engine, then gives the engine back)."""
-
-    class UseRequested(Message):
-        """Make the run's allocation the current plan."""
-
-    def __init__(self, controller: Controller):
+    def __init__(self, feature, controller: Controller):
         super().__init__()
+        self.feature = feature  # the Agent feature (`workbench.tui.agent.feature`): runs, pauses, stops, uses
         self.controller = controller
 
     def compose(self) -> ComposeResult:
@@ -117,11 +106,11 @@ class AgentScreen(Screen):
         if self.controller.agent_stepping:
             self.notify("the agent is running: space pauses, x stops")
         else:
-            self.post_message(self.RunRequested())
+            self.feature.run()
 
     def action_pause(self) -> None:
         if self.controller.agent_stepping:
-            self.post_message(self.PauseRequested())
+            self.feature.pause()
         else:
             self.notify("nothing runs: r starts or resumes")
 
@@ -130,14 +119,14 @@ class AgentScreen(Screen):
         if run is None or run.done:
             self.notify("no run to stop")
         else:
-            self.post_message(self.StopRequested())
+            self.feature.stop()
 
     def action_use(self) -> None:
         run = self.controller.agent_run
         if run is None or not run.records:
             self.notify("nothing to use yet: r runs the agent")
         else:
-            self.post_message(self.UseRequested())
+            self.feature.use()
 
     def action_back(self) -> None:
         """Cancel the running step (the run pauses), else go back to the blocks."""

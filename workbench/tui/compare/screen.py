@@ -1,7 +1,7 @@
 """The Compare screen: variants side by side. A table with one row per probe (and the plan, achieved
 sparsity, weights left and prune time) and one column per variant after the dense reference, and a plot
-of the variants' allocations. The app runs the comparison; this screen edits the controller's variants
-and asks the app to run them or to make one the current plan."""
+of the variants' allocations. The Compare feature runs the comparison as a job; this screen edits the
+controller's variants and asks the feature to run them or to make one the current plan."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 from textual.worker import Worker
@@ -53,18 +52,9 @@ class CompareScreen(Screen):
     CompareScreen > VariantsPlot { height: 1fr; min-height: 6; }
     """
 
-    class RunRequested(Message):
-        """Run the variants not measured yet."""
-
-    class UseRequested(Message):
-        """Make `variant` the current plan."""
-
-        def __init__(self, variant: str):
-            super().__init__()
-            self.variant = variant
-
-    def __init__(self, controller: Controller, probes: list[str]):
+    def __init__(self, feature, controller: Controller, probes: list[str]):
         super().__init__()
+        self.feature = feature  # the Compare feature (`workbench.tui.compare.feature`): runs and uses variants
         self.controller = controller
         self.probes = probes
 
@@ -77,7 +67,9 @@ class CompareScreen(Screen):
 
     def on_mount(self) -> None:
         self.refresh_view()
-        self.query_one(CompareTable).focus()
+        table = self.query_one(CompareTable)
+        table.focus()
+        table.scroll_to(x=0, animate=False)  # opens on the labels and the dense column, never scrolled right
 
     # ----- showing ------------------------------------------------------------------------------------
     @property
@@ -113,8 +105,12 @@ class CompareScreen(Screen):
         return Text(cell.text, style=style)
 
     def _show_status(self) -> None:
+        """The header: what waits to run, or what runs (its progress is on the activity line below)."""
         queued = len(self.controller.queued)
-        waiting = f"{queued} to run (r) · " if queued else ""
+        if self.feature.running:
+            waiting = f"running {queued} variant{'s' if queued != 1 else ''} (esc cancels) · "
+        else:
+            waiting = f"{queued} to run (r) · " if queued else ""
         hint = "p adds the plan · a adds a variant" if not self.controller.columns else "enter uses a column"
         self.query_one("#compare-status", Static).update(
             f"Compare · {waiting}probes: {', '.join(self.shown_probes)} (quick) · {hint}")
@@ -169,14 +165,14 @@ class CompareScreen(Screen):
     def action_run(self) -> None:
         if not self.controller.queued:
             self.notify("nothing to run: p adds the current plan, a adds a variant")
-        elif "compare" in self.app.running_groups:
+        elif self.feature.running:
             self.notify("the comparison is running; escape cancels it")
         else:
-            self.post_message(self.RunRequested())
+            self.feature.run()
 
     def action_back(self) -> None:
         """Cancel the running comparison, else go back to the blocks."""
-        if "compare" in self.app.running_groups:
+        if self.feature.running:
             self.app.action_cancel()
         else:
             self.app.pop_screen()
@@ -188,7 +184,7 @@ class CompareScreen(Screen):
         elif self.controller.variant(name) is None:
             self.notify(f"{name} is not measured yet: r runs it")
         else:
-            self.post_message(self.UseRequested(name))
+            self.feature.use(name)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """Worker failures are reported by the app, in one place."""

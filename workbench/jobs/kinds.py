@@ -1,0 +1,173 @@
+"""The table of job kinds and their bodies (the work the app's workers did, moved here). A body gets the
+`Job` (engine, progress, state, cancel check) and its arguments; its return value is the job's result."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING, Callable
+
+from workbench.domain.plan import CalibrationSpec, Plan
+from workbench.jobs.core import Job, JobKind
+from workbench.jobs.results import (AgentHalted, AgentStepped, AutosaveFailed, Compared, DropsChosen, Loaded,
+                                    NeedsFullPrune, Probed, Pruned, Saved, Scanned)
+
+if TYPE_CHECKING:
+    from workbench.app.controller import PruneJob
+    from workbench.engine.facade import Engine
+
+REFRESH_S = 0.25  # how often a running prune reports the state so far
+SENSITIVITY_PROBE = "perplexity"
+
+
+def held(engine: Engine) -> Pruned:
+    """What the engine holds now, as the landing of a prune (after a cancel, or with new block scores)."""
+    plan = engine.plan
+    return Pruned(engine.state(), plan, engine.allocate(plan) if plan is not None else {}, final=True, full=False)
+
+
+def load(job: Job, factory: Callable[..., Engine], model: str, path, device: str, dtype: str,
+         calibration: CalibrationSpec | None) -> Loaded:
+    """Load a model (or reuse the loaded one) and, for a session, read and check the file."""
+    from workbench.domain.session import check_against_model, load_session
+
+    session = load_session(path) if path is not None else None
+    if session is not None:
+        model, device, dtype, calibration = session.model, session.device, session.dtype, session.calibration
+    else:
+        calibration = calibration or CalibrationSpec()
+    engine = job.engine
+    if engine is None or engine.loaded.spec != model or engine.calibration != calibration:
+        job.progress(f"loading {model}")
+        engine = factory(model=model, device=device, dtype=dtype, calibration=calibration, progress=job.progress)
+    if session is not None:
+        check_against_model(session, engine, path)
+    return Loaded(engine, len(engine.linears), session, path)
+
+
+def prune(job: Job, spec: PruneJob) -> Pruned | NeedsFullPrune | None:
+    """Prune `spec.plan` (after a full prune of `spec.calibrate`, when set), reporting the state so far every
+    `REFRESH_S`. An incremental prune that finds no usable statistics asks for a full one instead."""
+    engine, plan = job.engine, spec.plan
+    if job.cancelled():
+        return None
+    if not spec.full and engine.needs_full_prune(plan):
+        return NeedsFullPrune(plan)
+    engine.prepare(plan, progress=job.progress, cancel=job.cancelled)
+    targets = engine.allocate(plan)
+    job.state(Pruned(engine.state(), plan, targets, final=False, full=False))
+    last = time.monotonic()
+
+    def progress(message: str, fraction: float) -> None:
+        nonlocal last
+        job.progress(message, fraction)
+        if not job.cancelled() and time.monotonic() - last >= REFRESH_S:
+            last = time.monotonic()
+            job.state(Pruned(engine.state(), plan, targets, final=False, full=False))
+
+    if spec.full:
+        engine.prune(spec.calibrate, progress, job.cancelled)
+    engine.apply(plan, progress, job.cancelled)
+    return Pruned(engine.state(), plan, targets, final=True, full=spec.full)
+
+
+def probe(job: Job, names: tuple[str, ...]) -> Probed | None:
+    """The quick probes on the plan the engine holds (the dense reference first, for those not measured)."""
+    engine = job.engine
+    if job.cancelled():
+        return None
+    plan = engine.plan
+    missing = [n for n in names if n not in engine.dense_probes]
+    if missing:
+        job.progress(f"measuring the dense model ({len(missing)} probes)")
+    results = engine.probe(names, "quick", progress=lambda name, f: job.progress(f"probe {name}", f),
+                           cancel=job.cancelled)
+    return Probed(results, dict(engine.dense_probes), plan)
+
+
+def save(job: Job, path, history: list[dict], probes: list, theme: str, device: str, dtype: str, comparison,
+         sensitivity, agent) -> Saved:
+    """Write the session of the engine's state with the app's history, probes and studies."""
+    from workbench.domain.session import save_session, session_from_engine
+
+    session = session_from_engine(job.engine, history=history, probes=probes, theme=theme, device=device, dtype=dtype)
+    session.comparison, session.sensitivity, session.agent = comparison, sensitivity, agent
+    save_session(session, path)
+    return Saved(path)
+
+
+def autosave(job: Job, autosave, session, ticket: int) -> AutosaveFailed | None:
+    """Write the recovery file; why it failed (disk full...), or None."""
+    error = autosave.write(session, ticket)
+    return None if error is None else AutosaveFailed(str(error))
+
+
+def hold(job: Job) -> Pruned:
+    """What the engine holds, once a cancelled job has let go of it."""
+    return held(job.engine)
+
+
+def block_scores(job: Job) -> Pruned:
+    """Run the dense model once for the depth scores, then the state with them."""
+    job.engine.depth_scores(job.progress, job.cancelled)
+    return held(job.engine)
+
+
+def drops(job: Job, count: int, rule: str) -> DropsChosen:
+    """The blocks `rule` drops (the dense model runs once for the depth scores, if not yet)."""
+    return DropsChosen(count, rule, job.engine.choose_drops(count, rule, job.progress, job.cancelled))
+
+
+def compare(job: Job, variants: list, probes: list[str]) -> None:
+    """Run the comparison; what finished is reported also after a cancel or a failure."""
+    from workbench.studies.compare import Comparison, run_comparison
+
+    engine, finished, comparison = job.engine, [], None
+    try:
+        comparison = run_comparison(engine, variants, probes, progress=job.progress, cancel=job.cancelled,
+                                    on_result=finished.append)
+    finally:
+        if comparison is None:
+            dense = [engine.dense_probes[n] for n in probes if n in engine.dense_probes]
+            comparison = Comparison(probes, dense=dense, results=finished)
+        job.state(Compared(comparison, engine.plan), always=True)
+
+
+def sensitivity(job: Job, plan: Plan) -> None:
+    """Scan every block; the engine is reported back in `plan` also after a cancel or a failure."""
+    from workbench.studies.sensitivity import scan
+
+    result = None
+    try:
+        result = scan(job.engine, plan, probe=SENSITIVITY_PROBE, progress=job.progress, cancel=job.cancelled)
+    finally:
+        job.state(Scanned(result, job.engine.plan), always=True)
+
+
+def agent(job: Job, run, pause: threading.Event) -> None:
+    """Step the agent run until it ends or `pause` is set; after a cancel or a failure the engine is at the
+    run's last checkpoint."""
+    try:
+        while not job.cancelled() and not pause.is_set():
+            record = run.step(job.progress, job.cancelled)
+            if record is None:
+                break
+            job.state(AgentStepped(record))
+    finally:
+        job.state(AgentHalted(run, run.engine.plan), always=True)
+
+
+KINDS = {kind.name: kind for kind in (
+    JobKind("load", "engine", "loading", load, cancellable=False),
+    JobKind("prune", "prune", "pruning", prune),
+    JobKind("full_prune", "calibrate", "pruning", prune),
+    JobKind("probe", "probe", "probes", probe),
+    JobKind("save", "save", "saving", save, cancellable=False),
+    JobKind("autosave", "autosave", "autosave", autosave, cancellable=False, engine=False),
+    JobKind("hold", "refresh", "refreshing", hold, cancellable=False),
+    JobKind("block_scores", "scores", "block scores", block_scores),
+    JobKind("drops", "scores", "block scores", drops),
+    JobKind("compare", "compare", "comparison", compare, exclusive=True),
+    JobKind("sensitivity", "sensitivity", "sensitivity scan", sensitivity, exclusive=True),
+    JobKind("agent", "agent", "agent step", agent, exclusive=True),
+)}

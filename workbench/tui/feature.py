@@ -1,0 +1,38 @@
+"""What a UI feature registers with the app: its commands (key bindings and palette entries), a help
+section, the full screens it shows over the blocks, and what it does with the job results it owns."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+from textual.binding import Binding
+from textual.screen import Screen
+
+from workbench.tui.commands import Command
+
+if TYPE_CHECKING:
+    from workbench.tui.app import WorkbenchApp
+
+
+class Feature:
+    """A feature of `app`; subclasses set the class attributes and `start` (its command's action)."""
+
+    name: str = ""
+    commands: tuple[Command, ...] = ()
+    help: tuple[str, list[Binding]] | None = None
+    screens: tuple[type[Screen], ...] = ()
+
+    def __init__(self, app: WorkbenchApp):
+        self.app = app
+
+    @property
+    def results(self) -> dict[type, Callable]:
+        """The job states and results this feature handles, by type."""
+        return {}
+
+    def start(self) -> None:
+        """What its command does."""
+        raise NotImplementedError
+
+    def ended(self, job) -> None:
+        """A job (any) ended: a feature whose screen shows what runs redraws it."""

@@ -1,1 +1,0 @@
-"""The app's background jobs, as mixins of `WorkbenchApp`, and what their workers share."""
