@@ -370,6 +370,10 @@ class Engine:
         ctx.dense_topk = functools.partial(self._dense_topk, check_cancel=ctx.check_cancel, swap=not dense_now)
         return ctx
 
+    def dense_topk(self, windows: torch.Tensor) -> DenseTopK:
+        """The kl probe's dense reference at `windows` (computed once and kept; see `_dense_topk`)."""
+        return self._dense_topk(windows, lambda: None, swap=True)
+
     @_locked
     def _dense_topk(self, windows: torch.Tensor, check_cancel: Callable[[], None], swap: bool) -> DenseTopK:
         """The dense model's top-k log-probabilities at `windows` (the kl probe's), computed once per window

@@ -2,9 +2,9 @@
 re-prune from the cached statistics (milliseconds) and measure one quick probe. It shows where sparsity is
 cheap and where it hurts, before hand-tuning. The engine is back in the plan afterwards, also on cancel.
 
-Raising block b changes nothing before it, so perplexity is measured from the hidden states kept at each
-block's input under the plan (`workbench.engine.suffix`): only blocks b..L-1 and the head run, on the
-quick probe's windows. Other probes run whole.
+Raising block b changes nothing before it, so perplexity and kl are measured from the hidden states kept
+at each block's input under the plan (`workbench.engine.suffix`): only blocks b..L-1 and the head run, on
+the quick probes' windows. Other probes run whole.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import torch
 import torch.nn.functional as F
 
 from workbench.domain.plan import MAX_SPARSITY, Plan, check_fraction
@@ -22,7 +23,7 @@ from workbench.engine.facade import Engine
 from workbench.engine.suffix import BlockInputs
 from workbench.infra.errors import Cancelled, WorkbenchError
 from workbench.model.data import evaluation_windows
-from workbench.probes import perplexity
+from workbench.probes import kl, perplexity
 
 Progress = Callable[[str, float], None]
 Cancel = Callable[[], bool]
@@ -62,21 +63,32 @@ def raised(plan: Plan, block: int, step: float, current: float) -> Plan:
     return dataclasses.replace(plan, block_overrides=overrides, linear_overrides=linears)
 
 
-def suffix_perplexity(engine: Engine) -> Callable[[int], float]:
-    """Quick perplexity measured from the inputs of block `position` (a running block's index), kept once
-    for the model as it stands; equal to the perplexity probe's quick score up to float summation."""
+def suffix_measure(engine: Engine, probe: str) -> Callable[[int], float] | None:
+    """Quick `probe` (perplexity or kl; None for others) measured from the inputs of block `position` (a
+    running block's index), kept once for the model as it stands; equal to the probe's quick score up to
+    float summation."""
+    if probe not in ("perplexity", "kl"):
+        return None
     ids = evaluation_windows(engine.loaded.tokenizer, engine.calibration.source, perplexity.SEQLEN,
                              perplexity.WINDOWS["quick"])
+    reference = engine.dense_topk(ids) if probe == "kl" else None
     kept = BlockInputs(engine.loaded.model, ids, engine.loaded.device)
 
     def measure(position: int) -> float:
         total, count = 0.0, 0
-        for logits, batch in kept.logits_from(position):
-            target = batch[:, 1:].to(logits.device)
-            logits = logits[:, :-1].float()
-            total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="sum").item()
-            count += target.numel()
-        return math.exp(total / count)
+        for n, (logits, batch) in enumerate(kept.logits_from(position)):
+            if reference is None:
+                target = batch[:, 1:].to(logits.device)
+                logits = logits[:, :-1].float()
+                total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="sum").item()
+                count += target.numel()
+            else:
+                rows = slice(n * kl.BATCH, (n + 1) * kl.BATCH)
+                token, _ = kl.token_kl(torch.log_softmax(logits[:, :-1].float(), dim=-1),
+                                       *(t[rows].to(logits.device) for t in (reference.logprobs, reference.ids, reference.tail)))
+                total += token.sum().item()
+                count += token.numel()
+        return math.exp(total / count) if reference is None else total / count
 
     return measure
 
@@ -101,10 +113,10 @@ def scan(engine: Engine, plan: Plan, step: float = 0.1, probe: str = "perplexity
     start = time.perf_counter()
     engine.apply(plan, cancel=cancel)
     targets = engine.block_targets(plan)
-    from_block = suffix_perplexity(engine) if probe == "perplexity" else None
+    from_block = suffix_measure(engine, probe)
 
     def measure(b: int) -> float:
-        """The probe with the model as it stands; perplexity from block b's kept inputs on."""
+        """The probe with the model as it stands; perplexity and kl from block b's kept inputs on."""
         return from_block(running.index(b)) if from_block else engine.probe([probe])[0].score
 
     base = from_block(len(running)) if from_block else measure(running[0])
