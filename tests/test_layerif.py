@@ -288,6 +288,9 @@ def test_session_round_trips_a_layerif_plan(tmp_path):
     save_session(session_from_engine(engine), tmp_path / "s.toml")
     loaded = load_session(tmp_path / "s.toml")
     assert loaded.plan == plan
+    raw = engine.signals.influence_scores()
+    assert loaded.influence == raw.to_dict() and loaded.influence["aggregate"] == "positive-totals"
+    assert loaded.influence["scores"]["positive-totals"] == raw.blocks and len(raw.blocks) == len(engine.linears)
     again = make_engine()
     again.prune(loaded.plan)
     assert again.weights_digest() == engine.weights_digest()

@@ -145,6 +145,9 @@ def cmd_prune(args) -> int:
         "seconds": {"load": t_load, "prune": report.seconds, "probes": t_probe},
         "session": args.save_session, "export": exported, "weights_sha256": engine.weights_digest(),
     }
+    influence = engine.signals.influence_scores()
+    if influence is not None:
+        summary["influence"] = influence.to_dict()
     if args.json:
         _print(summary)
         return 0

@@ -46,6 +46,8 @@ Schema (version 3); every key but `version`, `[model]` and `[plan]` is optional:
                                         # kept weights, mask hash, sampled keep bits (base64)
     [comparison]                        # the last comparison, with its units (workbench.studies.compare)
     [sensitivity]                       # the last sensitivity scan
+    [influence]                         # LayerIF's raw per-block scores when computed: estimator, aggregate,
+                                        # scope, train, val, seqlen, and [influence.scores] per aggregate
     [agent]                             # an agent run's step log (see workbench.agent.record.AgentLog)
 
 Replay = load the model, `prune(calibrated_with)` (which captures the same statistics), then
@@ -127,6 +129,7 @@ class Session:
     comparison: Comparison | None = None
     sensitivity: Sensitivity | None = None
     agent: AgentLog | None = None  # the step log of an agent run (workbench.agent)
+    influence: dict = field(default_factory=dict)  # LayerIF's raw per-block scores (InfluenceScores.to_dict)
 
 
 @dataclass
@@ -181,6 +184,8 @@ def session_to_dict(session: Session) -> dict:
         data["dense_probes"] = [probe_to_dict(p) for p in session.dense_probes]
     if session.evaluations:
         data["evaluations"] = session.evaluations
+    if session.influence:
+        data["influence"] = session.influence
     if session.masks is not None:
         data["masks"] = session.masks.to_dict()
     if session.comparison is not None:
@@ -245,11 +250,12 @@ def session_from_engine(engine: Engine, history: list[dict] | None = None, probe
     """The session that replays to `engine`'s current state."""
     if engine.plan is None:
         raise WorkbenchError("session", "nothing to save: the model has not been pruned yet")
+    influence = engine.signals.influence_scores()
     return Session(
         model=engine.loaded.spec, device=device, dtype=dtype, calibration=engine.calibration, plan=engine.plan,
         calibrated_with=engine.calibrated_with, history=list(history or []), probes=list(probes or []),
         dense_probes=list(engine.dense_probes.values()), theme=theme, versions=current_versions(),
-        masks=MaskRecord(engine.mask_fingerprints()),
+        masks=MaskRecord(engine.mask_fingerprints()), influence=influence.to_dict() if influence else {},
     )
 
 
@@ -568,7 +574,7 @@ def _session(path: Path, data: dict) -> Session:
         raise r.fail("version", f"unsupported session version {version} (this workbench reads {', '.join(map(str, READS))})")
     r.known(data, "", {"version", "theme", "versions", "model", "calibration", "plan", "calibrated_with",
                        "history", "probes", "dense_probes", "evaluations", "masks", "comparison", "sensitivity",
-                       "agent"})
+                       "agent", "influence"})
     model, device, dtype, calibration = r.header(data)
     plan = r.plan(r.table(data, "plan", "", required=True), "plan.")
     calibrated_with = r.plan(data["calibrated_with"], "calibrated_with.") if "calibrated_with" in data else None
@@ -584,6 +590,7 @@ def _session(path: Path, data: dict) -> Session:
         comparison=r.comparison(r.table(data, "comparison", ""), "comparison.") if "comparison" in data else None,
         sensitivity=r.sensitivity(r.table(data, "sensitivity", ""), "sensitivity.") if "sensitivity" in data else None,
         agent=r.agent(r.table(data, "agent", ""), "agent.") if "agent" in data else None,
+        influence=r.table(data, "influence", ""),
     )
 
 
