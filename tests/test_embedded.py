@@ -11,7 +11,8 @@ import torch
 
 from workbench.domain.plan import Plan
 from workbench.engine.facade import Engine
-from workbench.model.loader import embedded_gguf_path, load_model
+from workbench.model.cache import embedded_gguf_path
+from workbench.model.loader import load_model
 
 pytestmark = pytest.mark.embedded
 SESSIONS = sorted((Path(__file__).parent.parent / "sessions").glob("*.toml"))

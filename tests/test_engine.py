@@ -186,7 +186,7 @@ def test_nm_pattern_on_whole_model(engine):
 def test_unsupported_architecture_is_named():
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from workbench.model.loader import find_linears
+    from workbench.model.layout import find_linears
 
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64))
     with pytest.raises(WorkbenchError, match="GPT2LMHeadModel.*expected model.model.layers"):

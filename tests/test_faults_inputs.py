@@ -16,9 +16,11 @@ import pytest
 from tests.tiny import ByteTokenizer
 from workbench.cli.main import main
 from workbench.infra.errors import WorkbenchError
+from workbench.model import cache as model_cache
 from workbench.model import loader as model_module
+from workbench.model.cache import cache_problem, cached_build
 from workbench.model.data import CALIBRATION, EVALUATION, calibration_windows, evaluation_windows, load_texts
-from workbench.model.loader import cache_problem, cached_build, load_model
+from workbench.model.loader import load_model
 
 TINY = ["--samples", "4", "--seqlen", "32"]
 BINARY = b"\xff\xfe\x00\x81" + bytes(range(256)) * 4
@@ -156,8 +158,8 @@ def test_model_spec_errors(tiny_model_dir, tmp_path, capsys, monkeypatch):
 @pytest.fixture
 def small_checks(monkeypatch):
     """Check constants scaled down so a 64 KiB file is sampled like the 540 MB weights are."""
-    monkeypatch.setattr(model_module, "CHECK_WHOLE_BELOW", 4096)
-    monkeypatch.setattr(model_module, "CHECK_SAMPLE_BYTES", 256)
+    monkeypatch.setattr(model_cache, "CHECK_WHOLE_BELOW", 4096)
+    monkeypatch.setattr(model_cache, "CHECK_SAMPLE_BYTES", 256)
 
 
 def make_builder(calls: list):
@@ -193,12 +195,12 @@ def damage_missing(target):
 
 
 def damage_manifest(target):
-    (target / model_module.MANIFEST).unlink()
+    (target / model_cache.MANIFEST).unlink()
     return "no manifest: a build that did not finish, or one by an older workbench"
 
 
 def damage_manifest_garbage(target):
-    (target / model_module.MANIFEST).write_text("{not json")
+    (target / model_cache.MANIFEST).write_text("{not json")
     return "unreadable manifest"
 
 

@@ -19,7 +19,7 @@ from workbench.engine.gradients import AGGREGATES as AGGREGATE_FNS
 from workbench.engine.gradients import ESTIMATORS as ESTIMATOR_FNS
 from workbench.engine.gradients import SCOPES as SCOPE_KINDS
 from workbench.model.data import disjoint_starts
-from workbench.model.loader import find_linears
+from workbench.model.layout import find_linears
 
 CPU = torch.device("cpu")
 SMALL = {"train": 4, "val": 2, "seqlen": 16}  # influence windows for the tiny model

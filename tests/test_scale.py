@@ -14,7 +14,8 @@ from workbench.domain.plan import CalibrationSpec, Plan
 from workbench.engine.capture import dense_forward
 from workbench.engine.facade import Engine
 from workbench.infra.errors import WorkbenchError
-from workbench.model.loader import blocks_of, load_model, resolve_source, spread_blocks
+from workbench.model.layout import blocks_of
+from workbench.model.loader import load_model, resolve_source, spread_blocks
 from workbench.model.shapes import VocabFit, _meta_model, parse, random_weights_of
 from workbench.probes import timing_only
 from workbench.probes.efficiency import is_2to4

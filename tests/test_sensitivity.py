@@ -7,7 +7,7 @@ import pytest
 
 from tests.conftest import make_engine
 from workbench.domain.plan import Plan, Structure
-from workbench.model.loader import blocks_of
+from workbench.model.layout import blocks_of
 from workbench.studies.sensitivity import raised, scan, suffix_measure
 
 

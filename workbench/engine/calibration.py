@@ -18,7 +18,8 @@ from workbench.domain.plan import ONE_PASS, CalibrationSpec
 from workbench.engine.capture import BlockStats, capture
 from workbench.methods import LinearStats
 from workbench.model.data import calibration_windows
-from workbench.model.loader import INPUT_GROUPS, Loaded, LinearRef
+from workbench.model.layout import INPUT_GROUPS, LinearRef
+from workbench.model.loader import Loaded
 
 Progress = Callable[[str, float], None]
 Cancel = Callable[[], bool]

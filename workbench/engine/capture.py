@@ -23,7 +23,7 @@ from workbench.domain.plan import ONE_PASS
 from workbench.infra.errors import Cancelled
 from workbench.infra.memory import release_freed_memory
 from workbench.methods import LinearStats
-from workbench.model.loader import INPUT_GROUPS, LINEAR_PATHS, blocks_of
+from workbench.model.layout import blocks_of, INPUT_GROUPS, LINEAR_PATHS
 
 MICRO_BATCH = 8
 

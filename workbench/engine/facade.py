@@ -46,7 +46,8 @@ from workbench.engine.weights import Assignment, WeightBank
 from workbench.infra.errors import Cancelled, WorkbenchError
 from workbench.infra.memory import configure_allocator
 from workbench.methods import METHODS
-from workbench.model.loader import Loaded, LinearRef, find_linears, load_model
+from workbench.model.layout import find_linears, LinearRef
+from workbench.model.loader import load_model, Loaded
 from workbench.probes import ProbeContext, ProbeResult, run_probes
 from workbench.probes.kl import TOP_K, DenseTopK, dense_topk
 from workbench.structured.depth import DepthStatistics, drop_by_angular, drop_by_influence, parse_drop

@@ -28,7 +28,7 @@ import torch
 
 from workbench.engine.capture import MICRO_BATCH, block0_inputs
 from workbench.infra.errors import Cancelled, WorkbenchError
-from workbench.model.loader import LINEAR_PATHS, blocks_of
+from workbench.model.layout import blocks_of, LINEAR_PATHS
 
 Progress = Callable[[str, float], None]
 Cancel = Callable[[], bool]

@@ -9,7 +9,7 @@ from workbench.engine.signals import BlockSignals
 from workbench.engine.weights import Assignment
 from workbench.infra.errors import WorkbenchError
 from workbench.methods import METHODS, Method, parse_pattern
-from workbench.model.loader import LinearRef
+from workbench.model.layout import LinearRef
 from workbench.structured.shaper import Shaper
 
 

@@ -19,7 +19,7 @@ from workbench.engine.stats import outlier_count, wanda_score_sum
 from workbench.engine.weights import WeightBank
 from workbench.infra.errors import WorkbenchError
 from workbench.model.data import disjoint_windows
-from workbench.model.loader import LinearRef
+from workbench.model.layout import LinearRef
 
 Progress = Callable[[str, float], None]
 Cancel = Callable[[], bool]

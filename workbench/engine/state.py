@@ -9,7 +9,7 @@ from workbench.engine.calibration import CalibrationCache
 from workbench.engine.signals import BlockSignals
 from workbench.engine.stats import activation_norm, pool_weight_summaries, relative_error
 from workbench.engine.weights import WeightBank
-from workbench.model.loader import LinearRef
+from workbench.model.layout import LinearRef
 from workbench.structured.shaper import Shaper
 
 

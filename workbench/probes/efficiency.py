@@ -29,7 +29,7 @@ import time
 
 import torch
 
-from workbench.model.loader import find_linears
+from workbench.model.layout import find_linears
 from workbench.probes import PROBES, Probe, ProbeContext
 from workbench.probes._generate import chat_prompt, encode, greedy_generate
 

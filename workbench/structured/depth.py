@@ -19,7 +19,7 @@ import torch
 from workbench.domain.plan import drop_problem
 from workbench.engine.capture import block0_inputs
 from workbench.infra.errors import Cancelled, WorkbenchError
-from workbench.model.loader import blocks_of
+from workbench.model.layout import blocks_of
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 from workbench.domain.plan import Structure, check_structure, drop_problem
 from workbench.engine.weights import WeightBank
 from workbench.infra.errors import WorkbenchError
-from workbench.model.loader import LinearRef
+from workbench.model.layout import LinearRef
 from workbench.structured.depth import DepthStatistics
 from workbench.structured.shrink import Depth
 from workbench.structured.width import NEURON_SCORES, kept_count, kept_neurons, neuron_scores

@@ -9,7 +9,7 @@ from typing import Iterable, Iterator
 
 import torch
 
-from workbench.model.loader import blocks_of
+from workbench.model.layout import blocks_of
 
 
 class Depth:

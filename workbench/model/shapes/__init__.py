@@ -30,7 +30,8 @@ from pathlib import Path
 import torch
 
 from workbench.infra.errors import WorkbenchError
-from workbench.model.loader import Progress, cache_root, cached_build, embedded_gguf_path, find_linears
+from workbench.model.cache import cache_root, cached_build, embedded_gguf_path, Progress
+from workbench.model.layout import find_linears
 
 PREFIX = "random:"
 MARK = "workbench_random"  # config key: {"spec": ..., "seed": ...}
