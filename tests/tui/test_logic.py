@@ -112,6 +112,28 @@ def test_variant_column_marks_the_best_and_waits_for_queued_variants():
     assert [c.text for c in queued] == ["wanda", "uniform*", "50.0%", "…", "…", "…", "…"]
 
 
+def test_variant_column_shows_intervals_and_marks_only_a_real_best():
+    """With per-item units the cell carries the change's interval; ★ only where the intervals exclude
+    zero, = for variants tied at the top."""
+    from workbench.probes import Units
+    from workbench.studies.compare import Comparison, VariantResult
+
+    def facts(name: str, right: int) -> ProbeResult:
+        values = [1.0] * right + [0.0] * (26 - right)
+        return ProbeResult("facts", right / 26, "exact match", True, 26, 0.1, "quick", 3 / 26, 0.0,
+                           units={"score": Units(values)})
+
+    def measured(name: str, right: int) -> VariantResult:
+        return VariantResult(name, Plan(allocator=name), [facts(name, right)], [0.5], 0.5, 1500, 2.0)
+
+    probes = ["facts"]
+    tied = Comparison(probes, dense=[facts("dense", 26)], results=[measured("owl", 13), measured("uniform", 12)])
+    cells = [variant_column(Plan(allocator=r.name), r, probes, tied)[3].text for r in tied.results]
+    assert cells[0].startswith("= 0.500 (-0.5) [") and cells[1].startswith("= 0.462 (-0.54) [")
+    clear = Comparison(probes, dense=[facts("dense", 26)], results=[measured("owl", 24), measured("uniform", 2)])
+    assert variant_column(Plan(allocator="owl"), clear.results[0], probes, clear)[3].text.startswith("★ 0.923")
+
+
 def test_heat_cells_grade_the_cost_of_sparsity():
     cells = heat_cells([0.1, 6.0, None, 12.0, -1.0], higher_is_better=False)
     assert [c.tone for c in cells] == ["success", "warning", "dim", "error", "success"]

@@ -212,25 +212,33 @@ def dense_column(probes: Sequence[str], comparison) -> list[Cell]:
             NONE, NONE]
 
 
-def variant_column(plan, result, probes: Sequence[str], comparison) -> list[Cell]:
+def variant_column(plan, result, probes: Sequence[str], comparison, rows: dict | None = None) -> list[Cell]:
     """One variant's cells, row by row: its plan, then (once measured) each probe's score with its change
-    against dense, ★ marking the best of the row, then achieved sparsity, weights left and prune time."""
+    against dense and that change's 95% interval, ★ marking the best of the row (only where its intervals
+    against the others exclude zero; = marks the variants tied at the top), then achieved sparsity, weights
+    left and prune time. `rows`: `comparison.rows()` by probe, computed once for every column."""
     edited = "*" if plan.block_overrides or plan.linear_overrides else ""
     cells = [Cell(plan.method), Cell(plan.allocator + edited), Cell(pct(plan.sparsity) + (f" {plan.pattern}" if plan.pattern else ""))]
     if result is None:
         return cells + [WAITING] * (len(probes) + 3)
+    rows = rows if rows is not None else {row.probe: row for row in comparison.rows()}
     for name in probes:
-        cells.append(score_cell(result.probe(name), comparison.dense_probe(name), comparison.best(name) == result.name))
+        row = rows.get(name)
+        mark = "" if row is None else "★" if row.best == result.name else "=" if len(row.tied) > 1 and result.name in row.tied else ""
+        interval = row.deltas.get(result.name) if row is not None else None
+        cells.append(score_cell(result.probe(name), comparison.dense_probe(name), mark, interval))
     return cells + [Cell(pct(result.achieved)), Cell(params(result.params_nonzero)), Cell(f"{result.seconds:.1f}s")]
 
 
-def score_cell(result, dense, best: bool) -> Cell:
-    """"★ 512.3 (+12)": a variant's score on one probe against dense; ★ (and the "success" tone unless it is
-    worse than dense) marks the best of its row."""
+def score_cell(result, dense, mark: str = "", interval=None) -> Cell:
+    """"★ 512.3 (+12) [+8,+16]": a variant's score on one probe against dense, with the change's interval
+    when known; ★ (and the "success" tone unless it is worse than dense) marks the best of its row."""
     if result is None:
         return NONE
-    cell = against_dense(("★ " if best else "") + short(result.score), result, dense)
-    return Cell(cell.text, "success") if best and not cell.tone else cell
+    cell = against_dense((f"{mark} " if mark else "") + short(result.score), result, dense)
+    if interval is not None:
+        cell = Cell(f"{cell.text} [{signed(interval.low)},{signed(interval.high)}]", cell.tone)
+    return Cell(cell.text, "success") if mark == "★" and not cell.tone else cell
 
 
 def heat_cells(deltas: Sequence[float | None], higher_is_better: bool) -> list[Cell]:

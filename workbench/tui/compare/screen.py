@@ -91,7 +91,8 @@ class CompareScreen(Screen):
         for name, _, _ in columns:
             table.add_column(name, key=VARIANT + name)
         cells = [dense_column(probes, controller.comparison)]
-        cells += [variant_column(plan, result, probes, controller.comparison) for _, plan, result in columns]
+        rows = {row.probe: row for row in controller.comparison.rows()} if controller.comparison else {}
+        cells += [variant_column(plan, result, probes, controller.comparison, rows) for _, plan, result in columns]
         for row, label in enumerate(comparison_labels(probes)):
             table.add_row(Text(label, style="bold"), *[self._styled(column[row]) for column in cells])
         table.move_cursor(column=min(max(cursor, 1), len(columns) + 1))
