@@ -54,10 +54,12 @@ def cache_root() -> Path:
 
 
 def notice(message: str, progress: Progress | None) -> None:
-    """One line for the user: through `progress` when there is one (the app, a terminal), else on stderr."""
+    """One line for the user: through `progress` when there is one (the app, a terminal bar), and on stderr
+    as well when stderr is no terminal (a log or a pipe, where progress lines are throttled and a notice
+    must not be dropped)."""
     if progress:
         progress(message, 0.0)
-    else:
+    if not progress or not sys.stderr.isatty():
         print(f"workbench: {message}", file=sys.stderr, flush=True)
 
 

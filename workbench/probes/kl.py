@@ -134,6 +134,7 @@ class KL(Probe):
 
     def measure(self, ctx: ProbeContext, size: str):
         windows = held_out_windows(ctx, size)
+        ctx.check_cancel()
         if ctx.dense_topk is None:
             kl = torch.zeros(len(windows), windows.shape[1] - 1)
             agree, k = torch.ones_like(kl, dtype=torch.bool), 0
