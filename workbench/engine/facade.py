@@ -48,8 +48,8 @@ from workbench.infra.memory import configure_allocator
 from workbench.methods import METHODS
 from workbench.model.layout import find_linears, LinearRef
 from workbench.model.loader import load_model, Loaded
-from workbench.probes import ProbeContext, ProbeResult, run_probes
-from workbench.probes.kl import TOP_K, DenseTopK, dense_topk
+from workbench.probes import DenseTopK, ProbeContext, ProbeResult, run_probes
+from workbench.probes.kl import TOP_K, dense_topk
 from workbench.structured.depth import DepthStatistics, drop_by_angular, drop_by_influence, parse_drop
 from workbench.structured.depth import collect as collect_depth
 from workbench.structured.shaper import Shaper
@@ -368,17 +368,14 @@ class Engine:
         """The context probes run in; `dense_now` when the dense weights are already in (dense_reference)."""
         ctx = ProbeContext(self.loaded.model, self.loaded.tokenizer, self.loaded.device,
                            eval_source=self.calibration.source, seed=self.calibration.seed, cancel=cancel)
-        ctx.dense_topk = functools.partial(self._dense_topk, check_cancel=ctx.check_cancel, swap=not dense_now)
+        ctx.dense_topk = functools.partial(self.dense_topk, check_cancel=ctx.check_cancel, swap=not dense_now)
         return ctx
 
-    def dense_topk(self, windows: torch.Tensor) -> DenseTopK:
-        """The kl probe's dense reference at `windows` (computed once and kept; see `_dense_topk`)."""
-        return self._dense_topk(windows, lambda: None, swap=True)
-
     @_locked
-    def _dense_topk(self, windows: torch.Tensor, check_cancel: Callable[[], None], swap: bool) -> DenseTopK:
-        """The dense model's top-k log-probabilities at `windows` (the kl probe's), computed once per window
-        set and kept on the CPU; `swap` puts the dense weights in for it."""
+    def dense_topk(self, windows: torch.Tensor, check_cancel: Callable[[], None] | None = None,
+                   swap: bool = True) -> DenseTopK:
+        """The kl probe's dense reference: the dense model's top-k log-probabilities at `windows`, computed
+        once per window set and kept on the CPU; `swap` puts the dense weights in for it."""
         for stored in self.dense_topks:
             if stored.covers(windows, TOP_K):
                 return stored

@@ -4,17 +4,14 @@ ended (a result, an error or a cancel: exactly one of the three)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from workbench.jobs.core import Job
+from typing import Any
 
 
 @dataclass(frozen=True)
 class Event:
-    """Something about `job`."""
+    """Something about `job` (a `workbench.jobs.core.Job`; not imported here: core imports this module)."""
 
-    job: Job
+    job: Any
 
 
 @dataclass(frozen=True)

@@ -15,15 +15,13 @@ import math
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Callable, ClassVar
+from typing import Callable, ClassVar
 
 import torch
 
 from workbench.infra.errors import Cancelled, WorkbenchError
 from workbench.infra.registry import Registry
 
-if TYPE_CHECKING:
-    from workbench.probes.kl import DenseTopK
 
 SIZES = ("quick", "full")
 # Items of an exact-match probe that may flip between machines on a replay with recomputed masks: up to
@@ -130,6 +128,24 @@ def flips(before: ProbeResult | None, after: ProbeResult | None) -> dict[str, in
         return None
     return {"lost": sum(x > y for x, y in zip(a.values, b.values)),
             "gained": sum(x < y for x, y in zip(a.values, b.values))}
+
+
+@dataclass
+class DenseTopK:
+    """The dense model's next-token distribution at every predicted token of `windows`, kept small."""
+
+    windows: torch.Tensor  # (windows, seqlen) the tokens it was computed on
+    logprobs: torch.Tensor  # (windows, seqlen - 1, k) float32, descending: the top-k log-probabilities
+    ids: torch.Tensor  # (windows, seqlen - 1, k) int32: their token ids
+    tail: torch.Tensor  # (windows, seqlen - 1) float32: log of the mass outside the top k (-inf: none)
+
+    @property
+    def k(self) -> int:
+        return self.logprobs.shape[-1]
+
+    def covers(self, windows: torch.Tensor, k: int) -> bool:
+        """Whether this store holds top-`k` entries for exactly these windows."""
+        return self.k == k and self.windows.shape == windows.shape and torch.equal(self.windows, windows)
 
 
 @dataclass

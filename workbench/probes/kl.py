@@ -30,34 +30,15 @@ model) makes the model its own reference: KL 0, agreement 1, no forward pass.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from workbench.probes import PROBES, Probe, ProbeContext, chunk_units
+from workbench.probes import PROBES, DenseTopK, Probe, ProbeContext, chunk_units
 from workbench.probes.perplexity import BATCH, Perplexity, held_out_windows
 
 TOP_K = 64
 QUANTILES = {"median": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99, "p99.9": 0.999}
-
-
-@dataclass
-class DenseTopK:
-    """The dense model's next-token distribution at every predicted token of `windows`, kept small."""
-
-    windows: torch.Tensor  # (windows, seqlen) the tokens it was computed on
-    logprobs: torch.Tensor  # (windows, seqlen - 1, k) float32, descending: the top-k log-probabilities
-    ids: torch.Tensor  # (windows, seqlen - 1, k) int32: their token ids
-    tail: torch.Tensor  # (windows, seqlen - 1) float32: log of the mass outside the top k (-inf: none)
-
-    @property
-    def k(self) -> int:
-        return self.logprobs.shape[-1]
-
-    def covers(self, windows: torch.Tensor, k: int) -> bool:
-        """Whether this store holds top-`k` entries for exactly these windows."""
-        return self.k == k and self.windows.shape == windows.shape and torch.equal(self.windows, windows)
 
 
 def log_probs(model, batch: torch.Tensor) -> torch.Tensor:

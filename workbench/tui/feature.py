@@ -3,18 +3,17 @@ section, the full screens it shows over the blocks, and what it does with the jo
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from abc import ABC, abstractmethod
+from typing import Callable
 
+from textual.app import App
 from textual.binding import Binding
 from textual.screen import Screen
 
 from workbench.tui.commands import Command
 
-if TYPE_CHECKING:
-    from workbench.tui.app import WorkbenchApp
 
-
-class Feature:
+class Feature(ABC):
     """A feature of `app`; subclasses set the class attributes and `start` (its command's action)."""
 
     name: str = ""
@@ -22,7 +21,7 @@ class Feature:
     help: tuple[str, list[Binding]] | None = None
     screens: tuple[type[Screen], ...] = ()
 
-    def __init__(self, app: WorkbenchApp):
+    def __init__(self, app: App):
         self.app = app
 
     @property
@@ -30,9 +29,9 @@ class Feature:
         """The job states and results this feature handles, by type."""
         return {}
 
+    @abstractmethod
     def start(self) -> None:
         """What its command does."""
-        raise NotImplementedError
 
     def ended(self, job) -> None:
         """A job (any) ended: a feature whose screen shows what runs redraws it."""

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
+
+from textual.app import App
 
 from workbench.app import edits
 from workbench.tui.screens.params import ParamsScreen
 from workbench.tui.screens.picker import PickerScreen
 
-if TYPE_CHECKING:
-    from workbench.tui.app import WorkbenchApp
 
 UNSTRUCTURED = "unstructured"
 PATTERNS = [(UNSTRUCTURED, "any weight may go; sliders set each block and linear"),
@@ -36,7 +36,7 @@ class Picker:
 class Pickers(dict):
     """The app's pickers by kind; `open(kind)` shows one."""
 
-    def __init__(self, app: WorkbenchApp):
+    def __init__(self, app: App):
         plan = lambda: app.controller.plan  # noqa: E731 - the plan at the time of the pick
         edit = lambda change: lambda value: app.pruning.edit(*change(plan(), value))  # noqa: E731
         super().__init__(

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
+from textual.app import App
+
 from workbench.app.controller import PruneJob
 from workbench.domain.plan import Plan
 from workbench.jobs.results import NeedsFullPrune, Probed, Pruned
@@ -14,7 +16,6 @@ from workbench.tui.screens.plots import PlotsScreen
 if TYPE_CHECKING:
     from textual.timer import Timer
 
-    from workbench.tui.app import WorkbenchApp
 
 DEBOUNCE_S = 0.3  # the pause after an edit before its re-prune
 
@@ -22,7 +23,7 @@ DEBOUNCE_S = 0.3  # the pause after an edit before its re-prune
 class Pruning:
     """See the module docstring; one per app."""
 
-    def __init__(self, app: WorkbenchApp):
+    def __init__(self, app: App):
         self.app = app
         self.controller = app.controller
         self.jobs = app.jobs

@@ -7,7 +7,7 @@ from __future__ import annotations
 from functools import partial
 from typing import TYPE_CHECKING
 
-from textual.app import ComposeResult
+from textual.app import App, ComposeResult
 from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Static
@@ -30,7 +30,6 @@ from workbench.tui.widgets.stat_row import StatRow
 
 if TYPE_CHECKING:
     from workbench.app.controller import Controller
-    from workbench.tui.app import WorkbenchApp
 
 
 class BlocksScreen(Screen):
@@ -38,7 +37,7 @@ class BlocksScreen(Screen):
     app's own commands are bound on the app."""
 
     BINDINGS = [command.binding() for command in COMMANDS if command.where == "blocks"]
-    app: WorkbenchApp
+    app: App
 
     def __init__(self) -> None:
         super().__init__(id="_default")
