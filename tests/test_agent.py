@@ -7,13 +7,16 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import math
+from types import SimpleNamespace
+
 import pytest
 
 from tests.conftest import make_engine
 from workbench.agent.loop import AgentRun, AgentSettings
 from workbench.agent.policies import make_policy
 from workbench.agent.policies.llm import LLMSettings, ReplyError, parse_reply
-from workbench.agent.record import ACCEPTED, NO_ACTION, ROLLED_BACK, BlockObservation, Observation
+from workbench.agent.record import ACCEPTED, NO_ACTION, ROLLED_BACK, AgentLog, BlockObservation, Observation, change
 from workbench.allocators import ALLOCATORS, AllocationContext
 from workbench.cli.main import main
 from workbench.domain.plan import Plan, weighted_mean
@@ -39,6 +42,11 @@ def finished():
     return engine, run
 
 
+def _measured_by(monkeypatch, engine, values) -> None:
+    """The engine's quick probe answers the next of `values` (the dense reference is measured for real)."""
+    monkeypatch.setattr(engine, "probe", lambda names, size="quick", cancel=None: [SimpleNamespace(score=next(values))])
+
+
 def test_builtin_loop_makes_monotone_progress_to_the_target(finished):
     engine, run = finished
     accepted = [r for r in run.records if r.outcome == ACCEPTED]
@@ -60,14 +68,14 @@ def test_max_steps_stops_short_and_the_allocator_rebalances_to_the_target():
     assert run.sparsity() < 0.55
     targets = engine.block_targets(run.final_plan())
     assert weighted_mean(targets, engine.block_numels()) == pytest.approx(0.55, abs=1e-9)
-    assert run.final_ppl is not None
+    assert run.final_score is not None
 
 
 def test_a_harmful_step_is_rolled_back_to_the_checkpoint_and_avoided(monkeypatch):
     engine = make_engine()
     run = _run(engine)
     measured = iter([100.0, 150.0] + [100.0 + n for n in range(1, 50)])  # start, a +50% step, then mild steps
-    monkeypatch.setattr(run, "_perplexity", lambda cancel: next(measured))
+    _measured_by(monkeypatch, engine, measured)
     first = run.step()
     assert first.outcome == ROLLED_BACK and first.change == pytest.approx(0.5)
     assert first.sparsity == run.start and run.steps == []
@@ -83,7 +91,7 @@ def test_no_accepted_step_in_a_row_stops_after_patience(monkeypatch):
     engine = make_engine()
     run = _run(engine, patience=2)
     measured = iter([100.0] + [1000.0] * 10)
-    monkeypatch.setattr(run, "_perplexity", lambda cancel: next(measured))
+    _measured_by(monkeypatch, engine, measured)
     run.run()
     assert [r.outcome for r in run.records] == [ROLLED_BACK] * 2
     assert "no accepted step" in run.stop_reason and run.allocator_params()["steps"] == []
@@ -194,8 +202,8 @@ def chat(monkeypatch):
 
 def _observation(blocks=4) -> Observation:
     rows = [BlockObservation(i, 1000, 0.5, 1.0, 0.1 * i, 0.01, -0.1 * i, 0.02) for i in range(blocks)]
-    return Observation(rows, sparsity=0.5, target=0.6, step=0.025, rollback=0.1, checkpoint_ppl=20.0,
-                       dense_ppl=15.0, steps_left=10)
+    return Observation(rows, sparsity=0.5, target=0.6, step=0.025, rollback=0.1, checkpoint_score=20.0,
+                       dense_score=15.0, steps_left=10)
 
 
 def _llm(url, **llm) -> object:
@@ -269,6 +277,53 @@ def test_llm_policy_needs_a_url(monkeypatch):
     monkeypatch.delenv("WORKBENCH_AGENT_URL", raising=False)
     with pytest.raises(WorkbenchError, match="--agent-url"):
         make_policy("llm", AgentSettings())
+
+
+def test_kl_measure_rolls_back_on_the_same_bound_of_mean_log_loss(monkeypatch, tmp_path):
+    assert change("kl", 0.5, 0.4) == pytest.approx(math.exp(0.1) - 1)
+    assert change("perplexity", 33.0, 30.0) == pytest.approx(0.1)
+    engine = make_engine()
+    run = _run(engine, measure="kl", max_steps=2)
+    rise = math.log(1.1)  # the rollback bound (10%) as nats of KL
+    _measured_by(monkeypatch, engine, iter([0.2, 0.2 + rise + 1e-3, 0.2 + rise - 1e-3]))
+    first, second = run.step(), run.step()
+    assert first.outcome == ROLLED_BACK and second.outcome == ACCEPTED
+    assert run.dense_score == 0.0  # KL of the dense model against itself
+    log = run.log()
+    assert log.measure == "kl" and log.settings["measure"] == "kl" and log.start_score == 0.2
+    assert first.line("kl").startswith("step 1:") and "-> KL 0.2963 (+10.1%) rolled back" in first.line("kl")
+    assert run.final_plan().allocator_params["measure"] == "kl"
+
+
+def test_kl_measure_runs_on_the_model_and_the_session_keeps_it(tmp_path):
+    engine = make_engine()
+    run = _run(engine, measure="kl", max_steps=2)
+    run.run()
+    assert run.dense_score == 0.0 and run.start_score > 0
+    assert all(r.score >= 0 for r in run.records if r.score is not None)
+    session = session_from_engine(engine)
+    session.agent = run.log()
+    save_session(session, tmp_path / "kl.toml")
+    assert load_session(tmp_path / "kl.toml").agent == run.log()
+
+
+def test_sessions_written_before_the_measure_read_their_perplexities():
+    old = {"policy": "builtin", "settings": {}, "target": 0.6, "start": 0.5, "start_ppl": 30.0, "dense_ppl": 15.0,
+           "final_ppl": 40.0, "records": [{"index": 1, "outcome": ACCEPTED, "blocks": [2], "by": [0.025],
+                                            "sparsity": 0.51, "ppl": 31.0, "change": 0.03}]}
+    log = AgentLog.from_dict(old)
+    assert (log.measure, log.start_score, log.dense_score, log.final_score) == ("perplexity", 30.0, 15.0, 40.0)
+    assert log.records[0].score == 31.0
+
+
+def test_the_llm_prompt_names_the_measure():
+    from workbench.agent.policies.llm import observation_table
+
+    prompt = make_policy("llm", AgentSettings(measure="kl", llm=LLMSettings(url="http://127.0.0.1:9/v1"))).system_prompt
+    assert "KL divergence from the dense model" in prompt and "exp(KL)" in prompt
+    table = observation_table(Observation([], sparsity=0.5, target=0.6, step=0.025, rollback=0.1, checkpoint_score=0.3,
+                                          dense_score=0.0, steps_left=3, measure="kl"), [])
+    assert "KL divergence from the dense model (nats): dense 0, last accepted 0.3" in table
 
 
 # ----- the CLI -------------------------------------------------------------------------------------

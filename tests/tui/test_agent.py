@@ -129,7 +129,7 @@ async def test_stop_ends_a_paused_run_and_use_stops_a_running_one(gated, make_ap
         gate.open()
         run = controller.agent_run
         await until(pilot, lambda: run.done and not controller.lent)
-        assert run.stop_reason == "stopped" and run.final_ppl is not None and len(run.records) == 2
+        assert run.stop_reason == "stopped" and run.final_score is not None and len(run.records) == 2
         assert "stopped: stopped, ppl" in str(app.screen.query_one("#agent-status").render())
         await settle(pilot)
         assert controller.plan == Plan() and consistent(app)

@@ -17,6 +17,7 @@ from workbench.app.format import (
     CORE_COLUMNS,
     Cell,
     Scale,
+    agent_columns,
     agent_run_line,
     agent_settings_line,
     agent_step_cells,
@@ -129,7 +130,7 @@ def test_variant_column_shows_intervals_and_marks_only_a_real_best():
     probes = ["facts"]
     tied = Comparison(probes, dense=[facts("dense", 26)], results=[measured("owl", 13), measured("uniform", 12)])
     cells = [variant_column(Plan(allocator=r.name), r, probes, tied)[3].text for r in tied.results]
-    assert cells[0].startswith("= 0.500 (-0.5) [") and cells[1].startswith("= 0.462 (-0.54) [")
+    assert cells[0].startswith("= 0.500 (-0.5)\n[") and cells[1].startswith("= 0.462 (-0.54)\n[")
     clear = Comparison(probes, dense=[facts("dense", 26)], results=[measured("owl", 24), measured("uniform", 2)])
     assert variant_column(Plan(allocator="owl"), clear.results[0], probes, clear)[3].text.startswith("★ 0.923")
 
@@ -288,7 +289,7 @@ def test_allocator_parameters_of_every_kind_are_shown_and_edited():
     fields = dict((key, text) for key, text, _ in edits.param_fields("layerif", {"eps": 0.2}))
     assert fields["eps"] == "0.2" and fields["estimator"] == "datainf" and fields["train"] == "24"
     assert set(dict((k, t) for k, t, _ in edits.param_fields("agent", {}))) == {"policy", "step", "span", "max_steps",
-                                                                             "rollback"}
+                                                                             "rollback", "measure"}
     typed = edits.parse_allocator_params("layerif", {"eps": "0.2", "estimator": " identity "})
     assert typed == {"eps": 0.2, "estimator": "identity"}
     with pytest.raises(ValueError, match="estimator: unknown"):
@@ -318,20 +319,24 @@ def test_agent_settings_are_typed_in_percent_and_checked():
 
 
 def test_agent_step_rows_and_run_line():
-    steps = [StepRecord(1, ACCEPTED, [3, 5], [0.025, 0.0125], 0.40625, ppl=31.25, change=0.012, seconds=0.5),
-             StepRecord(2, ROLLED_BACK, [1], [0.025], 0.40625, ppl=40.0, change=0.28, seconds=0.25),
+    steps = [StepRecord(1, ACCEPTED, [3, 5], [0.025, 0.0125], 0.40625, score=31.25, change=0.012, seconds=0.5),
+             StepRecord(2, ROLLED_BACK, [1], [0.025], 0.40625, score=40.0, change=0.28, seconds=0.25),
              StepRecord(3, NO_ACTION, [], [], 0.40625, reason="no valid reply")]
     assert [c.text for c in agent_step_cells(steps[0])] == ["1", "+1.25/2.5 on 3,5", "40.6%", "31.2", "+1.2%",
                                                             "accepted", "0.5s"]
     assert [c.tone for c in map(lambda r: agent_step_cells(r)[5], steps)] == ["success", "error", "dim"]
     assert [c.text for c in agent_step_cells(steps[2])][1:5] == ["-", "40.6%", "-", "-"]
     assert agent_run_line(None, False)[0].tone == "dim"
-    run = SimpleNamespace(records=steps, done=False, stop_reason=None, final_ppl=None)
+    run = SimpleNamespace(records=steps, done=False, stop_reason=None, final_score=None,
+                          settings=SimpleNamespace(measure="perplexity"))
     texts = lambda stepping: " ".join(c.text for c in agent_run_line(run, stepping))  # noqa: E731
     assert texts(True) == "3 steps: 1 accepted, 1 rolled back · global 40.6% · running"
     assert texts(False).endswith("· paused (r resumes)")
-    run.done, run.stop_reason, run.final_ppl = True, "target reached", 33.0
+    run.done, run.stop_reason, run.final_score = True, "target reached", 33.0
     assert texts(False).endswith("· stopped: target reached, ppl 33.0")
+    run.settings.measure, run.final_score = "kl", 0.4125
+    assert texts(False).endswith("· stopped: target reached, KL 0.412")
+    assert agent_columns("kl")[3:5] == ("KL", "ΔKL") and agent_columns("perplexity")[3] == "ppl"
 
 
 def test_influence_cells_fit_their_column():

@@ -115,10 +115,10 @@ def test_sensitivity_column_120x40(snap_compare, make_app):
 
 def hand_built_steps() -> list[StepRecord]:
     """Agent steps with fixed numbers and timings (no run, so the snapshot is the same on every machine)."""
-    return [StepRecord(1, ACCEPTED, [3], [0.025], 0.40625, ppl=31.25, change=0.012, seconds=0.5),
-            StepRecord(2, ACCEPTED, [1], [0.025], 0.4125, ppl=32.5, change=0.04, seconds=0.5),
-            StepRecord(3, ROLLED_BACK, [0, 2], [0.025, 0.0125], 0.4125, ppl=40.0, change=0.231, seconds=0.7),
-            StepRecord(4, ACCEPTED, [2], [0.025], 0.41875, ppl=33.0, change=0.015, seconds=0.5),
+    return [StepRecord(1, ACCEPTED, [3], [0.025], 0.40625, score=31.25, change=0.012, seconds=0.5),
+            StepRecord(2, ACCEPTED, [1], [0.025], 0.4125, score=32.5, change=0.04, seconds=0.5),
+            StepRecord(3, ROLLED_BACK, [0, 2], [0.025, 0.0125], 0.4125, score=40.0, change=0.231, seconds=0.7),
+            StepRecord(4, ACCEPTED, [2], [0.025], 0.41875, score=33.0, change=0.015, seconds=0.5),
             StepRecord(5, NO_ACTION, [], [], 0.41875, reason="no valid reply", seconds=1.1)]
 
 

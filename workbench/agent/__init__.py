@@ -1,5 +1,5 @@
 """Agent-guided allocation (arXiv 2601.09694): a loop that observes every block, lets a policy raise some
-of them, re-prunes from cached statistics, measures quick perplexity, and accepts the step or rolls back
+of them, re-prunes from cached statistics, measures quick perplexity (or kl), and accepts the step or rolls back
 to the last checkpoint. Never imports textual; importing this package loads no torch.
 
 - `workbench.agent.loop`: `AgentRun`, `AgentSettings` (the loop, its defaults and their reasons).
@@ -19,11 +19,11 @@ calling `step`) and stop:
     settings = AgentSettings(step=0.025)                  # settings.llm: url, model, timeout, retries
     run = AgentRun(engine, Plan(method="wanda", sparsity=0.6), make_policy("builtin", settings), settings)
     while (record := run.step(cancel=is_cancelled)) is not None:   # None once stopped
-        post(record)                  # StepRecord: outcome, blocks, by, ppl, change, sparsity, prompt...
+        post(record)                  # StepRecord: outcome, blocks, by, score, change, sparsity, prompt...
     run.stop()                        # from any thread: the next `step` finishes the run
     run.final_plan()                  # "use this allocation": the agent allocator with the accepted steps
     run.checkpoint_plan()             # the last accepted state (block overrides on the start plan)
-    run.records, run.stop_reason, run.final_ppl
+    run.records, run.stop_reason, run.final_score
     session.agent = run.log()         # the full step log for the session
 
 While a run is going it owns the engine (prune, apply and probe on it). `step` runs on the caller's

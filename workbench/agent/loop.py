@@ -9,9 +9,11 @@ recorded decisions, so it replays exactly.
 Each step: the policy sees the observation (`workbench.agent.observation`) and the history of past steps;
 it names blocks to raise, each by at most `step` (2.5 points, the issue's bound); the loop caps each
 target at MAX_SPARSITY and scales the last step down so the global (parameter-weighted) target lands
-exactly on the goal. It applies the raise and measures quick perplexity. When perplexity rises more than
-`rollback` (10%) over the checkpoint in that step, or is not finite, the step is rolled back to the
-checkpoint; otherwise it is accepted and becomes the checkpoint. The paper publishes no threshold: 10% sits
+exactly on the goal. It applies the raise and measures the quick probe named by `measure`: perplexity
+(default) or `kl`, the mean token KL(dense || pruned). When perplexity rises more than `rollback` (10%)
+over the checkpoint in that step (for KL: when exp of its rise in nats does, the same bound on the mean
+log-loss), or the value is not finite, the step is rolled back to the checkpoint; otherwise it is
+accepted and becomes the checkpoint. The paper publishes no threshold: 10% sits
 above a typical step on the embedded model (Wanda, 60% target: a quarter of the blocks up 2.5 points
 moved perplexity +2% to +8% between 50% and 57%; the steps rolled back rose +11% to +13%), so a rollback
 marks a step clearly worse than its neighbours.
@@ -34,7 +36,8 @@ from typing import Callable
 from workbench.agent.observation import observe_blocks
 from workbench.agent.policies import Policy
 from workbench.agent.policies.llm import LLMSettings
-from workbench.agent.record import ACCEPTED, DEFAULTS, NO_ACTION, ROLLED_BACK, AgentLog, Observation, StepRecord
+from workbench.agent.record import (ACCEPTED, DEFAULTS, MEASURES, NO_ACTION, ROLLED_BACK, AgentLog, Observation, StepRecord,
+                                    change)
 from workbench.allocators import DEFAULT_M
 from workbench.domain.plan import MAX_SPARSITY, Plan, weighted_mean
 from workbench.engine.facade import Engine
@@ -43,7 +46,6 @@ from workbench.infra.errors import WorkbenchError
 Progress = Callable[[str, float], None]
 Cancel = Callable[[], bool]
 
-PROBE = "perplexity"
 REACHED = 1e-9  # the global target counts as reached within this
 SCAN_STEP = 0.1  # raise per block of the optional sensitivity scan (as `workbench sensitivity`)
 
@@ -56,6 +58,7 @@ class AgentSettings:
     span: float = DEFAULTS["span"]
     max_steps: int = DEFAULTS["max_steps"]
     rollback: float = DEFAULTS["rollback"]
+    measure: str = DEFAULTS["measure"]  # the quick probe each step measures: perplexity or kl
     patience: int = 4
     gradient_samples: int = 8  # calibration windows for the mean |gradient|
     gradient_scope: str = "all"  # all seven linears (the paper's LM-loss gradient), or attention
@@ -65,11 +68,13 @@ class AgentSettings:
     @classmethod
     def from_params(cls, params: dict) -> "AgentSettings":
         """The settings recorded in the agent allocator's params (the rest default)."""
-        return cls(step=params["step"], span=params["span"], max_steps=int(params["max_steps"]), rollback=params["rollback"])
+        return cls(step=params["step"], span=params["span"], max_steps=int(params["max_steps"]), rollback=params["rollback"],
+                   measure=params["measure"])
 
     def params(self) -> dict:
         """The settings the agent allocator's params record."""
-        return {"step": self.step, "span": self.span, "max_steps": self.max_steps, "rollback": self.rollback}
+        return {"step": self.step, "span": self.span, "max_steps": self.max_steps, "rollback": self.rollback,
+                "measure": self.measure}
 
     def check(self) -> None:
         """Refuse settings out of range (a WorkbenchError naming the setting)."""
@@ -79,6 +84,8 @@ class AgentSettings:
         for name in ("max_steps", "patience", "gradient_samples"):
             if getattr(self, name) < 1:
                 raise WorkbenchError(name, f"must be >= 1, got {getattr(self, name)}")
+        if self.measure not in MEASURES:
+            raise WorkbenchError("measure", f"unknown measure {self.measure!r} (known: {', '.join(MEASURES)})")
         if self.llm.timeout <= 0 or self.llm.retries < 0:
             raise WorkbenchError("llm", "timeout must be > 0 and retries >= 0")
 
@@ -108,8 +115,8 @@ class AgentRun:
         self.steps: list[dict] = []  # the accepted decisions, as the agent allocator records them
         self.records: list[StepRecord] = []
         self.stop_reason: str | None = None
-        self.start_ppl = self.dense_ppl = self.checkpoint_ppl = math.nan
-        self.final_ppl: float | None = None
+        self.start_score = self.dense_score = self.checkpoint_score = math.nan  # values of settings.measure
+        self.final_score: float | None = None
         self.gradients: list[float] = []
         self.outliers: list[float] = []
         self._started = False
@@ -199,8 +206,8 @@ class AgentRun:
         s = self.settings
         blocks = observe_blocks(self.engine, self.targets, self.gradients, self.outliers, self.sensitivity)
         return Observation(blocks=blocks, sparsity=self.sparsity(), target=self.plan.sparsity, step=s.step,
-                           rollback=s.rollback, checkpoint_ppl=self.checkpoint_ppl, dense_ppl=self.dense_ppl,
-                           steps_left=s.max_steps - len(self.records))
+                           rollback=s.rollback, checkpoint_score=self.checkpoint_score, dense_score=self.dense_score,
+                           steps_left=s.max_steps - len(self.records), measure=s.measure)
 
     def log(self) -> AgentLog:
         """The run so far, for the session (the LLM key is never in it)."""
@@ -210,8 +217,8 @@ class AgentRun:
             policy=self.policy.name, settings={**self.settings.params(), "patience": self.settings.patience,
                                                "gradient_samples": self.settings.gradient_samples,
                                                "gradient_scope": self.settings.gradient_scope, "scan": self.settings.scan},
-            target=self.plan.sparsity, start=self.start, start_ppl=self.start_ppl, dense_ppl=self.dense_ppl,
-            records=list(self.records), stop_reason=self.stop_reason or "", final_ppl=self.final_ppl,
+            target=self.plan.sparsity, start=self.start, start_score=self.start_score, dense_score=self.dense_score,
+            records=list(self.records), stop_reason=self.stop_reason or "", final_score=self.final_score, measure=self.settings.measure,
             seconds=self._seconds, agent_model=llm.model if llm_used else "",
             agent_url=public_url(llm.url) if llm_used else "", system_prompt=getattr(self.policy, "system_prompt", ""),
         )
@@ -223,13 +230,13 @@ class AgentRun:
 
         engine, s = self.engine, self.settings
         engine.prune(self.start_plan(), progress, cancel)
-        self.dense_ppl = engine.dense_reference([PROBE], cancel=cancel)[0].score
-        self.start_ppl = self.checkpoint_ppl = self._perplexity(cancel)
+        self.dense_score = engine.dense_reference([s.measure], cancel=cancel)[0].score
+        self.start_score = self.checkpoint_score = self._measure(cancel)
         ids = engine.calibration_ids()[: s.gradient_samples]
         self.gradients = mean_abs_gradients(engine.loaded.model, ids, engine.loaded.device, s.gradient_scope, progress, cancel)
         self.outliers = engine.outlier_ratios(DEFAULT_M)[0]
         if s.scan and self.sensitivity is None:
-            self.sensitivity = scan(engine, self.start_plan(), SCAN_STEP, PROBE, progress=progress, cancel=cancel).deltas
+            self.sensitivity = scan(engine, self.start_plan(), SCAN_STEP, s.measure, progress=progress, cancel=cancel).deltas
         self._started = True
 
     def _stopping(self) -> str | None:
@@ -269,27 +276,27 @@ class AgentRun:
             trial[block] = min(trial[block] + by, MAX_SPARSITY)  # as `targets_after` replays it
         try:
             self.engine.apply(self._plan(trial), cancel=cancel)
-            ppl = self._perplexity(cancel)
+            score = self._measure(cancel)
         except BaseException:
             self.engine.apply(self.checkpoint_plan())
             raise
-        record.ppl, record.change = ppl, ppl / self.checkpoint_ppl - 1
-        if not math.isfinite(ppl) or record.change > self.settings.rollback:
+        record.score, record.change = score, change(self.settings.measure, score, self.checkpoint_score)
+        if not math.isfinite(score) or record.change > self.settings.rollback:
             self.engine.apply(self.checkpoint_plan())
             record.outcome = ROLLED_BACK
         else:
-            self.targets, self.checkpoint_ppl = trial, ppl
+            self.targets, self.checkpoint_score = trial, score
             self.steps.append({"blocks": record.blocks, "by": record.by})
             record.outcome, record.sparsity = ACCEPTED, self.sparsity()
 
     def _finish(self, cancel: Cancel | None) -> None:
-        """Put the final plan on the engine and measure it (the checkpoint's perplexity when it is the same)."""
+        """Put the final plan on the engine and measure it (the checkpoint's value when it is the same)."""
         self.engine.apply(self.final_plan(), cancel=cancel)
         reached = self.sparsity() >= self.plan.sparsity - REACHED
-        self.final_ppl = self.checkpoint_ppl if reached else self._perplexity(cancel)
+        self.final_score = self.checkpoint_score if reached else self._measure(cancel)
 
-    def _perplexity(self, cancel: Cancel | None) -> float:
-        return self.engine.probe([PROBE], "quick", cancel=cancel)[0].score
+    def _measure(self, cancel: Cancel | None) -> float:
+        return self.engine.probe([self.settings.measure], "quick", cancel=cancel)[0].score
 
     def _progress(self) -> float:
         span = self.plan.sparsity - self.start

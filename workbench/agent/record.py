@@ -4,6 +4,7 @@ table); and the z-score across blocks that observations and policies use."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 
 ACCEPTED = "accepted"
@@ -11,8 +12,26 @@ ROLLED_BACK = "rolled back"
 NO_ACTION = "no action"
 OUTCOMES = (ACCEPTED, ROLLED_BACK, NO_ACTION)
 EPS = 1e-8
+# What a step measures (a quick probe, lower is better): perplexity, or KL(dense || pruned) in nats.
+MEASURES = ("perplexity", "kl")
+LABELS = {"perplexity": "ppl", "kl": "KL"}
 # The agent allocator's parameters and their defaults: the loop's settings and the recorded decisions.
-DEFAULTS = {"policy": "builtin", "step": 0.025, "span": 0.1, "max_steps": 40, "rollback": 0.1, "start": None, "steps": ()}
+DEFAULTS = {"policy": "builtin", "step": 0.025, "span": 0.1, "max_steps": 40, "rollback": 0.1, "measure": "perplexity",
+            "start": None, "steps": ()}
+# Field names of sessions written before the measure could be KL (read as the new names).
+LEGACY_NAMES = {"ppl": "score", "start_ppl": "start_score", "dense_ppl": "dense_score", "final_ppl": "final_score"}
+
+
+def change(measure: str, value: float, reference: float) -> float:
+    """A measured value's rise over `reference` as a share: the ratio minus 1 for perplexity; for KL (nats)
+    exp(rise) - 1, the perplexity ratio that the same rise of mean log-loss gives, so one rollback bound
+    serves both."""
+    return math.exp(value - reference) - 1 if measure == "kl" else value / reference - 1
+
+
+def legacy_renamed(data: dict) -> dict:
+    """`data` with the field names of older sessions renamed (see LEGACY_NAMES)."""
+    return {LEGACY_NAMES.get(key, key): value for key, value in data.items()}
 
 
 def zscores(values: list[float]) -> list[float]:
@@ -43,16 +62,17 @@ class BlockObservation:
 @dataclass
 class Observation:
     """The state before a step: every block, the global (parameter-weighted) target now and the goal,
-    the largest raise of one block in one step, perplexities, and what is left."""
+    the largest raise of one block in one step, the measured values (`measure`) and what is left."""
 
     blocks: list[BlockObservation]
     sparsity: float
     target: float
     step: float
     rollback: float
-    checkpoint_ppl: float
-    dense_ppl: float
+    checkpoint_score: float
+    dense_score: float
     steps_left: int
+    measure: str = "perplexity"
 
 
 @dataclass
@@ -70,8 +90,8 @@ class Action:
 
 @dataclass
 class StepRecord:
-    """One step of the loop: the bounded action taken (`blocks` raised `by`), the measured perplexity and
-    its change over the checkpoint, the outcome (accepted, rolled back, no action), the global target
+    """One step of the loop: the bounded action taken (`blocks` raised `by`), the measured value (`score`,
+    of the run's measure) and its change over the checkpoint (see `change`), the outcome (accepted, rolled back, no action), the global target
     after the step (after a rollback: the checkpoint's) and a summary of the observation."""
 
     index: int
@@ -80,7 +100,7 @@ class StepRecord:
     by: list[float]
     sparsity: float
     reason: str = ""
-    ppl: float | None = None
+    score: float | None = None
     change: float | None = None
     seconds: float = 0.0
     observation: dict = field(default_factory=dict)
@@ -95,32 +115,34 @@ class StepRecord:
     @classmethod
     def from_dict(cls, data: dict) -> "StepRecord":
         """The inverse of `to_dict` (checked by the session reader)."""
+        data = legacy_renamed(data)
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
-    def line(self) -> str:
-        """One line: "step 3: +2.5 on 4,7 -> ppl 31.2 (+3.1%) accepted, global 53.1%"."""
+    def line(self, measure: str = "perplexity") -> str:
+        """One line: "step 3: +2.5 on 4,7 -> ppl 31.2 (+3.1%) accepted, global 53.1%" ("KL 0.412" for kl)."""
         if not self.blocks:
             return f"step {self.index}: no action ({self.reason})"
         amounts = sorted({round(100 * b, 2) for b in self.by})
         raised = f"+{'/'.join(f'{a:g}' for a in amounts)} on {','.join(map(str, self.blocks))}"
-        return (f"step {self.index}: {raised} -> ppl {self.ppl:.4g} ({self.change:+.1%}) {self.outcome}, "
+        return (f"step {self.index}: {raised} -> {LABELS[measure]} {self.score:.4g} ({self.change:+.1%}) {self.outcome}, "
                 f"global {self.sparsity:.1%}")
 
 
 @dataclass
 class AgentLog:
-    """A whole run, for the session: policy and endpoint (never a key), settings, start and end,
-    every step, and the system prompt of an LLM policy."""
+    """A whole run, for the session: policy and endpoint (never a key), settings, the measure and its
+    values (dense, start, final), every step, and the system prompt of an LLM policy."""
 
     policy: str
     settings: dict
     target: float
     start: float
-    start_ppl: float
-    dense_ppl: float
+    start_score: float
+    dense_score: float
     records: list[StepRecord] = field(default_factory=list)
     stop_reason: str = ""
-    final_ppl: float | None = None
+    final_score: float | None = None
+    measure: str = "perplexity"
     seconds: float = 0.0
     agent_model: str = ""
     agent_url: str = ""
@@ -143,6 +165,7 @@ class AgentLog:
     @classmethod
     def from_dict(cls, data: dict) -> "AgentLog":
         """The inverse of `to_dict` (checked by the session reader)."""
+        data = legacy_renamed(data)
         values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
         values["records"] = [StepRecord.from_dict(r) for r in data.get("records", [])]
         return cls(**values)

@@ -8,6 +8,7 @@ an agent run (`workbench.agent`), and `allocate` replays them without any policy
     span = 0.1
     max_steps = 40
     rollback = 0.1
+    measure = "perplexity"    # or "kl"
     start = 0.5               # every block's target before the first step
     [[plan.allocator_params.steps]]   # the accepted steps, in order
     blocks = [3, 7]
@@ -23,7 +24,7 @@ runs the loop first with the plan's settings and records them in the plan (see `
 
 from __future__ import annotations
 
-from workbench.agent.record import DEFAULTS
+from workbench.agent.record import DEFAULTS, MEASURES
 from workbench.allocators import ALLOCATORS, SEARCH, AllocationContext, Allocator, rebalance
 from workbench.domain.plan import MAX_SPARSITY, check_fraction
 from workbench.infra.errors import WorkbenchError
@@ -46,6 +47,8 @@ def check_agent(params: dict, where: str) -> None:
 
     if params["policy"] not in POLICIES.names():
         raise WorkbenchError(f"{where}.policy", f"unknown policy {params['policy']!r} (known: {', '.join(POLICIES.names())})")
+    if params["measure"] not in MEASURES:
+        raise WorkbenchError(f"{where}.measure", f"unknown measure {params['measure']!r} (known: {', '.join(MEASURES)})")
     for key in ("step", "span", "rollback"):
         if not 0 < params[key] < 1:
             raise WorkbenchError(f"{where}.{key}", f"must be in (0, 1), got {params[key]}")
@@ -99,7 +102,8 @@ HINTS = {
     "step": "largest raise of one block's target in one step, in (0, 1)",
     "span": "the loop starts uniform at the target minus span, in (0, 1)",
     "max_steps": "the loop stops after this many steps (>= 1)",
-    "rollback": "a step is rolled back when perplexity rises more than this share over the checkpoint",
+    "rollback": "a step is rolled back when perplexity rises more than this share over the checkpoint (kl: exp of its rise)",
+    "measure": "what each step measures: perplexity or kl (mean token KL against the dense model)",
     "start": "recorded: every block's target before the first step",
     "steps": "recorded: the accepted steps (blocks raised, by how much)",
 }

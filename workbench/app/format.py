@@ -8,7 +8,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from workbench.agent.record import ACCEPTED, NO_ACTION, ROLLED_BACK
+from workbench.agent.record import ACCEPTED, LABELS, NO_ACTION, ROLLED_BACK
 
 LEVELS = "▁▂▃▄▅▆▇█"
 MAX_PERCENT = 99.0
@@ -398,19 +398,23 @@ def probes_line(results: list, dense: dict, stale: bool) -> list[Cell]:
 
 
 # ----- the Agent screen ---------------------------------------------------------------------------------
-AGENT_COLUMNS = ("step", "raised", "global", "ppl", "Δppl", "outcome", "time")
+def agent_columns(measure: str) -> tuple[str, ...]:
+    """The step log's column labels for a run measuring `measure` (perplexity or kl)."""
+    label = LABELS[measure]
+    return "step", "raised", "global", label, f"Δ{label}", "outcome", "time"
+
 OUTCOME_TONES = {ACCEPTED: "success", ROLLED_BACK: "error", NO_ACTION: "dim"}
 
 
 def agent_step_cells(record) -> list[Cell]:
     """One row of the step log (a `StepRecord`): step, the blocks raised and by how many points, the global
-    target after the step, the measured perplexity and its change over the checkpoint, the outcome, seconds."""
+    target after the step, the measured value and its change over the checkpoint, the outcome, seconds."""
     raised = "-"
     if record.blocks:
         points = sorted({round(100 * by, 2) for by in record.by})
         raised = f"+{'/'.join(f'{p:g}' for p in points)} on {','.join(map(str, record.blocks))}"
     change = "-" if record.change is None else f"{record.change:+.1%}"
-    return [Cell(str(record.index)), Cell(raised), Cell(pct(record.sparsity)), Cell(short(record.ppl)), Cell(change),
+    return [Cell(str(record.index)), Cell(raised), Cell(pct(record.sparsity)), Cell(short(record.score)), Cell(change),
             Cell(record.outcome, OUTCOME_TONES.get(record.outcome, "")), Cell(f"{record.seconds:.1f}s")]
 
 
@@ -426,7 +430,7 @@ def agent_settings_line(form, target: float) -> str:
 
 def agent_run_line(run, stepping: bool) -> list[Cell]:
     """How the run stands (an `AgentRun`, or None): steps taken, accepted and rolled back, the global target
-    reached, and whether it runs, is paused or stopped (why, and the final perplexity)."""
+    reached, and whether it runs, is paused or stopped (why, and the final measured value)."""
     if run is None:
         return [Cell("no run yet: r starts the agent, e edits the settings", "dim")]
     records = run.records
@@ -438,5 +442,5 @@ def agent_run_line(run, stepping: bool) -> list[Cell]:
         return cells + [Cell("· running", "warning")]
     if not run.done:
         return cells + [Cell("· paused (r resumes)", "warning")]
-    final = f", ppl {short(run.final_ppl)}" if run.final_ppl is not None else ""
+    final = f", {LABELS[run.settings.measure]} {short(run.final_score)}" if run.final_score is not None else ""
     return cells + [Cell(f"· stopped: {run.stop_reason}{final}", "dim")]

@@ -1,7 +1,7 @@
 """Headless agent-guided allocation: `workbench agent`.
 
 Loads the model, runs the agent loop (`workbench.agent.loop`) with the chosen policy and prints one line
-per step (action, perplexity, accepted or rolled back, why), then the final allocation and its probes.
+per step (action, the measured value, accepted or rolled back, why), then the final allocation and its probes.
 `--save-session` writes the final plan (the `agent` allocator with the accepted steps; `workbench replay`
 rebuilds it without any policy) and the full step log (the session's [agent] table). Ctrl-C stops
 cleanly: the engine goes back to its last checkpoint and nothing is written.
@@ -24,6 +24,8 @@ def add_agent_parser(subparsers) -> argparse.ArgumentParser:
     from workbench.agent.policies import POLICIES
     from workbench.agent.policies.llm import LLMSettings
 
+    from workbench.agent.record import MEASURES
+
     s, llm = AgentSettings, LLMSettings
     p = add_model_command(subparsers, "agent", help="agent-guided allocation: raise blocks step by step, roll back harmful steps")
     add_method_args(p)
@@ -38,7 +40,10 @@ def add_agent_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--span", type=float, default=s.span, help=f"start uniform at the target minus this (default {s.span})")
     p.add_argument("--max-steps", type=int, default=s.max_steps, help=f"(default {s.max_steps})")
     p.add_argument("--rollback-threshold", type=float, default=s.rollback,
-                   help=f"roll back a step raising perplexity more than this share over the checkpoint (default {s.rollback})")
+                   help=f"roll back a step raising perplexity more than this share over the checkpoint (for kl: exp of "
+                        f"its rise) (default {s.rollback})")
+    p.add_argument("--measure", default=s.measure, choices=MEASURES,
+                   help=f"the quick probe each step measures (default {s.measure})")
     p.add_argument("--patience", type=int, default=s.patience, help=f"stop after this many steps in a row without an "
                                                                     f"accepted one (default {s.patience})")
     p.add_argument("--sensitivity", action="store_true", help="scan sensitivity at the start point and show it to the policy")
@@ -58,7 +63,7 @@ def settings_of(args):
     llm.url = args.agent_url or llm.url
     llm.model = args.agent_model or llm.model
     return AgentSettings(step=args.step, span=args.span, max_steps=args.max_steps, rollback=args.rollback_threshold,
-                         patience=args.patience, scan=args.sensitivity, llm=llm)
+                         measure=args.measure, patience=args.patience, scan=args.sensitivity, llm=llm)
 
 
 def cmd_agent(args) -> int:
@@ -80,7 +85,7 @@ def cmd_agent(args) -> int:
         if not args.json:
             if sys.stderr.isatty():
                 sys.stderr.write("\r\033[K")
-            print(f"{record.line()}  | {record.reason}", flush=True)
+            print(f"{record.line(settings.measure)}  | {record.reason}", flush=True)
 
     log = run.run(progress, on_step=show)
     pruned = engine.probe(names) if names else []
@@ -96,7 +101,7 @@ def cmd_agent(args) -> int:
         "model": state.model, "plan": plan_to_dict(final), "policy": log.policy, "start": log.start, "target": log.target,
         "achieved": state.achieved, "block_targets": [b.target for b in state.blocks], "stop_reason": log.stop_reason,
         "accepted": log.accepted(), "rollbacks": log.rollbacks(),
-        "perplexity": {"dense": log.dense_ppl, "start": log.start_ppl, "final": log.final_ppl},
+        "measure": log.measure, log.measure: {"dense": log.dense_score, "start": log.start_score, "final": log.final_score},
         "probes": [{"name": d.name, "metric": d.metric, "dense": d.score, "pruned": p.score} for d, p in zip(dense, pruned)],
         "steps": [r.to_dict() for r in log.records], "seconds": log.seconds, "session": args.save_session,
         "weights_sha256": engine.weights_digest(),
@@ -107,7 +112,7 @@ def cmd_agent(args) -> int:
     print(f"{state.model}: {plan.method}, agent ({log.policy}) from {log.start:.1%} to {log.target:.1%}: "
           f"{len(log.records)} steps, {log.accepted()} accepted, {log.rollbacks()} rolled back; {log.stop_reason} "
           f"({log.seconds:.1f} s)")
-    print(f"  perplexity: dense {log.dense_ppl:.4g}, start {log.start_ppl:.4g}, final {log.final_ppl:.4g}; "
+    print(f"  {log.measure}: dense {log.dense_score:.4g}, start {log.start_score:.4g}, final {log.final_score:.4g}; "
           f"achieved {state.achieved:.2%}")
     print("  block targets: " + " ".join(f"{b.index}:{100 * b.target:.1f}" for b in state.blocks))
     for d, p in zip(dense, pruned):

@@ -75,7 +75,7 @@ from typing import Any
 
 import tomli_w
 
-from workbench.agent.record import OUTCOMES, AgentLog, StepRecord
+from workbench.agent.record import LEGACY_NAMES, MEASURES, OUTCOMES, AgentLog, StepRecord
 from workbench.domain.plan import DTYPES, MODES, CalibrationSpec, Plan, Structure, check_structure, plan_to_dict, structure_from_dict
 from workbench.engine.facade import Engine
 from workbench.engine.masks import MaskAgreement, MaskFingerprint, compare_fingerprints, exact_agreement, load_mask_file, mask_file_for
@@ -443,18 +443,21 @@ class Reader:
         return Sensitivity.from_dict(data)
 
     def agent(self, data: dict, prefix: str) -> AgentLog:
-        """An [agent] table (see `AgentLog.to_dict`): the scalars typed, every record's keys known."""
-        self.known(data, prefix, set(AgentLog.__dataclass_fields__))
+        """An [agent] table (see `AgentLog.to_dict`; older names read too): the scalars typed, every record's
+        keys known."""
+        self.known(data, prefix, set(AgentLog.__dataclass_fields__) | set(LEGACY_NAMES))
         for key in ("policy", "stop_reason", "agent_model", "agent_url", "system_prompt"):
             self.get(data, key, prefix, str, required=key == "policy", default="")
-        for key in ("target", "start", "start_ppl", "dense_ppl", "final_ppl", "seconds"):
+        if self.get(data, "measure", prefix, str, default="perplexity") not in MEASURES:
+            raise self.fail(f"{prefix}measure", f"expected one of {', '.join(MEASURES)}")
+        for key in ("target", "start", "start_score", "dense_score", "final_score", "seconds", *LEGACY_NAMES):
             self.get(data, key, prefix, (int, float), required=key in ("target", "start"), default=0.0)
         self.table(data, "settings", prefix)
         for i, record in enumerate(self.get(data, "records", prefix, list, default=[])):
             where = f"{prefix}records[{i}]."
             if not isinstance(record, dict):
                 raise self.fail(where[:-1], "expected a table")
-            self.known(record, where, set(StepRecord.__dataclass_fields__))
+            self.known(record, where, set(StepRecord.__dataclass_fields__) | set(LEGACY_NAMES))
             if self.get(record, "outcome", where, str, required=True) not in OUTCOMES:
                 raise self.fail(f"{where}outcome", f"expected one of {', '.join(OUTCOMES)}")
             self.get(record, "index", where, int, required=True)

@@ -29,6 +29,8 @@ from workbench.agent.record import Action, Observation, StepRecord
 from workbench.infra.errors import WorkbenchError
 
 HISTORY = 20  # past steps shown in each prompt
+MEASURE_NAMES = {"perplexity": "perplexity", "kl": "KL divergence from the dense model (nats)"}
+RISES = {"perplexity": "perplexity", "kl": "exp(KL)"}  # what the rollback bound applies to
 REPLY_SCHEMA = {
     "type": "object", "additionalProperties": False, "required": ["raise"],
     "properties": {
@@ -48,8 +50,8 @@ Each turn shows one row per block:
 high means even its weakest remaining weights matter
 - grad_z: z-score of the block's mean |gradient| of the language-model loss; high means important
 - outlier%: share of outlier weights (Wanda score above 5x the block mean); more outliers, prune less
-- sens: perplexity change when only this block was pruned more (a sensitivity scan; "-" if not scanned)
-and the history of your past steps with the measured perplexity. A step that raises perplexity more than \
+- sens: {measure} change when only this block was pruned more (a sensitivity scan; "-" if not scanned)
+and the history of your past steps with the measured {measure}. A step that raises {rise} more than \
 {rollback:.0%} over the last accepted state is rolled back: learn from those.
 
 Answer with one JSON object and nothing else:
@@ -78,7 +80,7 @@ def observation_table(observation: Observation, history: list[StepRecord]) -> st
     """The user message of one step: status, one row per block, the last `HISTORY` steps."""
     o = observation
     lines = [f"target {o.target:.1%}, now {o.sparsity:.2%}, steps left {o.steps_left}, largest raise {o.step}",
-             f"perplexity: dense {o.dense_ppl:.4g}, last accepted {o.checkpoint_ppl:.4g}",
+             f"{MEASURE_NAMES[o.measure]}: dense {o.dense_score:.4g}, last accepted {o.checkpoint_score:.4g}",
              "block params sparsity wanda_z grad_z outlier% sens"]
     for b in o.blocks:
         sens = "-" if b.sensitivity is None else f"{b.sensitivity:+.3g}"
@@ -86,7 +88,7 @@ def observation_table(observation: Observation, history: list[StepRecord]) -> st
                      f"{100 * b.outlier_ratio:.2f} {sens}")
     shown = history[-HISTORY:]
     lines.append("history:" if shown else "history: none yet")
-    lines += [r.line() for r in shown]
+    lines += [r.line(o.measure) for r in shown]
     return "\n".join(lines)
 
 
@@ -148,7 +150,8 @@ class LLMPolicy:
         self.llm: LLMSettings = settings.llm
         if not self.llm.url:
             raise WorkbenchError("--agent-url", "the llm policy needs the URL of an OpenAI-compatible endpoint")
-        self.system_prompt = SYSTEM_PROMPT.format(rollback=settings.rollback, step=settings.step)
+        self.system_prompt = SYSTEM_PROMPT.format(rollback=settings.rollback, step=settings.step,
+                                                  measure=MEASURE_NAMES[settings.measure], rise=RISES[settings.measure])
 
     def propose(self, observation: Observation, history: list[StepRecord]) -> Action:
         prompt = observation_table(observation, history)

@@ -17,7 +17,7 @@ from textual.widgets import DataTable, Footer, Static
 
 from workbench.app.controller import Controller
 from workbench.app.edits import AgentForm, agent_fields, parse_agent_form
-from workbench.app.format import AGENT_COLUMNS, agent_run_line, agent_settings_line, agent_step_cells, cells_markup
+from workbench.app.format import agent_columns, agent_run_line, agent_settings_line, agent_step_cells, cells_markup
 from workbench.tui.screens.params import ParamsScreen
 from workbench.tui.widgets.activity import Activity
 from workbench.tui.widgets.plots import AgentPlot
@@ -58,11 +58,8 @@ class AgentScreen(Screen):
         yield Footer(show_command_palette=False)
 
     def on_mount(self) -> None:
-        table = self.query_one(DataTable)
-        for column in AGENT_COLUMNS:
-            table.add_column(column, key=column)
         self.refresh_view()
-        table.focus()
+        self.query_one(DataTable).focus()
 
     def refresh_view(self) -> None:
         """Show the controller's settings and run: the two lines, every step's row, the plot."""
@@ -72,7 +69,9 @@ class AgentScreen(Screen):
         self.query_one("#agent-status", Static).update(cells_markup(agent_run_line(run, controller.agent_stepping)))
         records = run.records if run is not None else []
         table = self.query_one(DataTable)
-        table.clear()
+        table.clear(columns=True)
+        for column in agent_columns(form.settings().measure):
+            table.add_column(column, key=column)
         for record in records:
             table.add_row(*[self._styled(cell) for cell in agent_step_cells(record)])
         if records:

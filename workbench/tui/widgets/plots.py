@@ -133,7 +133,7 @@ class AgentPlot(Plot):
     def draw(self, records: list[StepRecord]) -> None:
         plt = self._clear()
         for outcome, marker, plot in ((ACCEPTED, "hd", plt.plot), (ROLLED_BACK, "x", plt.scatter)):
-            points = [(r.index, r.ppl) for r in records if r.outcome == outcome and r.ppl is not None]
+            points = [(r.index, r.score) for r in records if r.outcome == outcome and r.score is not None]
             if points:
                 plot([x for x, _ in points], [y for _, y in points], label=f"ppl {outcome}", marker=marker)
         if records:
