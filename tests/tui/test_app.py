@@ -12,6 +12,8 @@ from workbench.app.edits import BlockKey, GlobalKey, LinearKey
 from workbench.infra.errors import Cancelled
 from workbench.tui.screens.confirm import ConfirmScreen
 from workbench.tui.screens.help import HelpScreen
+from workbench.tui.plots.feature import PlotsFeature
+from workbench.tui.plots.screen import PlotsScreen
 from workbench.tui.screens.picker import PickerScreen
 from workbench.tui.widgets.block_pane import BlockPane
 from workbench.tui.widgets.slider import Slider
@@ -350,3 +352,21 @@ async def test_app_keys_are_disabled_over_dialogs(make_app):
         await pilot.press("escape")
         await pilot.press("g")
         assert app.focused.key == GlobalKey()
+
+
+async def test_plots_is_a_feature_with_its_command_help_and_screen(make_app):
+    """v opens the Plots screen (editing keys are off there), v closes it; the help lists its keys."""
+    app = make_app()
+    assert isinstance(app.features["plots"], PlotsFeature)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("v")
+        await pilot.pause()
+        assert isinstance(app.screen, PlotsScreen)
+        assert app.check_action("feature", ("compare",)) is False and app.check_action("save", ())
+        await pilot.press("v")
+        await pilot.pause()
+        assert not isinstance(app.screen, PlotsScreen)
+        await pilot.press("question_mark")
+        await pilot.pause()
+        assert "Plots screen (v)" in [str(w.render()) for w in app.screen.query(".section")]

@@ -5,7 +5,9 @@ session and shown again when it is opened."""
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
+from dataclasses import replace
 
 import pytest
 from textual.widgets import Static
@@ -130,3 +132,53 @@ async def until(pilot, done, timeout: float = 30.0) -> None:
             return
         await pilot.pause(0.05)
     raise AssertionError("not reached in time")
+
+
+def comparison_with_intervals():
+    """The snapshots' three variants (uniform, owl, sparsegpt/owl), with per-unit results so that each
+    score carries its change's 95% interval against dense and the best of a row can be marked."""
+    from tests.tui.test_snapshots import hand_built_comparison
+    from workbench.probes import Units
+
+    def with_units(result, shift: float):
+        if result.name == "perplexity":  # 16 chunks of 64 tokens; exp(mean NLL) is the score
+            nll = [math.log(result.score) * 64 + shift * ((i % 5) - 2) for i in range(16)]
+            units = Units(nll, [64.0] * 16, "exp")
+        else:
+            right = round(result.score * 20)
+            units = Units([1.0 if (i * 7 + int(shift)) % 20 < right else 0.0 for i in range(20)])
+        return replace(result, score=units.score(), units={"score": units})
+
+    comparison = hand_built_comparison()
+    comparison.dense = [with_units(p, 0.0) for p in comparison.dense]
+    for n, variant in enumerate(comparison.results):
+        variant.probes = [with_units(p, 3.0 * (n + 1)) for p in variant.probes]
+    return comparison
+
+
+async def test_three_variants_fit_80_columns_and_the_labels_stay_when_scrolled(make_app):
+    """Each score shows its change's interval on a second line: the label column, dense and three
+    variants fit 80 columns; with a fourth the table scrolls and the labels stay put."""
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        app.controller.comparison = comparison_with_intervals()
+        await pilot.press("c")
+        await pilot.pause(0.3)
+        table = app.screen.query_one(CompareTable)
+        lines = [table.render_line(y).text for y in range(table.size.height)]
+        assert table.virtual_size.width <= table.scrollable_content_region.width <= 80
+        assert "sparsegpt/owl" in lines[0] and any("★ 30.0 (+12)" in line for line in lines)
+        assert any("[+8.957,+15.1]" in line for line in lines)  # the interval, under its score
+        assert table.get_row_at(3)[2].plain == "41.3 (+23)\n[+21.7,+24.5]"
+        app.controller.add_variant("current", app.controller.plan)
+        app.controller.add_variant("sparsegpt/uniform 60%", Plan(method="sparsegpt", sparsity=0.6))
+        app.screen.refresh_view()
+        await pilot.pause()
+        assert table.virtual_size.width > table.scrollable_content_region.width
+        table.scroll_to(x=table.max_scroll_x, animate=False)
+        await pilot.pause()
+        assert table.scroll_x > 0
+        lines = [table.render_line(y).text for y in range(table.size.height)]
+        assert lines[1].startswith(" method ") and lines[4].startswith(" perplexity ")
+        assert "sparsegpt/uniform 60%" in lines[0] and "dense" not in lines[0]  # scrolled past dense

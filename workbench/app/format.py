@@ -214,7 +214,7 @@ def dense_column(probes: Sequence[str], comparison) -> list[Cell]:
 
 def variant_column(plan, result, probes: Sequence[str], comparison, rows: dict | None = None) -> list[Cell]:
     """One variant's cells, row by row: its plan, then (once measured) each probe's score with its change
-    against dense and that change's 95% interval, ★ marking the best of the row (only where its intervals
+    against dense and that change's 95% interval (on a second line, see `score_cell`), ★ marking the best of the row (only where its intervals
     against the others exclude zero; = marks the variants tied at the top), then achieved sparsity, weights
     left and prune time. `rows`: `comparison.rows()` by probe, computed once for every column."""
     edited = "*" if plan.block_overrides or plan.linear_overrides else ""
@@ -231,13 +231,15 @@ def variant_column(plan, result, probes: Sequence[str], comparison, rows: dict |
 
 
 def score_cell(result, dense, mark: str = "", interval=None) -> Cell:
-    """"★ 512.3 (+12) [+8,+16]": a variant's score on one probe against dense, with the change's interval
-    when known; ★ (and the "success" tone unless it is worse than dense) marks the best of its row."""
+    """"★ 512.3 (+12)" over "[+8.000,+16.0]": a variant's score on one probe against dense, with the
+    change's interval (when known) on a second line, so that a column stays narrow (at most 18
+    characters: three variants fit 80 columns); ★ (and the "success" tone unless it is worse than dense)
+    marks the best of its row."""
     if result is None:
         return NONE
     cell = against_dense((f"{mark} " if mark else "") + short(result.score), result, dense)
     if interval is not None:
-        cell = Cell(f"{cell.text} [{signed(interval.low)},{signed(interval.high)}]", cell.tone)
+        cell = Cell(f"{cell.text}\n[{signed(interval.low)},{signed(interval.high)}]", cell.tone)
     return Cell(cell.text, "success") if mark == "★" and not cell.tone else cell
 
 

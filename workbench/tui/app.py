@@ -7,9 +7,10 @@ in thread workers; the app only submits them and renders their events (`on_job_e
 notifications. A cancelled job finishes its current linear and stops. A comparison, a sensitivity scan
 or an agent run holds the engine exclusively (it prunes other plans): the controller holds prunes back
 until the engine is given back (an agent run keeps it until the run ends, also while paused), then
-re-establishes the current plan. Comparisons, scans and agent runs are features, one folder each
-(`workbench.tui.compare`, `.sensitivity`, `.agent`), that register their commands, help, screens and
-job results with the app.
+re-establishes the current plan. Plots, comparisons, scans and agent runs are features, one folder each
+(`workbench.tui.plots`, `.compare`, `.sensitivity`, `.agent`), that register their commands, help, screens
+and job results with the app. Session files and the recovery file are `workbench.tui.sessions`; the app
+keeps what is app-wide: themes, the command palette, job events and the screens' key rules.
 """
 
 from __future__ import annotations
@@ -23,43 +24,37 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, NoReturn
 
 from textual.app import App, SystemCommand
-from textual.binding import Binding
 from textual.screen import ModalScreen, Screen
 from textual.theme import Theme
 from textual.worker import Worker, WorkerState
 
 from workbench.app.controller import PRUNING, Controller
-from workbench.app.recovery import (Autosave, claim_recovery, clear_recovery, default_recovery_path, describe_recovery,
-                                    release_recovery)
 from workbench.app.themes import ThemeSpec, default_theme_name, load_themes
 from workbench.domain.plan import CalibrationSpec
 from workbench.infra.errors import WorkbenchError, out_of_memory
 from workbench.jobs import events
-from workbench.jobs.results import AutosaveFailed, DropsChosen, Loaded, Saved
+from workbench.jobs.results import DropsChosen
 from workbench.tui.agent.feature import AgentFeature
 from workbench.tui.blocks.screen import BlocksScreen
 from workbench.tui.bridge import JobBridge, JobEvent
 from workbench.tui.commands import command_table
 from workbench.tui.compare.feature import CompareFeature
 from workbench.tui.pickers import Pickers
+from workbench.tui.plots.feature import PlotsFeature
 from workbench.tui.pruning import Pruning
-from workbench.tui.screens.confirm import ConfirmScreen
-from workbench.tui.screens.help import HelpScreen
-from workbench.tui.screens.path_prompt import PathPrompt
-from workbench.tui.screens.plots import PlotsScreen
+from workbench.tui.screens.help import HelpScreen, help_sections
 from workbench.tui.sensitivity.feature import SensitivityFeature
+from workbench.tui.sessions import Sessions
 from workbench.tui.widgets.activity import Activity
-from workbench.tui.widgets.block_pane import BlockPane
-from workbench.tui.widgets.slider import Slider
 
 if TYPE_CHECKING:
     from workbench.engine.facade import Engine
 
-FEATURES = (CompareFeature, SensitivityFeature, AgentFeature)
+FEATURES = (PlotsFeature, CompareFeature, SensitivityFeature, AgentFeature)
 COMMANDS = command_table(FEATURES)
 APP_ACTIONS = {c.action_name for c in COMMANDS}
-EDITING_ACTIONS = {"save_as", "open", "prune", "pick", "allocator_params", "plots", "feature"}
-OTHER_SCREENS = (PlotsScreen, *(screen for feature in FEATURES for screen in feature.screens))  # over the blocks
+EDITING_ACTIONS = {"save_as", "open", "prune", "pick", "allocator_params", "feature"}
+OTHER_SCREENS = tuple(screen for feature in FEATURES for screen in feature.screens)  # over the blocks
 EngineFactory = Callable[..., "Engine"]
 
 
@@ -89,15 +84,11 @@ class WorkbenchApp(App):
                  recovery_path: Path | None = None, themes_directory: Path | None = None):
         super().__init__()
         self.model_spec = model
-        self.session_arg = Path(session) if session else None
         self.device = device
         self.dtype = dtype
         self.engine_factory = engine_factory or load_engine
         self.calibration = calibration
         self.probe_names = tuple(probe_names) if probe_names is not None else None
-        self.recovery_path = recovery_path or default_recovery_path()
-        self.recovery = None
-        self.autosave: Autosave | None = None
         specs, self._theme_errors = load_themes(themes_directory)
         self.theme_names = [s.name for s in specs]
         for spec in specs:
@@ -112,13 +103,12 @@ class WorkbenchApp(App):
         self.jobs = self.bridge.jobs
         self.controller = Controller(running=self.jobs.running)
         self.user_cancelled = False
-        self._loading_path: Path | None = None
+        self.sessions = Sessions(self, Path(session) if session else None, recovery_path)
         self.features = {feature.name: feature(self) for feature in FEATURES}
         self.pickers = Pickers(self)
         self.pruning = Pruning(self)
         self.results: dict[type, Callable] = {  # what the app does with each kind of job state or result
-            **self.pruning.results, Loaded: self._loaded,
-            Saved: self._saved, AutosaveFailed: self._autosave_failed,
+            **self.pruning.results, **self.sessions.results,
             DropsChosen: lambda message: self.blocks.drops_chosen(message),
         }
         for feature in self.features.values():
@@ -140,34 +130,24 @@ class WorkbenchApp(App):
             pass
         for error in self._theme_errors:
             self.notify(error, severity="warning", timeout=8)
-        try:
-            self.recovery = claim_recovery(self.recovery_path, adopt=self.session_arg is None)
-            self.recovery_path = self.recovery.path
-            self.autosave = Autosave(self.recovery_path)
-        except WorkbenchError as error:
-            self.notify(f"{error}; edits are not autosaved", severity="warning", timeout=10)
-        if self.session_arg is not None:
-            self._start_loading(path=self.session_arg)
-            return
-        recovered = describe_recovery(self.recovery_path) if self.recovery is not None else None
-        if recovered is None:
-            self._start_loading()
-            return
-
-        def answer(restore: bool | None) -> None:
-            if restore:
-                self._start_loading(path=self.recovery_path)
-            else:
-                clear_recovery(self.recovery_path)
-                self._start_loading()
-
-        self.push_screen(ConfirmScreen(f"A session was {recovered} and never saved ({self.recovery_path}). "
-                                       "Restore it?", "Restore (y)", "Start fresh (n)"), answer)
+        self.sessions.start()
 
     def on_unmount(self) -> None:
-        """Give this instance's recovery slot up; a recovery file with unsaved edits stays for the next start."""
-        if self.recovery is not None:
-            release_recovery(self.recovery)
+        self.sessions.release()
+
+    @property
+    def recovery_path(self) -> Path:
+        """This instance's recovery file (`workbench.tui.sessions`)."""
+        return self.sessions.recovery_path
+
+    @property
+    def recovery(self):
+        """This instance's claim on its recovery slot (None when edits are not autosaved)."""
+        return self.sessions.recovery
+
+    def save_recovery(self) -> None:
+        """Autosave the current plan, history and probes to the recovery file."""
+        self.sessions.save_recovery()
 
     def _hang_up(self) -> None:
         """The terminal went away (SIGHUP): leave now; the recovery file already has every edit."""
@@ -248,36 +228,7 @@ class WorkbenchApp(App):
         if job.kind.group in PRUNING:
             self.controller.prune_failed()
         if job.kind.name == "load" and self.engine is None:
-            if self._loading_path is not None:
-                self._start_loading()
-                return
-            self.blocks.show_no_model()
-
-    def _start_loading(self, path: Path | None = None) -> None:
-        self._loading_path = path
-        self.show_activity(f"reading {path}" if path else f"loading {self.model_spec}", None)
-        self.jobs.submit("load", factory=self.engine_factory, model=self.model_spec, path=path, device=self.device,
-                         dtype=self.dtype, calibration=self.calibration)
-
-    def _loaded(self, message: Loaded) -> None:
-        new_engine = message.engine is not self.engine
-        self.jobs.adopt(message.engine)
-        session = message.session
-        if session is not None:
-            restored = Path(message.path) == self.recovery_path
-            calibrate = self.controller.open(session, Path(message.path), restored, self.engine.plan)
-            self.device, self.dtype = session.device, session.dtype
-            if session.theme in self.available_themes:
-                self.theme = session.theme
-            self.notify(f"{'restored' if restored else 'opened'} {message.path}")
-        else:
-            calibrate = self.controller.start(self.engine.plan)
-        if new_engine or len(self.blocks.query(BlockPane)) != message.blocks:
-            self.blocks.build_panes(message.blocks, self.controller.plan.sparsity)
-            self.controller.state = None
-        self.features["sensitivity"].show_heat()
-        self.refresh_header()
-        self.pruning.run_prune(calibrate)
+            self.sessions.load_failed()
 
     def refresh_header(self) -> None:
         self.blocks.refresh_header()
@@ -304,7 +255,7 @@ class WorkbenchApp(App):
         self.jobs.submit(name, **args)
 
     def action_feature(self, name: str) -> None:
-        """The command of a feature (compare, sensitivity, agent)."""
+        """The command of a feature (plots, compare, sensitivity, agent)."""
         self.features[name].start()
 
     def action_cancel(self) -> None:
@@ -330,89 +281,26 @@ class WorkbenchApp(App):
         if self.has_model():
             self.pruning.probe()
 
-    # ----- sessions -----------------------------------------------------------------------------------
+    # ----- sessions (`workbench.tui.sessions`) ----------------------------------------------------------
     def action_save(self) -> None:
-        if not self.has_model():
-            return
-        if self.controller.session_path is None:
-            self.action_save_as()
-        else:
-            self.pruning.when_applied(partial(self._start_save, self.controller.session_path))
+        self.sessions.save()
 
     def action_save_as(self) -> None:
-        if not self.has_model():
-            return
-
-        def chosen(path: Path | None) -> None:
-            if path is not None:
-                self.pruning.when_applied(partial(self._start_save, path))
-
-        current = self.controller.session_path
-        self.push_screen(PathPrompt("Save the session as (TOML)", str(current) if current else "session.toml"),
-                         chosen)
-
-    def _start_save(self, path: Path) -> None:
-        controller = self.controller
-        self.jobs.submit("save", path=path, history=controller.history.to_records(), probes=controller.current_probes,
-                         theme=self.theme, device=self.device, dtype=self.dtype, comparison=controller.comparison,
-                         sensitivity=controller.sensitivity, agent=controller.agent)
-
-    def _saved(self, message: Saved) -> None:
-        self.controller.saved(message.path)
-        self._clear_recovery()
-        self.notify(f"saved {message.path}")
-        self.refresh_header()
+        self.sessions.save_as()
 
     def action_open(self) -> None:
-        def chosen(path: Path | None) -> None:
-            if path is not None:
-                self.jobs.cancel()
-                self._start_loading(path=path)
-
-        current = self.controller.session_path
-        self.push_screen(PathPrompt("Open a session file", str(current or ""), must_exist=True), chosen)
-
-    def save_recovery(self) -> None:
-        """Rewrite the recovery file with the current plan, history and probes (in a worker)."""
-        if self.autosave is not None:
-            session = self.controller.recovery_session(self.engine, self.device, self.dtype, self.theme)
-            self.jobs.submit("autosave", autosave=self.autosave, session=session, ticket=self.autosave.ticket())
-
-    def _autosave_failed(self, message: AutosaveFailed) -> None:
-        """A failed write is one warning until a write succeeds again."""
-        self.notify(f"autosave failed: {message.error}; edits are kept in memory until saved", severity="warning",
-                    timeout=10)
-
-    def _clear_recovery(self) -> None:
-        """Remove this instance's recovery file (never another's) and drop any autosave still queued."""
-        if self.autosave is not None:
-            self.autosave.clear()
+        self.sessions.open()
 
     async def action_quit(self) -> None:
         """Leave at once; unsaved edits stay in the recovery file for the next start."""
-        if not self.controller.dirty:
-            self._clear_recovery()
+        self.sessions.quitting()
         self.jobs.cancel(everything=True)
         self.workers.cancel_all()
         self.exit()
 
-    # ----- screens ------------------------------------------------------------------------------------
     def action_help(self) -> None:
-        sections = [
-            ("Anywhere", [command.binding() for command in COMMANDS]),
-            ("On a slider", Slider.BINDINGS),
-            ("On a block", BlockPane.BINDINGS),
-            ("Plots screen (v)", PlotsScreen.BINDINGS),
-            *(feature.help for feature in self.features.values() if feature.help),
-            ("Command palette", [Binding("ctrl+p", "", "Every command by name: methods, patterns, allocators, themes")]),
-        ]
         if not isinstance(self.screen, HelpScreen):
-            self.push_screen(HelpScreen(sections))
-
-    def action_plots(self) -> None:
-        if self.has_model() and self.controller.state is not None:
-            linear = self.blocks.selected_linear or self.controller.default_linear()
-            self.push_screen(PlotsScreen(self.controller, self.engine, linear))
+            self.push_screen(HelpScreen(help_sections(COMMANDS, self.features.values())))
 
     # ----- command palette ----------------------------------------------------------------------------
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:

@@ -78,8 +78,6 @@ COMMANDS = (
     Command("app.block_scores", "b", "block_scores", "Block scores", show=False,
             tooltip="Block influence and angular distance of the dense model per block (esc cancels)",
             palette="Block scores", about="Block influence (ShortGPT) and angular distance per block", where="blocks"),
-    Command("app.plots", "v", "plots", "Plots", tooltip="Plots: allocation, |W| histogram, probe history",
-            palette="Plots", about="Allocation, |W| histogram, probe history"),
 )
 CLOSING = (  # after the features' commands
     Command("app.theme", "T", "pick('theme')", "Theme", show=False),

@@ -11,7 +11,6 @@ from textual.app import App
 from workbench.app.controller import PruneJob
 from workbench.domain.plan import Plan
 from workbench.jobs.results import NeedsFullPrune, Probed, Pruned
-from workbench.tui.screens.plots import PlotsScreen
 
 if TYPE_CHECKING:
     from textual.timer import Timer
@@ -92,8 +91,7 @@ class Pruning:
         landing = self.controller.landed(message.state, message.plan, message.targets, message.final, message.full)
         self.app.blocks.show_state(move_sliders=landing.current)
         self._follow(landing)
-        if isinstance(self.app.screen, PlotsScreen):
-            self.app.screen.refresh_plots(histogram=message.final)
+        self.app.features["plots"].redraw(histogram=message.final)
 
     def _follow(self, landing) -> None:
         for action in landing.follow_ups:
@@ -144,8 +142,7 @@ class Pruning:
         self.controller.probes_done(message.results, message.dense, message.plan)
         self.app.save_recovery()
         self.app.refresh_header()
-        if isinstance(self.app.screen, PlotsScreen):
-            self.app.screen.refresh_plots(histogram=False)
+        self.app.features["plots"].redraw(histogram=False)
 
     def probe_list(self) -> list[str]:
         """The probes the app runs: those it was given, else every registered one."""

@@ -94,16 +94,20 @@ class CompareScreen(Screen):
         rows = {row.probe: row for row in controller.comparison.rows()} if controller.comparison else {}
         cells += [variant_column(plan, result, probes, controller.comparison, rows) for _, plan, result in columns]
         for row, label in enumerate(comparison_labels(probes)):
-            table.add_row(Text(label, style="bold"), *[self._styled(column[row]) for column in cells])
+            height = max(column[row].text.count("\n") + 1 for column in cells)  # 2 with a score's interval
+            table.add_row(Text(label, style="bold"), *[self._styled(column[row]) for column in cells], height=height)
         table.move_cursor(column=min(max(cursor, 1), len(columns) + 1))
         measured = {name: result.block_targets for name, _, result in columns if result is not None}
         self.query_one(VariantsPlot).draw(measured, controller.comparison.outlier_ratios if controller.comparison else None)
         self._show_status()
 
     def _styled(self, cell: Cell) -> Text:
-        """A cell as Rich text in the theme's colours."""
+        """A cell as Rich text in the theme's colours (a second line, a score's interval, dimmed)."""
         style = cell.tone if cell.tone in ("", "dim") else self.app.get_css_variables().get(cell.tone, "")
-        return Text(cell.text, style=style)
+        text = Text(cell.text, style=style, no_wrap=True)
+        if "\n" in cell.text:
+            text.stylize("dim", cell.text.index("\n") + 1)
+        return text
 
     def _show_status(self) -> None:
         """The header: what waits to run, or what runs (its progress is on the activity line below)."""

@@ -9,10 +9,24 @@ from textual.screen import ModalScreen
 from textual.widgets import Static
 
 from workbench.app.format import escape
+from workbench.tui.widgets.block_pane import BlockPane
+from workbench.tui.widgets.slider import Slider
 
 INTRO = ("Each line is a transformer block: its target sparsity slider, then achieved sparsity, mean |W|, "
          "outlier ratio, activation norm and reconstruction error (bars and colour flag the blocks that stand "
          "out). Edits re-prune in the background; the header shows target vs achieved and probe results.")
+
+
+def help_sections(commands, features) -> list[tuple[str, list[Binding]]]:
+    """The help screen's sections: every command, the keys of a slider and of a block, each feature's own
+    section (its screen's keys), then the command palette."""
+    return [
+        ("Anywhere", [command.binding() for command in commands]),
+        ("On a slider", Slider.BINDINGS),
+        ("On a block", BlockPane.BINDINGS),
+        *(feature.help for feature in features if feature.help),
+        ("Command palette", [Binding("ctrl+p", "", "Every command by name: methods, patterns, allocators, themes")]),
+    ]
 
 
 class HelpScreen(ModalScreen):

@@ -1,4 +1,4 @@
-"""The plots: allocation across blocks with outlier ratios (and influence scores once computed, and the width
+"""The Plots screen: allocation across blocks with outlier ratios (and influence scores once computed, and the width
 per block with the depth scores once the plan is structured or they are computed), the |W| histogram of the selected linear, and probe results across the edit history."""
 
 from __future__ import annotations
