@@ -77,10 +77,13 @@ def test_allocators_check_their_own_parameters(given, where):
     assert caught.value.where == where
 
 
-def test_allocators_declare_what_they_need_and_hint_every_parameter():
+def test_allocators_declare_what_they_need_and_every_parameter_once():
     from workbench.allocators import NEEDS
 
     for name in ALLOCATORS.names():
         allocator = ALLOCATORS.get(name)
         assert allocator.needs <= set(NEEDS)
-        assert set(allocator.hints) == set(allocator.defaults)
+        names = [p.name for p in allocator.declared]
+        assert len(set(names)) == len(names) and list(allocator.defaults) == names
+        assert all(p.help for p in allocator.declared)
+        assert allocator.params({}) == allocator.defaults  # every default passes its own check

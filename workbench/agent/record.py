@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields
 
+from workbench.infra.params import Param, defaults
+
 ACCEPTED = "accepted"
 ROLLED_BACK = "rolled back"
 NO_ACTION = "no action"
@@ -15,9 +17,21 @@ EPS = 1e-8
 # What a step measures (a quick probe, lower is better): perplexity, or KL(dense || pruned) in nats.
 MEASURES = ("perplexity", "kl")
 LABELS = {"perplexity": "ppl", "kl": "KL"}
-# The agent allocator's parameters and their defaults: the loop's settings and the recorded decisions.
-DEFAULTS = {"policy": "builtin", "step": 0.025, "span": 0.1, "max_steps": 40, "rollback": 0.1, "measure": "perplexity",
-            "start": None, "steps": ()}
+# The agent allocator's parameters: the loop's settings and the recorded decisions (the policy's name is
+# checked against the policy registry by the allocator).
+PARAMS = (
+    Param("policy", "builtin", "who decides: builtin (offline, greedy) or llm (an OpenAI-compatible endpoint)"),
+    Param("step", 0.025, "largest raise of one block's target in one step", low=0, high=1, open_low=True, open_high=True),
+    Param("span", 0.1, "the loop starts uniform at the target minus span", low=0, high=1, open_low=True, open_high=True),
+    Param("max_steps", 40, "the loop stops after this many steps", low=1, whole=True),
+    Param("rollback", 0.1, "a step is rolled back when perplexity rises more than this share over the checkpoint "
+                           "(kl: exp of its rise)", low=0, high=1, open_low=True, open_high=True),
+    Param("measure", "perplexity", "what each step measures: perplexity, or kl (mean token KL against the dense model)",
+          choices=MEASURES),
+    Param("start", None, "recorded: every block's target before the first step", recorded=True),
+    Param("steps", (), "recorded: the accepted steps (blocks raised, by how much)", recorded=True),
+)
+DEFAULTS = defaults(PARAMS)
 # Field names of sessions written before the measure could be KL (read as the new names).
 LEGACY_NAMES = {"ppl": "score", "start_ppl": "start_score", "dense_ppl": "dense_score", "final_ppl": "final_score"}
 

@@ -4,18 +4,19 @@
 An allocator returns one target sparsity per block whose parameter-weighted mean is the global target,
 each in [0, MAX_SPARSITY]. Manual per-block and per-linear overrides are applied on top by the engine.
 It declares what it needs (`needs`, from `NEEDS`), so the engine computes that before allocating and
-nobody outside this package names an allocator; it checks its own parameters and gives the UI a hint
-for each.
+nobody outside this package names an allocator; it declares its parameters (`workbench.infra.params`),
+from which its defaults, the checks of sessions and the CLI, and the app's form are derived.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from workbench.domain.plan import MAX_SPARSITY
 from workbench.infra.errors import WorkbenchError
-from workbench.infra.registry import Registry, complete_params
+from workbench.infra.params import Param, complete, defaults
+from workbench.infra.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,8 @@ NEEDS = (DENSE_STATISTICS, SEARCH, GRADIENTS)
 class Allocator:
     """A registered allocator: `allocate(ctx, sparsity, **params) -> per-block targets`.
 
-    `check(params, where)` refuses out-of-range parameters (a WorkbenchError naming `where.KEY`);
-    `hints` is one line per parameter for the UI; `outlier_M(params)` is the M of the outlier ratios the
+    `declared`: its parameters; `check(params, where)`, when given, refuses what spans several of them
+    (a WorkbenchError naming `where.KEY`); `outlier_M(params)` is the M of the outlier ratios the
     allocator reads, which the panes then show; likewise `influence(params)`, the influence scores an
     allocator that needs GRADIENTS reads. An allocator that needs SEARCH has `search(engine, plan,
     progress, cancel)`: when `plan.allocator_params` lack the decisions `allocate` replays, it runs the search
@@ -61,21 +62,22 @@ class Allocator:
 
     name: str
     allocate: Callable[..., list[float]]
-    defaults: dict
     description: str
+    declared: tuple[Param, ...] = ()
     needs: frozenset[str] = frozenset()
-    hints: dict[str, str] = field(default_factory=dict)
     check: Callable[[dict, str], None] | None = None
     outlier_M: Callable[[dict], float] | None = None
     influence: Callable[[dict], InfluenceSpec] | None = None
     search: Callable[..., None] | None = None
 
+    @property
+    def defaults(self) -> dict:
+        """Every parameter's default, by name."""
+        return defaults(self.declared)
+
     def params(self, given: dict, where: str = "allocator_params") -> dict:
-        """`given` completed with defaults; unknown keys, non-numbers and values out of range are refused."""
-        params = complete_params("allocator", self.name, self.defaults, given, where)
-        for key, value in params.items():
-            if isinstance(self.defaults[key], (int, float)) and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise WorkbenchError(f"{where}.{key}", f"must be a number, got {value!r}")
+        """`given` completed with defaults; unknown keys, wrong types and values out of range are refused."""
+        params = complete("allocator", self.name, self.declared, given, where)
         if self.check is not None:
             self.check(params, where)
         return params

@@ -24,7 +24,7 @@ runs the loop first with the plan's settings and records them in the plan (see `
 
 from __future__ import annotations
 
-from workbench.agent.record import DEFAULTS, MEASURES
+from workbench.agent.record import PARAMS
 from workbench.allocators import ALLOCATORS, SEARCH, AllocationContext, Allocator, rebalance
 from workbench.domain.plan import MAX_SPARSITY, check_fraction
 from workbench.infra.errors import WorkbenchError
@@ -42,18 +42,11 @@ def targets_after(start: float, steps, count: int, where: str = "allocator_param
 
 
 def check_agent(params: dict, where: str) -> None:
-    """Settings in range, a known policy, and well-formed recorded steps."""
+    """A known policy and well-formed recorded decisions (the settings are checked by their declarations)."""
     from workbench.agent.policies import POLICIES
 
     if params["policy"] not in POLICIES.names():
         raise WorkbenchError(f"{where}.policy", f"unknown policy {params['policy']!r} (known: {', '.join(POLICIES.names())})")
-    if params["measure"] not in MEASURES:
-        raise WorkbenchError(f"{where}.measure", f"unknown measure {params['measure']!r} (known: {', '.join(MEASURES)})")
-    for key in ("step", "span", "rollback"):
-        if not 0 < params[key] < 1:
-            raise WorkbenchError(f"{where}.{key}", f"must be in (0, 1), got {params[key]}")
-    if params["max_steps"] < 1 or params["max_steps"] != int(params["max_steps"]):
-        raise WorkbenchError(f"{where}.max_steps", f"must be a whole number >= 1, got {params['max_steps']}")
     if params["start"] is not None:
         check_fraction(params["start"], f"{where}.start")
     steps = params["steps"]
@@ -97,17 +90,6 @@ def search_agent(engine, plan, progress=None, cancel=None) -> None:
     plan.allocator_params = run.allocator_params()
 
 
-HINTS = {
-    "policy": "who decides: builtin (offline, greedy) or llm (an OpenAI-compatible endpoint)",
-    "step": "largest raise of one block's target in one step, in (0, 1)",
-    "span": "the loop starts uniform at the target minus span, in (0, 1)",
-    "max_steps": "the loop stops after this many steps (>= 1)",
-    "rollback": "a step is rolled back when perplexity rises more than this share over the checkpoint (kl: exp of its rise)",
-    "measure": "what each step measures: perplexity or kl (mean token KL against the dense model)",
-    "start": "recorded: every block's target before the first step",
-    "steps": "recorded: the accepted steps (blocks raised, by how much)",
-}
-
-ALLOCATORS.add(Allocator("agent", allocate_agent, defaults=DEFAULTS, hints=HINTS, needs=frozenset({SEARCH}),
+ALLOCATORS.add(Allocator("agent", allocate_agent, declared=PARAMS, needs=frozenset({SEARCH}),
                          description="agent-guided: a loop raises blocks step by step, rolling back harmful steps",
                          check=check_agent, search=search_agent))

@@ -24,24 +24,11 @@ parameters); a final rebalance instead of a bare cap, so the mean stays exact wh
 
 from workbench.allocators import ALLOCATORS, GRADIENTS, AllocationContext, Allocator, InfluenceSpec, rebalance
 from workbench.infra.errors import WorkbenchError
+from workbench.infra.params import Param
 
 ESTIMATORS = ("datainf", "identity")  # as in workbench.engine.gradients.ESTIMATORS
 AGGREGATES = ("positive-totals", "notebook", "pairwise-positive", "all")  # as in workbench.engine.gradients.AGGREGATES
 SCOPES = ("attention", "all")
-CHOICES = {"estimator": ESTIMATORS, "aggregate": AGGREGATES, "scope": SCOPES}
-COUNTS = {"train": 1, "val": 1, "seqlen": 2}  # integer parameters and their least value
-
-
-def check_layerif(params: dict, where: str) -> None:
-    """eps in [0, 1); estimator, aggregate and scope known; example counts and length whole numbers."""
-    if not 0 <= params["eps"] < 1:
-        raise WorkbenchError(f"{where}.eps", f"must be in [0, 1), got {params['eps']}")
-    for key, choices in CHOICES.items():
-        if params[key] not in choices:
-            raise WorkbenchError(f"{where}.{key}", f"unknown {key} {params[key]!r} (use {', '.join(choices)})")
-    for key, least in COUNTS.items():
-        if params[key] != int(params[key]) or params[key] < least:
-            raise WorkbenchError(f"{where}.{key}", f"must be a whole number >= {least}, got {params[key]}")
 
 
 def influence_spec(params: dict) -> InfluenceSpec:
@@ -62,7 +49,7 @@ def linear_map(scores: list[float], numels: list[int], sparsity: float, eps: flo
 
 
 def allocate_layerif(ctx: AllocationContext, sparsity: float, **params) -> list[float]:
-    """Per-block targets from the dense model's influence scores (`params` checked by `check_layerif`)."""
+    """Per-block targets from the dense model's influence scores (`params` checked against their declarations)."""
     if ctx.influence is None:
         raise WorkbenchError("allocator layerif", "influence scores are not available here")
     return linear_map(ctx.influence(influence_spec(params)), ctx.block_numels, sparsity, params["eps"])
@@ -70,18 +57,18 @@ def allocate_layerif(ctx: AllocationContext, sparsity: float, **params) -> list[
 
 ALLOCATORS.add(Allocator(
     "layerif", allocate_layerif,
-    defaults={"eps": 0.3, "estimator": "datainf", "aggregate": "positive-totals", "scope": "attention",
-              "train": 24, "val": 8, "seqlen": 64},
     description="influence-guided: blocks with lower influence (better trained) pruned less, about S x (1 +- eps)",
-    needs=frozenset({GRADIENTS}),
-    hints={"eps": "targets span the global target x [1 - eps, 1 + eps], in [0, 1)",
-           "estimator": "datainf (inverse-Hessian approximation) or identity (plain gradient dot product)",
-           "aggregate": "positive-totals (per training example over the validation set, positive totals summed: "
-                        "the paper), notebook (the non-positive totals summed: the authors' notebook), "
-                        "pairwise-positive (every positive pair summed) or all (every influence)",
-           "scope": "gradients of attention (q, k, v, o, the paper) or all linears",
-           "train": "training windows for the influence (whole number >= 1; cost grows with train + val)",
-           "val": "validation windows for the influence (whole number >= 1)",
-           "seqlen": "tokens per window (>= 2; the paper uses up to 128)"},
-    check=check_layerif, influence=influence_spec,
+    declared=(
+        Param("eps", 0.3, "targets span the global target x [1 - eps, 1 + eps]", low=0, high=1, open_high=True),
+        Param("estimator", "datainf", "datainf (inverse-Hessian approximation) or identity (plain gradient dot product)",
+              choices=ESTIMATORS),
+        Param("aggregate", "positive-totals", "positive-totals (per training example over the validation set, positive "
+              "totals summed: the paper), notebook (the non-positive totals summed: the authors' notebook), "
+              "pairwise-positive (every positive pair summed) or all (every influence)", choices=AGGREGATES),
+        Param("scope", "attention", "gradients of attention (q, k, v, o, the paper) or all linears", choices=SCOPES),
+        Param("train", 24, "training windows for the influence (cost grows with train + val)", low=1, whole=True),
+        Param("val", 8, "validation windows for the influence", low=1, whole=True),
+        Param("seqlen", 64, "tokens per window (the paper uses up to 128)", low=2, whole=True),
+    ),
+    needs=frozenset({GRADIENTS}), influence=influence_spec,
 ))

@@ -10,19 +10,11 @@ S (it only matters when blocks differ in size or a target is clipped to [0, 0.99
 """
 
 from workbench.allocators import ALLOCATORS, DEFAULT_M, DENSE_STATISTICS, AllocationContext, Allocator, rebalance
-from workbench.infra.errors import WorkbenchError
-
-
-def check_owl(params: dict, where: str) -> None:
-    """M > 0 and lambda in [0, 1)."""
-    if params["M"] <= 0:
-        raise WorkbenchError(f"{where}.M", f"must be > 0, got {params['M']}")
-    if not 0 <= params["lambda"] < 1:
-        raise WorkbenchError(f"{where}.lambda", f"must be in [0, 1), got {params['lambda']}")
+from workbench.infra.params import Param
 
 
 def allocate_owl(ctx: AllocationContext, sparsity: float, **params) -> list[float]:
-    """Per-block targets from the dense model's outlier ratios (`params` checked by `check_owl`)."""
+    """Per-block targets from the dense model's outlier ratios (`params` checked against their declarations)."""
     lam = params["lambda"]
     ratios = ctx.outlier_ratios(params["M"])
     lo, hi = min(ratios), max(ratios)
@@ -35,10 +27,8 @@ def allocate_owl(ctx: AllocationContext, sparsity: float, **params) -> list[floa
 
 
 ALLOCATORS.add(Allocator(
-    "owl", allocate_owl, defaults={"M": DEFAULT_M, "lambda": 0.08},
-    description="outlier-weighted: more outliers, less pruning, within S +- lambda",
-    needs=frozenset({DENSE_STATISTICS}),
-    hints={"M": "outlier threshold: a score above M x the block mean is an outlier (> 0)",
-           "lambda": "targets stay within the global target +- lambda, in [0, 1)"},
-    check=check_owl, outlier_M=lambda params: float(params["M"]),
+    "owl", allocate_owl, description="outlier-weighted: more outliers, less pruning, within S +- lambda",
+    declared=(Param("M", DEFAULT_M, "outlier threshold: a score above M x the block mean is an outlier", low=0, open_low=True),
+              Param("lambda", 0.08, "targets stay within the global target +- lambda", low=0, high=1, open_high=True)),
+    needs=frozenset({DENSE_STATISTICS}), outlier_M=lambda params: float(params["M"]),
 ))

@@ -8,4 +8,4 @@ def allocate_uniform(ctx: AllocationContext, sparsity: float) -> list[float]:
     return [sparsity] * len(ctx.block_numels)
 
 
-ALLOCATORS.add(Allocator("uniform", allocate_uniform, defaults={}, description="the same sparsity in every block"))
+ALLOCATORS.add(Allocator("uniform", allocate_uniform, description="the same sparsity in every block"))

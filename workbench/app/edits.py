@@ -7,10 +7,13 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from workbench.agent.record import DEFAULTS as AGENT_DEFAULTS
+from workbench.agent.record import PARAMS as AGENT_PARAMS
 from workbench.allocators import ALLOCATORS, SEARCH
 from workbench.app.format import params_text, parse_percent
 from workbench.domain.plan import WIDTH_DIVISORS, Plan, drop_problem
 from workbench.infra.errors import WorkbenchError
+from workbench.infra.params import parse_typed
 
 PARAMS_WHERE = "allocator_params"
 
@@ -59,36 +62,24 @@ def searches(allocator: str) -> bool:
     return SEARCH in ALLOCATORS.get(allocator).needs
 
 
-def _editable(value) -> bool:
-    """A number or a word (not a recorded list, not a value left unset)."""
-    return isinstance(value, (int, float, str)) and not isinstance(value, bool)
-
-
 def param_fields(allocator: str, given: dict) -> list[tuple[str, str, str]]:
-    """(key, text, hint) of the parameters the params screen edits: numbers and words, `given` completed with
-    the defaults. Recorded parameters (lists, values unset until a search runs) are not edited."""
+    """(key, text, hint) of the parameters the params screen edits, from the allocator's declarations:
+    `given` completed with the defaults; recorded parameters (a search's decisions) are not edited."""
     declared = ALLOCATORS.get(allocator)
     values = {**declared.defaults, **given}
-    return [(key, f"{value:g}" if not isinstance(value, str) else value, declared.hints.get(key, ""))
-            for key, value in values.items() if _editable(declared.defaults[key])]
+    return [(p.name, f"{values[p.name]:g}" if not p.is_word else values[p.name], p.hint)
+            for p in declared.declared if not p.recorded]
 
 
 def parse_allocator_params(allocator: str, typed: dict[str, str]) -> dict:
-    """Typed allocator parameters (numbers where the default is one, else words), checked by the allocator
-    itself; ValueError naming one."""
-    defaults, values = ALLOCATORS.get(allocator).defaults, {}
-    for key, text in typed.items():
-        if isinstance(defaults.get(key), str):
-            values[key] = text.strip()
-            continue
-        try:
-            values[key] = float(text)
-        except ValueError:
-            raise ValueError(f"{key}: not a number: {text!r}") from None
+    """Typed allocator parameters, typed and checked by their declarations; ValueError naming one."""
+    declared = ALLOCATORS.get(allocator)
     try:
-        ALLOCATORS.get(allocator).params(values, where=PARAMS_WHERE)
+        values = parse_typed(declared.declared, typed, PARAMS_WHERE)
+        declared.params(values, where=PARAMS_WHERE)
     except WorkbenchError as error:
-        raise ValueError(f"{error.where.removeprefix(PARAMS_WHERE + '.')}: {error.what}") from None
+        key = error.where.removeprefix(PARAMS_WHERE).lstrip(".")
+        raise ValueError(f"{key}: {error.what}" if key else error.what) from None
     return values
 
 
@@ -313,12 +304,11 @@ def choose_width_score(plan: Plan, score: str) -> tuple[Plan, str]:
 
 # ----- the Agent screen's settings -------------------------------------------------------------------
 LLM_POLICY = "llm"  # the policy that asks an endpoint (its URL and model are part of the form)
-AGENT_HINTS = {  # one line each in the settings form
-    "policy": "builtin (offline, greedy) or llm (an OpenAI-compatible endpoint)",
+AGENT_HINTS = {  # one line each in the settings form: the declared hint, or one in the form's units
+    **{p.name: p.hint for p in AGENT_PARAMS},
     "target": "global target sparsity in percent (the plan's by default)",
     "step": "largest raise of one block in one step, in points",
-    "max_steps": "the run stops after this many steps",
-    "rollback": "roll a step back when perplexity rises more than this (%)",
+    "rollback": "roll a step back when perplexity (kl: exp of its rise) rises more than this (%)",
     "url": "llm: the API base, e.g. http://127.0.0.1:8080/v1",
     "model": "llm: the model name sent",
 }
@@ -336,6 +326,7 @@ class AgentForm:
     rollback: float
     url: str
     model: str
+    measure: str = AGENT_DEFAULTS["measure"]
 
     @classmethod
     def defaults(cls) -> "AgentForm":
@@ -343,7 +334,7 @@ class AgentForm:
         from workbench.agent.loop import AgentSettings
 
         s = AgentSettings()
-        return cls("builtin", None, s.step, s.max_steps, s.rollback, s.llm.url, s.llm.model)
+        return cls("builtin", None, s.step, s.max_steps, s.rollback, s.llm.url, s.llm.model, s.measure)
 
     @property
     def asks_llm(self) -> bool:
@@ -355,7 +346,7 @@ class AgentForm:
         from workbench.agent.loop import AgentSettings
         from workbench.agent.policies.llm import LLMSettings
 
-        return AgentSettings(step=self.step, max_steps=self.max_steps, rollback=self.rollback,
+        return AgentSettings(step=self.step, max_steps=self.max_steps, rollback=self.rollback, measure=self.measure,
                              llm=LLMSettings(url=self.url, model=self.model))
 
     def plan_for(self, plan: Plan) -> Plan:
@@ -367,8 +358,8 @@ def agent_fields(form: AgentForm, plan_target: float) -> list[tuple[str, str, st
     """(key, text, hint) of each setting, percentages in percent."""
     target = form.target if form.target is not None else plan_target
     texts = {"policy": form.policy, "target": f"{100 * target:g}", "step": f"{100 * form.step:g}",
-             "max_steps": str(form.max_steps), "rollback": f"{100 * form.rollback:g}", "url": form.url,
-             "model": form.model}
+             "max_steps": str(form.max_steps), "rollback": f"{100 * form.rollback:g}", "measure": form.measure,
+             "url": form.url, "model": form.model}
     return [(key, text, AGENT_HINTS[key]) for key, text in texts.items()]
 
 
@@ -393,7 +384,8 @@ def parse_agent_form(typed: dict[str, str], plan_target: float) -> AgentForm:
     except ValueError:
         raise ValueError(f"max_steps: not a whole number: {typed['max_steps']!r}") from None
     form = AgentForm(policy, None if abs(target - plan_target) < 1e-9 else target, _percent("step", typed["step"]),
-                     max_steps, _percent("rollback", typed["rollback"]), typed["url"].strip(), typed["model"].strip())
+                     max_steps, _percent("rollback", typed["rollback"]), typed["url"].strip(), typed["model"].strip(),
+                     typed["measure"].strip())
     try:
         settings = form.settings()
         settings.check()

@@ -425,6 +425,8 @@ def agent_settings_line(form, target: float) -> str:
     the model it asks)."""
     parts = ["Agent", form.policy, f"target {pct(target)}", f"step {100 * form.step:g} pts",
              f"max {form.max_steps} steps", f"rollback {pct(form.rollback, 0)}"]
+    if form.measure != "perplexity":
+        parts.append(f"measure {form.measure}")
     if form.asks_llm and form.model:
         parts.insert(2, form.model)
     return " · ".join(parts)

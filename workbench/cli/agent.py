@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from workbench.cli.args import add_method_args, add_model_command, calibration_of, key_values
+from workbench.cli.args import add_method_args, add_model_command, calibration_of, method_params_of
 from workbench.cli.console import progress_line
 from workbench.domain.plan import Plan, plan_to_dict
 
@@ -71,7 +71,7 @@ def cmd_agent(args) -> int:
     from workbench.agent.policies import make_policy
     from workbench.engine.facade import Engine
 
-    plan = Plan(method=args.method, method_params=key_values(args.method_param, "--method-param"), sparsity=args.sparsity)
+    plan = Plan(method=args.method, method_params=method_params_of(args), sparsity=args.sparsity)
     settings = settings_of(args)
     run_policy = make_policy(args.policy, settings)
     progress = progress_line(args.json)

@@ -8,6 +8,7 @@ import dataclasses
 
 from workbench.domain.plan import DROP_BY, DTYPES, MODES, CalibrationSpec, Plan, Structure, drop_problem
 from workbench.infra.errors import WorkbenchError
+from workbench.infra.params import help_line, parse_typed
 
 
 def add_model_command(subparsers, name: str, help: str) -> argparse.ArgumentParser:
@@ -36,8 +37,9 @@ def add_calibration_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hessian", action="store_true", help="also capture X X^T (reconstruction errors for every method)")
 
 
-def key_values(items: list[str], where: str, key_type=str) -> dict:
-    """Parse repeated KEY=VALUE options; values become int/float/bool when they look like one."""
+def key_values(items: list[str], where: str, key_type=str, cast: bool = True) -> dict:
+    """Parse repeated KEY=VALUE options; values become int/float/bool when they look like one (unless not
+    `cast`: the text)."""
     out = {}
     for item in items or []:
         if "=" not in item:
@@ -47,7 +49,7 @@ def key_values(items: list[str], where: str, key_type=str) -> dict:
             key = key_type(key)
         except ValueError:
             raise WorkbenchError(where, f"bad key {key!r} in {item!r}") from None
-        out[key] = scalar(value)
+        out[key] = scalar(value) if cast else value
     return out
 
 
@@ -69,12 +71,24 @@ def calibration_of(args) -> CalibrationSpec:
                            mode=args.mode, hessian=True if args.hessian else None)
 
 
+def params_help(registry) -> str:
+    """Each entry's typed parameters, from their declarations, for a KEY=VALUE option's help."""
+    lines = [help_line(name, registry.get(name).declared) for name in registry.names()]
+    return "; ".join(line for line in lines if line)
+
+
+def declared_values(entry, items: list[str] | None, where: str) -> dict:
+    """Repeated KEY=VALUE options typed by `entry`'s declared parameters (a method or an allocator)."""
+    typed = key_values(items, where, cast=False)
+    return parse_typed(entry.declared, typed, where) if typed else {}
+
+
 def add_method_args(p: argparse.ArgumentParser) -> None:
     """--method, --method-param, --sparsity."""
     from workbench.methods import METHODS
 
     p.add_argument("--method", default=Plan.method, choices=METHODS.names())
-    p.add_argument("--method-param", action="append", metavar="KEY=VALUE", help="e.g. scope=matrix for magnitude")
+    p.add_argument("--method-param", action="append", metavar="KEY=VALUE", help=params_help(METHODS))
     p.add_argument("--sparsity", type=float, default=Plan.sparsity, help="global target in [0, 1)")
 
 
@@ -84,7 +98,7 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
 
     add_method_args(p)
     p.add_argument("--allocator", default=Plan.allocator, choices=ALLOCATORS.names())
-    p.add_argument("--allocator-param", action="append", metavar="KEY=VALUE", help="e.g. M=5 or lambda=0.08 for owl")
+    p.add_argument("--allocator-param", action="append", metavar="KEY=VALUE", help=params_help(ALLOCATORS))
     p.add_argument("--pattern", default=None, help="N:M semi-structured pattern, e.g. 2:4")
     p.add_argument("--block-sparsity", action="append", metavar="BLOCK=VALUE", help="manual block target, e.g. 3=0.6")
     p.add_argument("--linear-sparsity", action="append", metavar="NAME=VALUE", help="e.g. layers.3.mlp.down_proj=0.7")
@@ -104,11 +118,20 @@ def add_structure_args(p: argparse.ArgumentParser) -> None:
                         "or block numbers such as 22,23")
 
 
+def method_params_of(args) -> dict:
+    """--method-param options, typed by the method's declarations."""
+    from workbench.methods import METHODS
+
+    return declared_values(METHODS.get(args.method, "--method"), args.method_param, "--method-param")
+
+
 def plan_of(args) -> Plan:
     """The plan of parsed plan options."""
+    from workbench.allocators import ALLOCATORS
+
     return Plan(
-        method=args.method, method_params=key_values(args.method_param, "--method-param"),
-        allocator=args.allocator, allocator_params=key_values(args.allocator_param, "--allocator-param"),
+        method=args.method, method_params=method_params_of(args), allocator=args.allocator,
+        allocator_params=declared_values(ALLOCATORS.get(args.allocator, "--allocator"), args.allocator_param, "--allocator-param"),
         sparsity=args.sparsity, pattern=args.pattern,
         block_overrides=key_values(args.block_sparsity, "--block-sparsity", int),
         linear_overrides=key_values(args.linear_sparsity, "--linear-sparsity"),

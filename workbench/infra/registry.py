@@ -11,15 +11,6 @@ from workbench.infra.errors import WorkbenchError
 T = TypeVar("T")
 
 
-def complete_params(kind: str, name: str, defaults: dict, given: dict, where: str) -> dict:
-    """`given` completed with `defaults`; keys that `defaults` lacks are refused in one line."""
-    unknown = set(given) - set(defaults)
-    if unknown:
-        raise WorkbenchError(where, f"unknown parameter(s) {', '.join(sorted(unknown))} for {kind} {name} "
-                                    f"(known: {', '.join(defaults) or 'none'})")
-    return {**defaults, **given}
-
-
 class Registry(Generic[T]):
     """Named entries of one kind, discovered from the modules of one package on first use."""
 

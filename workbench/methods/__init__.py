@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from workbench.infra.errors import WorkbenchError
-from workbench.infra.registry import Registry, complete_params
+from workbench.infra.params import Param, complete, defaults
+from workbench.infra.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -69,20 +70,26 @@ class Pruned(NamedTuple):
 
 @dataclass(frozen=True)
 class Method:
-    """A registered method: `prune(weight, stats, sparsity, pattern, **params) -> pruned weight`."""
+    """A registered method: `prune(weight, stats, sparsity, pattern, **params) -> pruned weight`, with its
+    parameters `declared` (see `workbench.infra.params`)."""
 
     name: str
     prune: PruneFn
     needs_hessian: bool
-    defaults: dict
     description: str
+    declared: tuple[Param, ...] = ()
     # optional: prune several linears that read the same input in one pass, same weights as `prune`:
     # `prune_group(weights, stats, sparsities, pattern, **params) -> list[Pruned]`
     prune_group: Callable[..., list[Pruned]] | None = None
 
+    @property
+    def defaults(self) -> dict:
+        """Every parameter's default, by name."""
+        return defaults(self.declared)
+
     def params(self, given: dict, where: str = "method_params") -> dict:
-        """`given` completed with defaults; unknown keys are refused."""
-        return complete_params("method", self.name, self.defaults, given, where)
+        """`given` completed with defaults; unknown keys, wrong types and values out of range are refused."""
+        return complete("method", self.name, self.declared, given, where)
 
 
 METHODS: Registry[Method] = Registry("method", __name__)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from workbench.infra.errors import WorkbenchError
+from workbench.infra.params import Param
 from workbench.methods import LinearStats, Method, Pattern, apply_mask, lowest_mask, lowest_mask_matrix, nm_mask, METHODS
 
 
@@ -15,12 +15,10 @@ def prune_magnitude(weight: torch.Tensor, stats: LinearStats | None, sparsity: f
     scores = weight.abs()
     if pattern is not None:
         return apply_mask(weight, nm_mask(scores, pattern))
-    if scope == "row":
-        return apply_mask(weight, lowest_mask(scores, sparsity))
-    if scope == "matrix":
-        return apply_mask(weight, lowest_mask_matrix(scores, sparsity))
-    raise WorkbenchError("method_params.scope", f"unknown scope {scope!r} for magnitude (use row or matrix)")
+    return apply_mask(weight, lowest_mask(scores, sparsity) if scope == "row" else lowest_mask_matrix(scores, sparsity))
 
 
-METHODS.add(Method("magnitude", prune_magnitude, needs_hessian=False, defaults={"scope": "row"},
-                description="|W|, per-row threshold (scope=matrix: one threshold per matrix)"))
+METHODS.add(Method("magnitude", prune_magnitude, needs_hessian=False,
+                   description="|W|, per-row threshold (scope=matrix: one threshold per matrix)",
+                   declared=(Param("scope", "row", "row: a threshold per output row; matrix: one per matrix",
+                                   choices=("row", "matrix")),)))

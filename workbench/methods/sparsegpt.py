@@ -19,6 +19,7 @@ import weakref
 
 import torch
 
+from workbench.infra.params import Param
 from workbench.methods import LinearStats, Method, Pattern, Pruned, lowest_k, prune_count, METHODS
 
 
@@ -144,6 +145,8 @@ def prune_sparsegpt_group(
     return results
 
 
-METHODS.add(Method("sparsegpt", prune_sparsegpt, needs_hessian=True, defaults={"blocksize": 128, "percdamp": 0.01},
-                   prune_group=prune_sparsegpt_group,
-                   description="OBS update with damped Hessian inverse, adaptive mask per 128-column block"))
+METHODS.add(Method("sparsegpt", prune_sparsegpt, needs_hessian=True, prune_group=prune_sparsegpt_group,
+                   description="OBS update with damped Hessian inverse, adaptive mask per 128-column block",
+                   declared=(Param("blocksize", 128, "columns whose mask is chosen jointly", low=1, whole=True),
+                             Param("percdamp", 0.01, "damping added to the Hessian's diagonal, as a share of its mean",
+                                   low=0, high=1))))

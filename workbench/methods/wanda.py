@@ -21,5 +21,5 @@ def prune_wanda(weight: torch.Tensor, stats: LinearStats, sparsity: float, patte
     return apply_mask(weight, mask)
 
 
-METHODS.add(Method("wanda", prune_wanda, needs_hessian=False, defaults={},
+METHODS.add(Method("wanda", prune_wanda, needs_hessian=False,
                 description="|W| * ||X||_2, per output row"))

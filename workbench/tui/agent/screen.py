@@ -69,14 +69,15 @@ class AgentScreen(Screen):
         self.query_one("#agent-status", Static).update(cells_markup(agent_run_line(run, controller.agent_stepping)))
         records = run.records if run is not None else []
         table = self.query_one(DataTable)
+        measure = (run.settings if run is not None else form.settings()).measure
         table.clear(columns=True)
-        for column in agent_columns(form.settings().measure):
+        for column in agent_columns(measure):
             table.add_column(column, key=column)
         for record in records:
             table.add_row(*[self._styled(cell) for cell in agent_step_cells(record)])
         if records:
             table.move_cursor(row=len(records) - 1)
-        self.query_one(AgentPlot).draw(records)
+        self.query_one(AgentPlot).draw(records, measure)
 
     def _target(self, form: AgentForm) -> float:
         return form.target if form.target is not None else self.controller.plan.sparsity

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from textual_plotext import PlotextPlot
 
-from workbench.agent.record import ACCEPTED, ROLLED_BACK
+from workbench.agent.record import ACCEPTED, LABELS, ROLLED_BACK
 
 if TYPE_CHECKING:
     from workbench.agent.record import StepRecord
@@ -127,15 +127,15 @@ class VariantsPlot(Plot):
 
 
 class AgentPlot(Plot):
-    """Perplexity per step (left axis: accepted steps as a line, rolled-back ones as crosses) and the global
-    target after each step (right axis, percent)."""
+    """The measured value per step (left axis: accepted steps as a line, rolled-back ones as crosses) and the
+    global target after each step (right axis, percent)."""
 
-    def draw(self, records: list[StepRecord]) -> None:
+    def draw(self, records: list[StepRecord], measure: str) -> None:
         plt = self._clear()
         for outcome, marker, plot in ((ACCEPTED, "hd", plt.plot), (ROLLED_BACK, "x", plt.scatter)):
             points = [(r.index, r.score) for r in records if r.outcome == outcome and r.score is not None]
             if points:
-                plot([x for x, _ in points], [y for _, y in points], label=f"ppl {outcome}", marker=marker)
+                plot([x for x, _ in points], [y for _, y in points], label=f"{LABELS[measure]} {outcome}", marker=marker)
         if records:
             plt.plot([r.index for r in records], [100 * r.sparsity for r in records], label="global % (right)",
                      marker="dot", yside="right")
