@@ -1,5 +1,6 @@
 """Engine on the tiny random Llama: incremental re-pruning, idempotence, cancel, allocation, statistics."""
 
+import dataclasses
 import threading
 
 import pytest
@@ -8,6 +9,7 @@ import torch
 from tests.conftest import make_engine
 from workbench.domain.plan import Plan
 from workbench.engine.capture import add_upper_gram, symmetric_from_upper
+from workbench.engine.planner import Planner
 from workbench.infra.errors import Cancelled, WorkbenchError
 
 
@@ -174,6 +176,24 @@ def test_invalid_plans_are_refused_before_any_change(engine, plan, where):
         engine.apply(plan)
     assert err.value.where == where
     assert all(torch.equal(w, before[n]) for n, w in weights(engine).items())
+
+
+@pytest.mark.parametrize("plan", [Plan(sparsity=0.5), Plan(allocator="owl", sparsity=0.5), Plan(pattern="2:4")])
+def test_each_prune_and_apply_checks_the_plan_once(engine, monkeypatch, plan):
+    checked = []
+    check = Planner.check
+    monkeypatch.setattr(Planner, "check", lambda self, p: checked.append(p) or check(self, p))
+    engine.apply(plan)  # no statistics yet: a full prune
+    assert checked == [plan]
+    edited = dataclasses.replace(plan, sparsity=0.6) if plan.pattern is None else Plan(pattern="1:4")
+    engine.apply(edited)  # incremental
+    engine.prune(plan)
+    assert checked == [plan, edited, plan]
+    once = engine.check_plan(plan)  # a checked plan is not checked again
+    engine.prepare(once)
+    engine.allocate(once)
+    engine.apply(once)
+    assert checked == [plan, edited, plan, plan] and engine.plan is plan
 
 
 def test_nm_pattern_on_whole_model(engine):

@@ -257,7 +257,7 @@ def test_gguf_cache_of_a_tiny_model_is_checked_and_rebuilt(tiny_model_dir, tmp_p
     gguf = tmp_path / "tiny.gguf"
     gguf.write_bytes(b"GGUF stand-in")
     first = load_model(str(gguf), device="cpu")
-    target = model_module._gguf_cache_dir(gguf)
+    (target,) = [p for p in (model_cache.cache_root() / "models").iterdir() if p.is_dir()]
     assert len(conversions) == 1 and cache_problem(target) is None
     weights = target / "model.safetensors"
     data = weights.read_bytes()
@@ -274,18 +274,19 @@ def test_gguf_cache_of_a_tiny_model_is_checked_and_rebuilt(tiny_model_dir, tmp_p
 
 
 # ----- Ctrl-C during a headless prune -------------------------------------------------------------
-# The child of the SIGINT test: every block's pruning waits 0.5 s first, so the signal sent once
-# calibration shows on the progress line lands inside calibration on a machine of any speed (a fast one
-# once finished the whole run before the signal arrived).
+# The child of the SIGINT test registers the method "slow-wanda" (Wanda, each linear's pruning waiting
+# 0.5 s first) and prunes with it, so the signal sent once calibration shows on the progress line lands
+# inside calibration on a machine of any speed (a fast one once finished the whole run before the signal
+# arrived).
 SLOW_CALIBRATION = """
-import signal, sys, time
+import dataclasses, signal, sys, time
 signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job's child inherits SIGINT ignored
-import workbench.engine.facade as engine
-units = engine._prune_units
-def slow(*args):
+from workbench.methods import METHODS
+wanda = METHODS.get("wanda")
+def slow(*args, **kwargs):
     time.sleep(0.5)
-    return units(*args)
-engine._prune_units = slow
+    return wanda.prune(*args, **kwargs)
+METHODS.add(dataclasses.replace(wanda, name="slow-wanda", prune=slow))
 from workbench.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -293,7 +294,7 @@ sys.exit(main(sys.argv[1:]))
 
 def test_sigint_during_calibration_exits_130_and_writes_nothing(tiny_model_dir, tmp_path):
     """A real SIGINT once calibration has started (seen on the progress line, which needs a terminal:
-    stderr is a pty); each block takes at least 0.5 s (SLOW_CALIBRATION)."""
+    stderr is a pty); each linear takes at least 0.5 s to prune (SLOW_CALIBRATION)."""
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
     out = tmp_path / "out"
@@ -301,8 +302,8 @@ def test_sigint_during_calibration_exits_130_and_writes_nothing(tiny_model_dir, 
     env = {**os.environ, "TMPDIR": str(tmpdir)}
     master, slave = pty.openpty()
     proc = subprocess.Popen(
-        [sys.executable, "-c", SLOW_CALIBRATION, "prune", "--model", str(tiny_model_dir), "--samples", "64",
-         "--seqlen", "256", "--probes", "", "--save-session", str(out / "s.toml"), "--save-masks",
+        [sys.executable, "-c", SLOW_CALIBRATION, "prune", "--model", str(tiny_model_dir), "--method", "slow-wanda",
+         "--samples", "64", "--seqlen", "256", "--probes", "", "--save-session", str(out / "s.toml"), "--save-masks",
          "--export", str(out / "export")],
         stdout=subprocess.PIPE, stderr=slave, env=env)
     os.close(slave)

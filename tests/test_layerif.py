@@ -268,7 +268,8 @@ def test_cancelled_prepare_keeps_nothing():
 
     with pytest.raises(Cancelled):
         engine.prepare(_plan(), cancel=cancel)
-    assert engine.signals.influence_if_computed() is None and not engine.signals._grams
+    spec = engine.planner.influence_spec(engine.check_plan(_plan()))
+    assert engine.signals.influence_if_computed() is None and engine.signals.influence_scores(spec) is None
     with pytest.raises(Cancelled):
         engine.prune(_plan(), cancel=cancel)
     assert engine.plan is None and not engine.bank.assignments()

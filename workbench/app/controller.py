@@ -61,7 +61,62 @@ class Landing:
     prune: PruneJob | None = None
 
 
-class Controller:
+class CompareVariants:
+    """The Compare screen's variants: those measured (`comparison`, with its results) and those queued
+    (`queued`, not measured yet). Changing the comparison leaves unsaved edits (`dirty`)."""
+
+    comparison: Comparison | None
+    queued: list[tuple[str, Plan]]
+    dirty: bool
+
+    @property
+    def columns(self) -> list[tuple[str, Plan, VariantResult | None]]:
+        """The Compare screen's variants: (name, plan, result) of the measured ones, then the queued ones
+        (result None)."""
+        measured = [(r.name, r.plan, r) for r in self.comparison.results] if self.comparison else []
+        return measured + [(name, plan, None) for name, plan in self.queued]
+
+    def add_variant(self, name: str, plan: Plan) -> str:
+        """Queue a variant; `name` gets a number when it is taken ("owl 2"). Returns the name given."""
+        taken = {column[0] for column in self.columns}
+        unique, n = name, 1
+        while unique in taken:
+            n += 1
+            unique = f"{name} {n}"
+        self.queued.append((unique, plan))
+        return unique
+
+    def remove_variant(self, name: str) -> None:
+        """Drop a variant, queued or measured (with its results)."""
+        self.queued = [(n, p) for n, p in self.queued if n != name]
+        if self.comparison is not None and any(r.name == name for r in self.comparison.results):
+            self.comparison = dataclasses.replace(
+                self.comparison, results=[r for r in self.comparison.results if r.name != name])
+            self.dirty = True
+
+    def compared(self, comparison: Comparison) -> None:
+        """Results of a comparison run (or what finished before a cancel): they join the comparison shown
+        (replacing results of the same name), and the variants measured leave the queue."""
+        names = {r.name for r in comparison.results}
+        self.queued = [(n, p) for n, p in self.queued if n not in names]
+        old = self.comparison
+        if old is not None:
+            dense = {p.name: p for p in old.dense + comparison.dense}
+            comparison = dataclasses.replace(
+                comparison, probes=old.probes + [p for p in comparison.probes if p not in old.probes],
+                dense=list(dense.values()), results=[r for r in old.results if r.name not in names] + comparison.results,
+                outlier_ratios=comparison.outlier_ratios or old.outlier_ratios)
+        self.comparison = comparison
+        self.dirty = True
+
+    def variant(self, name: str) -> tuple[Plan, str] | None:
+        """The edit of making a measured variant the current plan; None for a queued one."""
+        if self.comparison is None or not any(r.name == name for r in self.comparison.results):
+            return None
+        return self.comparison.result(name).plan, f"variant {name}"
+
+
+class Controller(CompareVariants):
     """The plan, its edit history and what the engine has made of it; see the module docstring."""
 
     def __init__(self, running: Running = lambda *groups: False) -> None:
@@ -242,7 +297,7 @@ class Controller:
         """Whether the probe results shown were measured before the last edit."""
         return self.probes_plan != self.plan
 
-    # ----- comparisons, sensitivity scans and agent runs -----------------------------------------------
+    # ----- lending the engine: comparisons, sensitivity scans and agent runs -----------------------------------------------
     def lend(self, what: str, restore: Plan | None) -> None:
         """A comparison, a sensitivity scan or an agent run (`what`) takes the engine. `restore`: the plan to
         calibrate with afterwards, since the engine comes back holding statistics of its own (None: it comes
@@ -269,52 +324,6 @@ class Controller:
             return Landing(False, prune=PruneJob(self.plan))
         follow_ups, self._follow_ups = self._follow_ups, []
         return Landing(True, follow_ups)
-
-    @property
-    def columns(self) -> list[tuple[str, Plan, VariantResult | None]]:
-        """The Compare screen's variants: (name, plan, result) of the measured ones, then the queued ones
-        (result None)."""
-        measured = [(r.name, r.plan, r) for r in self.comparison.results] if self.comparison else []
-        return measured + [(name, plan, None) for name, plan in self.queued]
-
-    def add_variant(self, name: str, plan: Plan) -> str:
-        """Queue a variant; `name` gets a number when it is taken ("owl 2"). Returns the name given."""
-        taken = {column[0] for column in self.columns}
-        unique, n = name, 1
-        while unique in taken:
-            n += 1
-            unique = f"{name} {n}"
-        self.queued.append((unique, plan))
-        return unique
-
-    def remove_variant(self, name: str) -> None:
-        """Drop a variant, queued or measured (with its results)."""
-        self.queued = [(n, p) for n, p in self.queued if n != name]
-        if self.comparison is not None and any(r.name == name for r in self.comparison.results):
-            self.comparison = dataclasses.replace(
-                self.comparison, results=[r for r in self.comparison.results if r.name != name])
-            self.dirty = True
-
-    def compared(self, comparison: Comparison) -> None:
-        """Results of a comparison run (or what finished before a cancel): they join the comparison shown
-        (replacing results of the same name), and the variants measured leave the queue."""
-        names = {r.name for r in comparison.results}
-        self.queued = [(n, p) for n, p in self.queued if n not in names]
-        old = self.comparison
-        if old is not None:
-            dense = {p.name: p for p in old.dense + comparison.dense}
-            comparison = dataclasses.replace(
-                comparison, probes=old.probes + [p for p in comparison.probes if p not in old.probes],
-                dense=list(dense.values()), results=[r for r in old.results if r.name not in names] + comparison.results,
-                outlier_ratios=comparison.outlier_ratios or old.outlier_ratios)
-        self.comparison = comparison
-        self.dirty = True
-
-    def variant(self, name: str) -> tuple[Plan, str] | None:
-        """The edit of making a measured variant the current plan; None for a queued one."""
-        if self.comparison is None or not any(r.name == name for r in self.comparison.results):
-            return None
-        return self.comparison.result(name).plan, f"variant {name}"
 
     def scanned(self, sensitivity: Sensitivity) -> None:
         """A sensitivity scan finished."""

@@ -8,7 +8,9 @@ from any thread:
 - `CalibrationCache` (workbench.engine.calibration): token windows, the committed statistics of the last full
   prune, the dense model's statistics, Hessians spilled to disk.
 - `BlockSignals` (workbench.engine.signals): per-block signals (outlier ratios, influence scores), computed lazily and cached.
-- `Planner` (workbench.engine.planner): a plan checked and turned into per-linear assignments.
+- `Planner` (workbench.engine.planner): a plan checked once (a `CheckedPlan`) and turned into per-linear
+  assignments. Every public call takes a plan or a checked one (`check_plan`), and checks a plan once.
+- `Pruner` (workbench.engine.pruning): the full and the incremental prune.
 - `read_state` (workbench.engine.state): the read model.
 
 Re-pruning is therefore idempotent and free of cumulative damage, and a session (calibration spec +
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
 import os
 import threading
 import time
@@ -34,18 +35,17 @@ from typing import Callable, Iterator
 
 import torch
 
-from workbench.allocators import ALLOCATORS, DENSE_STATISTICS, GRADIENTS, SEARCH
-from workbench.domain.plan import DROP_BY, MODES, CalibrationSpec, Plan, Structure
-from workbench.engine.calibration import LEADER, CalibrationCache
-from workbench.engine.capture import BlockStats, release_freed_memory
+from workbench.allocators import DENSE_STATISTICS, GRADIENTS, SEARCH
+from workbench.domain.plan import DROP_BY, MODES, CalibrationSpec, Plan
+from workbench.engine.calibration import CalibrationCache
 from workbench.engine.masks import MaskFingerprint, StoredMask
-from workbench.engine.planner import Planner
+from workbench.engine.planner import CheckedPlan, Planner
+from workbench.engine.pruning import Cancel, Progress, Pruner
 from workbench.engine.signals import BlockSignals
 from workbench.engine.state import EngineState, read_state
-from workbench.engine.weights import Assignment, WeightBank
-from workbench.infra.errors import Cancelled, WorkbenchError
+from workbench.engine.weights import WeightBank
+from workbench.infra.errors import WorkbenchError
 from workbench.infra.memory import configure_allocator
-from workbench.methods import METHODS
 from workbench.model.layout import find_linears, LinearRef
 from workbench.model.loader import load_model, Loaded
 from workbench.probes import DenseTopK, ProbeContext, ProbeResult, run_probes
@@ -54,9 +54,6 @@ from workbench.structured.depth import DepthStatistics, drop_by_angular, drop_by
 from workbench.structured.depth import collect as collect_depth
 from workbench.structured.shaper import Shaper
 
-Progress = Callable[[str, float], None]
-Cancel = Callable[[], bool]
-
 
 @dataclass
 class Report:
@@ -64,19 +61,6 @@ class Report:
 
     seconds: float
     linears_pruned: int
-
-
-def _prune_units(refs: list[LinearRef], assigned: dict[str, Assignment]) -> list[list[LinearRef]]:
-    """What is pruned (and cancellable) as one: for a method with `prune_group`, the consecutive linears
-    of `refs` that read the same input (same block, same group leader); otherwise one linear each."""
-    groups = []
-    for _, group in itertools.groupby(refs, key=lambda r: (r.block, LEADER[r.kind], assigned[r.name].method)):
-        group = list(group)
-        if METHODS.get(assigned[group[0].name].method).prune_group is None:
-            groups.extend([r] for r in group)
-        else:
-            groups.append(group)
-    return groups
 
 
 def _locked(method):
@@ -106,11 +90,22 @@ class Engine:
         self.statistics = CalibrationCache(loaded, self.calibration, self.dense_weights)
         self.signals = BlockSignals(self.linears, self.bank, self.statistics)
         self.planner = Planner(self.linears, self.calibration, self.signals, self.shaper)
+        self.pruner = Pruner(self.linears, self.bank, self.statistics, self.shaper, self.planner)
         self._lock = threading.RLock()
-        self.plan: Plan | None = None
-        self.calibrated_with: Plan | None = None
+        self.held: CheckedPlan | None = None  # the plan the model is pruned to now
+        self.calibrated: CheckedPlan | None = None  # the plan of the last full prune (the committed statistics)
         self.dense_probes: dict[str, ProbeResult] = {}
         self.dense_topks: list[DenseTopK] = []  # the kl probe's dense reference, one per window set (quick, full)
+
+    @property
+    def plan(self) -> Plan | None:
+        """The plan the model is pruned to now (None: dense)."""
+        return self.held.plan if self.held else None
+
+    @property
+    def calibrated_with(self) -> Plan | None:
+        """The plan of the last full prune, which the committed statistics were captured under."""
+        return self.calibrated.plan if self.calibrated else None
 
     # ----- construction -------------------------------------------------------------------------
     @classmethod
@@ -134,39 +129,46 @@ class Engine:
         return self.planner.block_numels()
 
     @_locked
-    def check_plan(self, plan: Plan):
-        """Refuse an invalid plan with a one-line error naming the key; return its method."""
-        return self.planner.check(plan)
+    def check_plan(self, plan: Plan | CheckedPlan) -> CheckedPlan:
+        """Refuse an invalid plan with a one-line error naming the key; return it checked. Every call below
+        takes a plan or a checked one, and checks a plan once; give it the checked plan to check none."""
+        return plan if isinstance(plan, CheckedPlan) else self.planner.check(plan)
 
     @_locked
-    def prepare(self, plan: Plan, progress: Progress | None = None, cancel: Cancel | None = None) -> None:
+    def prepare(self, plan: Plan | CheckedPlan, progress: Progress | None = None,
+                cancel: Cancel | None = None) -> CheckedPlan:
         """Compute (once) what the plan's allocator reads before it can allocate, e.g. the dense model's
         statistics; a no-op when they are cached or not needed. A searching allocator (the agent) whose
         params lack recorded decisions runs its search on this engine and records them in
-        `plan.allocator_params`, so the plan is self-contained afterwards."""
-        self.planner.check(plan)
-        needs = self.planner.needs(plan)
-        if self.planner.needs_dense_statistics(plan) and self.statistics.dense is None:
+        `plan.allocator_params`, so the plan is self-contained afterwards. Returns the plan checked (checked
+        again when the search changed it)."""
+        checked = self.check_plan(plan)
+        needs = self.planner.needs(checked)
+        if self.planner.needs_dense_statistics(checked) and self.statistics.dense is None:
             if progress:
-                progress(f"{plan.allocator if DENSE_STATISTICS in needs else 'width'}: statistics of the dense model", 0.0)
+                progress(f"{checked.allocator.name if DENSE_STATISTICS in needs else 'width'}: statistics of the dense model", 0.0)
             self.statistics.dense_statistics(progress, cancel)
         if GRADIENTS in needs:
-            spec = self.planner.influence_spec(plan)
+            spec = self.planner.influence_spec(checked)
             if progress and self.signals.influence_if_computed(spec) is None:
-                progress(f"{plan.allocator}: influence scores from gradients of the dense model", 0.0)
+                progress(f"{checked.allocator.name}: influence scores from gradients of the dense model", 0.0)
             self.signals.influence(spec, progress, cancel)
         if SEARCH in needs:
-            ALLOCATORS.get(plan.allocator).search(self, plan, progress, cancel)
+            recorded = dict(checked.plan.allocator_params)
+            checked.allocator.search(self, checked.plan, progress, cancel)
+            if checked.plan.allocator_params != recorded:
+                checked = self.planner.check(checked.plan)
+        return checked
 
     @_locked
-    def allocate(self, plan: Plan) -> dict[str, float]:
+    def allocate(self, plan: Plan | CheckedPlan) -> dict[str, float]:
         """Per-linear target sparsity for `plan` (allocator, then block and linear overrides)."""
-        return self.planner.allocate(plan)
+        return self.planner.allocate(self.check_plan(plan))
 
     @_locked
-    def block_targets(self, plan: Plan) -> list[float]:
+    def block_targets(self, plan: Plan | CheckedPlan) -> list[float]:
         """Parameter-weighted target of each block under `plan`."""
-        return self.planner.block_targets(plan)
+        return self.planner.block_targets(self.check_plan(plan))
 
     # ----- statistics ---------------------------------------------------------------------------
     @_locked
@@ -207,95 +209,44 @@ class Engine:
 
     # ----- pruning ------------------------------------------------------------------------------
     @_locked
-    def prune(self, plan: Plan, progress: Progress | None = None, cancel: Cancel | None = None) -> Report:
+    def prune(self, plan: Plan | CheckedPlan, progress: Progress | None = None, cancel: Cancel | None = None) -> Report:
         """Full calibration-aware prune: capture statistics block by block (sequential: from the blocks
         before, as pruned; one-pass: from the dense model) and prune each block as its statistics land."""
         start = time.perf_counter()
-        method = self.planner.check(plan)
-        self.prepare(plan, progress, cancel)
-        old_stats, old_assigned, old_structure = self.statistics.committed, self.bank.assignments(), self.shaper.current
-        touched: list[str] = self.shaper.apply(plan.structure, self._down_norms)
-        dropped = [r.name for i in self.shaper.depth.dropped for r in self.linears[i]]
-        self.bank.restore(dropped, {}, None)  # a dropped block is dense, so bringing it back is exact
-        touched += dropped
-        assigned = self.planner.assignments(plan)
-        active = self.shaper.depth.active  # capture numbers the blocks that run; these are their numbers
-
-        def to_dense(position: int) -> None:
-            touched.extend(ref.name for ref in self.linears[active[position]] if self.bank.to_dense(ref))
-
-        def prune_block(position: int, block_stats: BlockStats) -> None:
-            for group in _prune_units(self.linears[active[position]], assigned):
-                if cancel is not None and cancel():
-                    raise Cancelled()
-                touched.extend(r.name for r in group)
-                self.bank.prune_group(group, self.statistics.hessians.linear(group[0].kind, block_stats), assigned)
-
-        try:
-            captured = self.statistics.capture(method.needs_hessian or bool(self.calibration.hessian), to_dense,
-                                               prune_block, progress, cancel)
-        except BaseException:
-            touched += self.shaper.apply(old_structure, self._down_norms)
-            self.bank.restore(dict.fromkeys(touched), old_assigned,
-                              (lambda ref: self.statistics.linear(ref, old_stats)) if old_stats else None)
-            raise
-        stats: list[BlockStats | None] = [None] * len(self.linears)
-        for position, block_stats in zip(active, captured):
-            stats[position] = block_stats
-        self.statistics.commit(stats)
-        self.plan = plan
-        self.calibrated_with = plan
+        checked = self.prepare(plan, progress, cancel)
+        self.pruner.full(checked, checked.method.needs_hessian or bool(self.calibration.hessian), progress, cancel)
+        self.held = self.calibrated = checked
         return Report(seconds=time.perf_counter() - start, linears_pruned=len(self.refs))
 
-    def _down_norms(self, block: int) -> torch.Tensor | None:
-        """down_proj's input channel norms in the dense model (for the data-aware width score)."""
-        dense = self.statistics.dense
-        return None if dense is None else dense[block][LEADER["down"]].sq_norm
-
     @_locked
-    def needs_full_prune(self, plan: Plan) -> bool:
+    def needs_full_prune(self, plan: Plan | CheckedPlan) -> bool:
         """Whether `apply(plan)` must run a full `prune`: no statistics cached yet, another structure (width
         or depth), or the plan's method needs a Hessian that was not captured."""
-        if self.statistics.committed is None or self.calibrated_with is None or plan.structure != self.shaper.current:
+        checked = self.check_plan(plan)
+        if self.statistics.committed is None or self.calibrated is None or checked.plan.structure != self.shaper.current:
             return True
-        return METHODS.get(plan.method).needs_hessian and not self.statistics.has_hessian()
+        return checked.method.needs_hessian and not self.statistics.has_hessian()
 
     @_locked
-    def apply(self, plan: Plan, progress: Progress | None = None, cancel: Cancel | None = None) -> Report:
+    def apply(self, plan: Plan | CheckedPlan, progress: Progress | None = None, cancel: Cancel | None = None) -> Report:
         """Incremental prune from cached statistics: only linears whose assignment changed are redone.
-        Falls back to a full `prune` when there are no statistics yet or the method needs a Hessian
-        that was not captured."""
-        self.planner.check(plan)
-        if self.needs_full_prune(plan):
-            return self.prune(plan, progress, cancel)
+        Cancellable between linears; each linear is replaced in one step. Falls back to a full `prune`
+        when there are no statistics yet or the method needs a Hessian that was not captured."""
+        checked = self.check_plan(plan)
+        if self.needs_full_prune(checked):
+            return self.prune(checked, progress, cancel)
         start = time.perf_counter()
-        self.prepare(plan, progress, cancel)
-        assigned = self.planner.assignments(plan)
-        dropped = self.shaper.depth.dropped
-        todo = [ref for ref in self.refs.values()
-                if ref.block not in dropped and self.bank.assignment(ref.name) != assigned[ref.name]]
-        done = 0
-        for group in _prune_units(todo, assigned):
-            if cancel is not None and cancel():
-                raise Cancelled()
-            if progress:
-                progress(f"pruning {', '.join(r.name for r in group)}", done / len(todo))
-            self.bank.prune_group(group, self.statistics.linear(group[0]), assigned)
-            done += len(group)
-        if todo:
-            release_freed_memory()
-        if progress:
-            progress("pruned", 1.0)
-        self.plan = plan
-        return Report(seconds=time.perf_counter() - start, linears_pruned=len(todo))
+        checked = self.prepare(checked, progress, cancel)
+        pruned = self.pruner.incremental(checked, progress, cancel)
+        self.held = checked
+        return Report(seconds=time.perf_counter() - start, linears_pruned=pruned)
 
     @_locked
     def restore_dense(self) -> None:
         """Every linear back to its dense weight, every block at full width and in the forward pass
         (statistics stay cached)."""
-        self.shaper.apply(Structure(), self._down_norms)
-        self.bank.restore(list(self.bank.assignments()), {}, None)
-        self.plan = None
+        self.pruner.restore_dense()
+        self.held = None
 
     @contextlib.contextmanager
     def dense_weights(self) -> Iterator[None]:
@@ -309,7 +260,7 @@ class Engine:
     def state(self) -> EngineState:
         """A snapshot of every block and linear as plain dataclasses."""
         return read_state(self.loaded.spec, self.plan, self.linears, self.bank, self.statistics, self.signals,
-                          self.shaper, self.planner.outlier_M(self.plan))
+                          self.shaper, self.planner.outlier_M(self.held))
 
     @_locked
     def histogram(self, name: str, bins: int = 40) -> tuple[list[float], list[int], list[int]]:

@@ -1,16 +1,31 @@
-"""The planner: checks a plan against the model and turns it into per-linear targets and assignments
-(allocator, then per-block and per-linear overrides; an N:M pattern fixes every target)."""
+"""The planner: checks a plan against the model once (a `CheckedPlan`) and turns it into per-linear targets
+and assignments (allocator, then per-block and per-linear overrides; an N:M pattern fixes every target)."""
 
 from __future__ import annotations
 
-from workbench.allocators import ALLOCATORS, DEFAULT_M, DENSE_STATISTICS, AllocationContext, InfluenceSpec
+from dataclasses import dataclass
+
+from workbench.allocators import ALLOCATORS, DEFAULT_M, DENSE_STATISTICS, AllocationContext, Allocator, InfluenceSpec
 from workbench.domain.plan import CalibrationSpec, Plan, check_fraction, weighted_mean
 from workbench.engine.signals import BlockSignals
 from workbench.engine.weights import Assignment
 from workbench.infra.errors import WorkbenchError
-from workbench.methods import METHODS, Method, parse_pattern
+from workbench.methods import METHODS, Method, Pattern, parse_pattern
 from workbench.model.layout import LinearRef
 from workbench.structured.shaper import Shaper
+
+
+@dataclass(frozen=True)
+class CheckedPlan:
+    """A plan that passed `Planner.check`: its method and allocator resolved, their params completed with
+    defaults, its N:M pattern parsed. The planner reads these instead of checking the plan again."""
+
+    plan: Plan
+    method: Method
+    method_params: dict
+    allocator: Allocator
+    allocator_params: dict
+    pattern: Pattern | None
 
 
 class Planner:
@@ -28,11 +43,12 @@ class Planner:
         dropped = set(plan.structure.drop_blocks) if plan is not None else set(self.shaper.depth.dropped)
         return [0 if i in dropped else sum(r.numel for r in block) for i, block in enumerate(self.linears)]
 
-    def check(self, plan: Plan) -> Method:
-        """Refuse an invalid plan with a one-line error naming the key; return its method."""
+    def check(self, plan: Plan) -> CheckedPlan:
+        """Refuse an invalid plan with a one-line error naming the key; return it checked."""
         method = METHODS.get(plan.method, where="method")
-        method.params(plan.method_params, where="method_params")
-        ALLOCATORS.get(plan.allocator, where="allocator").params(plan.allocator_params, where="allocator_params")
+        method_params = method.params(plan.method_params, where="method_params")
+        allocator = ALLOCATORS.get(plan.allocator, where="allocator")
+        allocator_params = allocator.params(plan.allocator_params, where="allocator_params")
         check_fraction(plan.sparsity, "sparsity")
         pattern = parse_pattern(plan.pattern)
         if pattern is not None and (plan.block_overrides or plan.linear_overrides):
@@ -48,55 +64,52 @@ class Planner:
         self.shaper.check(plan.structure)
         if self.calibration.hessian is False and method.needs_hessian:
             raise WorkbenchError("calibration.hessian", f"method {method.name} needs the Hessian; set hessian = true or leave it unset")
-        return method
+        return CheckedPlan(plan, method, method_params, allocator, allocator_params, pattern)
 
-    def needs(self, plan: Plan) -> frozenset[str]:
+    def needs(self, checked: CheckedPlan) -> frozenset[str]:
         """What the plan's allocator reads (see `workbench.allocators.NEEDS`); nothing under a pattern."""
-        return frozenset() if plan.pattern else ALLOCATORS.get(plan.allocator).needs
+        return frozenset() if checked.pattern else checked.allocator.needs
 
-    def allocate(self, plan: Plan) -> dict[str, float]:
-        """Per-linear target sparsity for `plan` (allocator, then block and linear overrides)."""
-        self.check(plan)
-        pattern = parse_pattern(plan.pattern)
-        if pattern is not None:
-            return {name: pattern.sparsity for name in self.refs}
-        allocator = ALLOCATORS.get(plan.allocator)
+    def allocate(self, checked: CheckedPlan) -> dict[str, float]:
+        """Per-linear target sparsity (allocator, then block and linear overrides)."""
+        plan = checked.plan
+        if checked.pattern is not None:
+            return {name: checked.pattern.sparsity for name in self.refs}
         ctx = AllocationContext(block_numels=self.block_numels(plan),
                                 outlier_ratios=lambda M: self.signals.outlier_ratios(M, dense=True)[0],
                                 influence=self.signals.influence)
-        per_block = allocator.allocate(ctx, plan.sparsity, **allocator.params(plan.allocator_params))
+        per_block = checked.allocator.allocate(ctx, plan.sparsity, **checked.allocator_params)
         for block, value in plan.block_overrides.items():
             per_block[block] = value
         targets = {ref.name: per_block[ref.block] for ref in self.refs.values()}
         targets.update(plan.linear_overrides)
         return targets
 
-    def block_targets(self, plan: Plan, targets: dict[str, float] | None = None) -> list[float]:
-        """Parameter-weighted target of each block under `plan` (or of the given per-linear `targets`)."""
-        targets = self.allocate(plan) if targets is None else targets
+    def block_targets(self, checked: CheckedPlan, targets: dict[str, float] | None = None) -> list[float]:
+        """Parameter-weighted target of each block (of the given per-linear `targets`, else the plan's)."""
+        targets = self.allocate(checked) if targets is None else targets
         return [weighted_mean((targets[r.name] for r in block), (r.numel for r in block)) for block in self.linears]
 
-    def needs_dense_statistics(self, plan: Plan) -> bool:
+    def needs_dense_statistics(self, checked: CheckedPlan) -> bool:
         """Whether the plan reads the dense model's statistics: its allocator, or a data-aware width score."""
-        return DENSE_STATISTICS in self.needs(plan) or (
-            plan.structure.width_score == "data" and bool(self.shaper.widths(plan.structure)))
+        structure = checked.plan.structure
+        return DENSE_STATISTICS in self.needs(checked) or (
+            structure.width_score == "data" and bool(self.shaper.widths(structure)))
 
-    def assignments(self, plan: Plan) -> dict[str, Assignment]:
-        """What every linear is pruned with under `plan`."""
-        method = self.check(plan)
-        params = tuple(sorted(method.params(plan.method_params).items()))
-        pattern = parse_pattern(plan.pattern)
-        return {name: Assignment(method.name, params, round(target, 9), str(pattern) if pattern else None)
-                for name, target in self.allocate(plan).items()}
+    def assignments(self, checked: CheckedPlan) -> dict[str, Assignment]:
+        """What every linear is pruned with under the plan."""
+        params = tuple(sorted(checked.method_params.items()))
+        pattern = str(checked.pattern) if checked.pattern else None
+        return {name: Assignment(checked.method.name, params, round(target, 9), pattern)
+                for name, target in self.allocate(checked).items()}
 
-    def outlier_M(self, plan: Plan | None) -> float:
+    def outlier_M(self, checked: CheckedPlan | None) -> float:
         """The M of the outlier ratios to show: the plan's allocator's, else the default."""
-        if plan is None:
+        if checked is None or checked.allocator.outlier_M is None:
             return DEFAULT_M
-        allocator = ALLOCATORS.get(plan.allocator)
-        return allocator.outlier_M(allocator.params(plan.allocator_params)) if allocator.outlier_M else DEFAULT_M
+        return checked.allocator.outlier_M(checked.allocator_params)
 
-    def influence_spec(self, plan: Plan) -> InfluenceSpec | None:
+    def influence_spec(self, checked: CheckedPlan) -> InfluenceSpec | None:
         """The influence scores the plan's allocator reads, or None."""
-        allocator = ALLOCATORS.get(plan.allocator)
-        return allocator.influence(allocator.params(plan.allocator_params)) if allocator.influence else None
+        allocator = checked.allocator
+        return allocator.influence(checked.allocator_params) if allocator.influence else None

@@ -51,10 +51,11 @@ def prune(job: Job, spec: PruneJob) -> Pruned | NeedsFullPrune | None:
     engine, plan = job.engine, spec.plan
     if job.cancelled():
         return None
-    if not spec.full and engine.needs_full_prune(plan):
+    checked = engine.check_plan(plan)  # once: the calls below take it checked
+    if not spec.full and engine.needs_full_prune(checked):
         return NeedsFullPrune(plan)
-    engine.prepare(plan, progress=job.progress, cancel=job.cancelled)
-    targets = engine.allocate(plan)
+    checked = engine.prepare(checked, progress=job.progress, cancel=job.cancelled)
+    targets = engine.allocate(checked)
     job.state(Pruned(engine.state(), plan, targets, final=False, full=False))
     last = time.monotonic()
 
@@ -67,7 +68,7 @@ def prune(job: Job, spec: PruneJob) -> Pruned | NeedsFullPrune | None:
 
     if spec.full:
         engine.prune(spec.calibrate, progress, job.cancelled)
-    engine.apply(plan, progress, job.cancelled)
+    engine.apply(checked, progress, job.cancelled)
     return Pruned(engine.state(), plan, targets, final=True, full=spec.full)
 
 
