@@ -73,7 +73,7 @@ def test_max_steps_stops_short_and_the_allocator_rebalances_to_the_target():
 
 def test_a_harmful_step_is_rolled_back_to_the_checkpoint_and_avoided(monkeypatch):
     engine = make_engine()
-    run = _run(engine)
+    run = _run(engine, measure="perplexity")
     measured = iter([100.0, 150.0] + [100.0 + n for n in range(1, 50)])  # start, a +50% step, then mild steps
     _measured_by(monkeypatch, engine, measured)
     first = run.step()
@@ -89,7 +89,7 @@ def test_a_harmful_step_is_rolled_back_to_the_checkpoint_and_avoided(monkeypatch
 
 def test_no_accepted_step_in_a_row_stops_after_patience(monkeypatch):
     engine = make_engine()
-    run = _run(engine, patience=2)
+    run = _run(engine, patience=2, measure="perplexity")
     measured = iter([100.0] + [1000.0] * 10)
     _measured_by(monkeypatch, engine, measured)
     run.run()

@@ -97,7 +97,7 @@ def test_sensitivity_raises_one_block_at_a_time_and_leaves_the_plan():
     plan = Plan(sparsity=0.5)
     engine.prune(plan)
     before = engine.weights_digest()
-    result = scan(engine, plan, step=0.2, blocks=[0, 2])
+    result = scan(engine, plan, step=0.2, probe="perplexity", blocks=[0, 2])
     assert result.deltas[1] is None and result.deltas[3] is None
     assert engine.weights_digest() == before
     engine.apply(Plan(sparsity=0.5, block_overrides={2: 0.7}))

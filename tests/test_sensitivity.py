@@ -41,7 +41,7 @@ def test_a_raised_block_is_measured_without_running_the_blocks_before_it():
     calls = []
     handle = blocks_of(engine.loaded.model)[0].register_forward_hook(lambda *a: calls.append(1))
     try:
-        result = scan(engine, plan, step=0.2, blocks=[3])
+        result = scan(engine, plan, step=0.2, probe="perplexity", blocks=[3])
     finally:
         handle.remove()
     batches = len(calls)  # block 0 ran only while the inputs were kept, once per batch
@@ -54,7 +54,7 @@ def test_dropped_blocks_are_skipped_and_the_rest_map_to_running_positions():
     engine = make_engine()
     plan = dataclasses.replace(Plan(sparsity=0.3), structure=Structure(drop_blocks=[1]))
     engine.prune(plan)
-    result = scan(engine, plan, step=0.2)
+    result = scan(engine, plan, step=0.2, probe="perplexity")
     assert result.deltas[1] is None and all(d is not None for i, d in enumerate(result.deltas) if i != 1)
     engine.apply(raised(plan, 2, 0.2, engine.block_targets(plan)[2]))
     assert result.deltas[2] == pytest.approx(engine.probe(["perplexity"])[0].score - result.base, rel=1e-6)

@@ -31,7 +31,7 @@ async def until(pilot, condition, timeout: float = 60.0) -> None:
 
 
 class Gate:
-    """An engine factory whose perplexity probes each wait for a permit (the agent measures one per step,
+    """An engine factory whose quick probes each wait for a permit (the agent measures one per step,
     one at its start and one when it stops short), so a test decides when each step may end."""
 
     def __init__(self):
@@ -130,7 +130,7 @@ async def test_stop_ends_a_paused_run_and_use_stops_a_running_one(gated, make_ap
         run = controller.agent_run
         await until(pilot, lambda: run.done and not controller.lent)
         assert run.stop_reason == "stopped" and run.final_score is not None and len(run.records) == 2
-        assert "stopped: stopped, ppl" in str(app.screen.query_one("#agent-status").render())
+        assert "stopped: stopped, KL" in str(app.screen.query_one("#agent-status").render())
         await settle(pilot)
         assert controller.plan == Plan() and consistent(app)
         gate.permits = threading.Semaphore(0)

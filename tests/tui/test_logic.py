@@ -303,11 +303,11 @@ def test_agent_settings_are_typed_in_percent_and_checked():
     form = edits.AgentForm("builtin", None, 0.025, 40, 0.1, "", "")
     texts = {key: text for key, text, _ in edits.agent_fields(form, 0.6)}
     assert texts == {"policy": "builtin", "target": "60", "step": "2.5", "max_steps": "40", "rollback": "10",
-                     "measure": "perplexity", "url": "", "model": ""}
+                     "measure": "kl", "url": "", "model": ""}
     assert edits.parse_agent_form(texts, 0.6) == form  # the plan's target is followed
     assert edits.parse_agent_form({**texts, "target": "70", "max_steps": "3"}, 0.6).target == pytest.approx(0.7)
-    kl = edits.parse_agent_form({**texts, "measure": "kl"}, 0.6)
-    assert kl.settings().measure == "kl" and agent_settings_line(kl, 0.6).endswith("· measure kl")
+    ppl = edits.parse_agent_form({**texts, "measure": "perplexity"}, 0.6)
+    assert ppl.settings().measure == "perplexity" and agent_settings_line(ppl, 0.6).endswith("· measure perplexity")
     assert form.plan_for(Plan(sparsity=0.6, allocator="owl")).sparsity == 0.6
     assert form.settings().step == 0.025 and form.settings().llm.url == ""
     for bad, reason in (({"policy": "oracle"}, "policy: unknown"), ({"step": "0"}, "step: must be in"),

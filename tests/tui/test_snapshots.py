@@ -126,7 +126,7 @@ async def _agent_screen(pilot) -> None:
     """A paused run with hand-built steps, the built-in policy's default settings."""
     await settle(pilot)
     app = pilot.app
-    settings = AgentSettings()
+    settings = AgentSettings(measure="perplexity")  # the hand-built steps' values are perplexities
     run = AgentRun(app.engine, app.controller.plan, make_policy("builtin", settings), settings)
     run.records = hand_built_steps()
     app.controller.agent_run = run

@@ -9,8 +9,9 @@ recorded decisions, so it replays exactly.
 Each step: the policy sees the observation (`workbench.agent.observation`) and the history of past steps;
 it names blocks to raise, each by at most `step` (2.5 points, the issue's bound); the loop caps each
 target at MAX_SPARSITY and scales the last step down so the global (parameter-weighted) target lands
-exactly on the goal. It applies the raise and measures the quick probe named by `measure`: perplexity
-(default) or `kl`, the mean token KL(dense || pruned). When perplexity rises more than `rollback` (10%)
+exactly on the goal. It applies the raise and measures the quick probe named by `measure`: `kl`, the
+mean token KL(dense || pruned) (default: it ranks blocks more stably across calibration seeds, see
+`workbench.domain.signals`), or perplexity. When perplexity rises more than `rollback` (10%)
 over the checkpoint in that step (for KL: when exp of its rise in nats does, the same bound on the mean
 log-loss), or the value is not finite, the step is rolled back to the checkpoint; otherwise it is
 accepted and becomes the checkpoint. The paper publishes no threshold: 10% sits
@@ -36,10 +37,11 @@ from typing import Callable
 from workbench.agent.observation import observe_blocks
 from workbench.agent.policies import Policy
 from workbench.agent.policies.llm import LLMSettings
-from workbench.agent.record import (ACCEPTED, DEFAULTS, MEASURES, NO_ACTION, ROLLED_BACK, AgentLog, Observation, StepRecord,
+from workbench.agent.record import (ACCEPTED, DEFAULTS, NO_ACTION, ROLLED_BACK, AgentLog, Observation, StepRecord,
                                     change)
 from workbench.allocators import DEFAULT_M
 from workbench.domain.plan import MAX_SPARSITY, Plan, weighted_mean
+from workbench.domain.signals import SIGNALS
 from workbench.engine.facade import Engine
 from workbench.infra.errors import WorkbenchError
 
@@ -84,8 +86,8 @@ class AgentSettings:
         for name in ("max_steps", "patience", "gradient_samples"):
             if getattr(self, name) < 1:
                 raise WorkbenchError(name, f"must be >= 1, got {getattr(self, name)}")
-        if self.measure not in MEASURES:
-            raise WorkbenchError("measure", f"unknown measure {self.measure!r} (known: {', '.join(MEASURES)})")
+        if self.measure not in SIGNALS:
+            raise WorkbenchError("measure", f"unknown measure {self.measure!r} (known: {', '.join(SIGNALS)})")
         if self.llm.timeout <= 0 or self.llm.retries < 0:
             raise WorkbenchError("llm", "timeout must be > 0 and retries >= 0")
 
@@ -190,7 +192,7 @@ class AgentRun:
         self._seconds += record.seconds
         self.records.append(record)
         if progress:
-            progress(f"agent {record.line()}", self._progress())
+            progress(f"agent {record.line(self.settings.measure)}", self._progress())
         return record
 
     def run(self, progress: Progress | None = None, cancel: Cancel | None = None,

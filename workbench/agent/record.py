@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields
 
+from workbench.domain.signals import DEFAULT_SIGNAL, SIGNALS
 from workbench.infra.params import Param, defaults
 
 ACCEPTED = "accepted"
@@ -14,8 +15,6 @@ ROLLED_BACK = "rolled back"
 NO_ACTION = "no action"
 OUTCOMES = (ACCEPTED, ROLLED_BACK, NO_ACTION)
 EPS = 1e-8
-# What a step measures (a quick probe, lower is better): perplexity, or KL(dense || pruned) in nats.
-MEASURES = ("perplexity", "kl")
 LABELS = {"perplexity": "ppl", "kl": "KL"}
 # The agent allocator's parameters: the loop's settings and the recorded decisions (the policy's name is
 # checked against the policy registry by the allocator).
@@ -26,8 +25,8 @@ PARAMS = (
     Param("max_steps", 40, "the loop stops after this many steps", low=1, whole=True),
     Param("rollback", 0.1, "a step is rolled back when perplexity rises more than this share over the checkpoint "
                            "(kl: exp of its rise)", low=0, high=1, open_low=True, open_high=True),
-    Param("measure", "perplexity", "what each step measures: perplexity, or kl (mean token KL against the dense model)",
-          choices=MEASURES),
+    Param("measure", DEFAULT_SIGNAL, "what each step measures: kl (mean token KL against the dense model), or perplexity",
+          choices=SIGNALS),
     Param("start", None, "recorded: every block's target before the first step", recorded=True),
     Param("steps", (), "recorded: the accepted steps (blocks raised, by how much)", recorded=True),
 )
@@ -132,7 +131,7 @@ class StepRecord:
         data = legacy_renamed(data)
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
-    def line(self, measure: str = "perplexity") -> str:
+    def line(self, measure: str) -> str:
         """One line: "step 3: +2.5 on 4,7 -> ppl 31.2 (+3.1%) accepted, global 53.1%" ("KL 0.412" for kl)."""
         if not self.blocks:
             return f"step {self.index}: no action ({self.reason})"

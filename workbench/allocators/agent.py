@@ -8,7 +8,7 @@ an agent run (`workbench.agent`), and `allocate` replays them without any policy
     span = 0.1
     max_steps = 40
     rollback = 0.1
-    measure = "perplexity"    # or "kl"
+    measure = "kl"            # or "perplexity"
     start = 0.5               # every block's target before the first step
     [[plan.allocator_params.steps]]   # the accepted steps, in order
     blocks = [3, 7]

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from workbench.agent.record import ACCEPTED, LABELS, NO_ACTION, ROLLED_BACK
+from workbench.agent.record import DEFAULTS as AGENT_DEFAULTS
 
 LEVELS = "▁▂▃▄▅▆▇█"
 MAX_PERCENT = 99.0
@@ -425,7 +426,7 @@ def agent_settings_line(form, target: float) -> str:
     the model it asks)."""
     parts = ["Agent", form.policy, f"target {pct(target)}", f"step {100 * form.step:g} pts",
              f"max {form.max_steps} steps", f"rollback {pct(form.rollback, 0)}"]
-    if form.measure != "perplexity":
+    if form.measure != AGENT_DEFAULTS["measure"]:
         parts.append(f"measure {form.measure}")
     if form.asks_llm and form.model:
         parts.insert(2, form.model)

@@ -24,7 +24,7 @@ def add_agent_parser(subparsers) -> argparse.ArgumentParser:
     from workbench.agent.policies import POLICIES
     from workbench.agent.policies.llm import LLMSettings
 
-    from workbench.agent.record import MEASURES
+    from workbench.domain.signals import SIGNALS
 
     s, llm = AgentSettings, LLMSettings
     p = add_model_command(subparsers, "agent", help="agent-guided allocation: raise blocks step by step, roll back harmful steps")
@@ -42,7 +42,7 @@ def add_agent_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--rollback-threshold", type=float, default=s.rollback,
                    help=f"roll back a step raising perplexity more than this share over the checkpoint (for kl: exp of "
                         f"its rise) (default {s.rollback})")
-    p.add_argument("--measure", default=s.measure, choices=MEASURES,
+    p.add_argument("--measure", default=s.measure, choices=SIGNALS,
                    help=f"the quick probe each step measures (default {s.measure})")
     p.add_argument("--patience", type=int, default=s.patience, help=f"stop after this many steps in a row without an "
                                                                     f"accepted one (default {s.patience})")

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from workbench.cli.args import add_model_command, add_plan_args, calibration_of, plan_of, resolve_drops
 from workbench.cli.console import progress_line
 from workbench.domain.plan import Structure
+from workbench.domain.signals import DEFAULT_SIGNAL
 from workbench.infra.errors import Cancelled, WorkbenchError
 
 if TYPE_CHECKING:
@@ -69,7 +70,8 @@ def add_sensitivity_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--session", metavar="FILE", help="scan this session's plan (its model and calibration)")
     p.add_argument("--blocks", default="all", help="all, or comma-separated block indices")
     p.add_argument("--step", type=float, default=0.1, help="how much each block's target is raised (default 0.1)")
-    p.add_argument("--probe", default="perplexity", help="the quick probe measured (default perplexity)")
+    p.add_argument("--probe", default=DEFAULT_SIGNAL, help=f"the quick probe measured (default {DEFAULT_SIGNAL}: it ranks "
+                                                           "blocks more stably across calibration seeds than perplexity)")
     p.add_argument("--save-session", metavar="FILE", help="write the plan's session with the scan in it")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_sensitivity)

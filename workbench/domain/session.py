@@ -75,8 +75,9 @@ from typing import Any
 
 import tomli_w
 
-from workbench.agent.record import LEGACY_NAMES, MEASURES, OUTCOMES, AgentLog, StepRecord
+from workbench.agent.record import LEGACY_NAMES, OUTCOMES, AgentLog, StepRecord
 from workbench.domain.plan import DTYPES, MODES, CalibrationSpec, Plan, Structure, check_structure, plan_to_dict, structure_from_dict
+from workbench.domain.signals import SIGNALS
 from workbench.engine.facade import Engine
 from workbench.engine.masks import MaskAgreement, MaskFingerprint, compare_fingerprints, exact_agreement, load_mask_file, mask_file_for
 from workbench.infra.atomic import atomic_write_text
@@ -448,8 +449,8 @@ class Reader:
         self.known(data, prefix, set(AgentLog.__dataclass_fields__) | set(LEGACY_NAMES))
         for key in ("policy", "stop_reason", "agent_model", "agent_url", "system_prompt"):
             self.get(data, key, prefix, str, required=key == "policy", default="")
-        if self.get(data, "measure", prefix, str, default="perplexity") not in MEASURES:
-            raise self.fail(f"{prefix}measure", f"expected one of {', '.join(MEASURES)}")
+        if self.get(data, "measure", prefix, str, default="perplexity") not in SIGNALS:
+            raise self.fail(f"{prefix}measure", f"expected one of {', '.join(SIGNALS)}")
         for key in ("target", "start", "start_score", "dense_score", "final_score", "seconds", *LEGACY_NAMES):
             self.get(data, key, prefix, (int, float), required=key in ("target", "start"), default=0.0)
         self.table(data, "settings", prefix)

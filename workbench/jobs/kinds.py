@@ -8,6 +8,7 @@ import time
 from typing import TYPE_CHECKING, Callable
 
 from workbench.domain.plan import CalibrationSpec, Plan
+from workbench.domain.signals import DEFAULT_SIGNAL
 from workbench.jobs.core import Job, JobKind
 from workbench.jobs.results import (AgentHalted, AgentStepped, AutosaveFailed, Compared, DropsChosen, Loaded,
                                     NeedsFullPrune, Probed, Pruned, Saved, Scanned)
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from workbench.engine.facade import Engine
 
 REFRESH_S = 0.25  # how often a running prune reports the state so far
-SENSITIVITY_PROBE = "perplexity"
+SENSITIVITY_PROBE = DEFAULT_SIGNAL
 
 
 def held(engine: Engine) -> Pruned:

@@ -5,6 +5,7 @@ cheap and where it hurts, before hand-tuning. The engine is back in the plan aft
 Raising block b changes nothing before it, so perplexity and kl are measured from the hidden states kept
 at each block's input under the plan (`workbench.engine.suffix`): only blocks b..L-1 and the head run, on
 the quick probes' windows. Other probes run whole.
+The default probe is kl (`workbench.domain.signals` says why).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from workbench.domain.plan import MAX_SPARSITY, Plan, check_fraction
+from workbench.domain.signals import DEFAULT_SIGNAL, SIGNALS
 from workbench.engine.facade import Engine
 from workbench.engine.suffix import BlockInputs
 from workbench.infra.errors import Cancelled, WorkbenchError
@@ -67,7 +69,7 @@ def suffix_measure(engine: Engine, probe: str) -> Callable[[int], float] | None:
     """Quick `probe` (perplexity or kl; None for others) measured from the inputs of block `position` (a
     running block's index), kept once for the model as it stands; equal to the probe's quick score up to
     float summation."""
-    if probe not in ("perplexity", "kl"):
+    if probe not in SIGNALS:
         return None
     ids = evaluation_windows(engine.loaded.tokenizer, engine.calibration.source, perplexity.SEQLEN,
                              perplexity.WINDOWS["quick"])
@@ -93,7 +95,7 @@ def suffix_measure(engine: Engine, probe: str) -> Callable[[int], float] | None:
     return measure
 
 
-def scan(engine: Engine, plan: Plan, step: float = 0.1, probe: str = "perplexity", blocks: list[int] | None = None,
+def scan(engine: Engine, plan: Plan, step: float = 0.1, probe: str = DEFAULT_SIGNAL, blocks: list[int] | None = None,
          progress: Progress | None = None, cancel: Cancel | None = None) -> Sensitivity:
     """Scan `blocks` (default: all) of `plan`; the engine is applied to `plan` first and left in it."""
     check_fraction(step, "--step")
