@@ -4,7 +4,9 @@
 An allocator returns one target sparsity per block whose parameter-weighted mean is the global target,
 each in [0, MAX_SPARSITY]. Manual per-block and per-linear overrides are applied on top by the engine.
 It declares what it needs (`needs`, from `NEEDS`), so the engine computes that before allocating and
-nobody outside this package names an allocator; it declares its parameters (`workbench.infra.params`),
+nobody outside this package names an allocator: one that needs DENSE_STATISTICS reads outlier ratios at
+its parameter `M` (DEFAULT_M without one); one that needs GRADIENTS reads the influence scores its
+parameters name (InfluenceSpec's fields); one that needs SEARCH gives its `search`. it declares its parameters (`workbench.infra.params`),
 from which its defaults, the checks of sessions and the CLI, and the app's form are derived.
 """
 
@@ -32,6 +34,12 @@ class InfluenceSpec:
     val: int
     seqlen: int
 
+    @classmethod
+    def from_params(cls, params: dict) -> "InfluenceSpec":
+        """The spec an allocator's parameters name."""
+        return cls(params["estimator"], params["aggregate"], params["scope"], int(params["train"]), int(params["val"]),
+                   int(params["seqlen"]))
+
 
 @dataclass
 class AllocationContext:
@@ -54,9 +62,7 @@ class Allocator:
     """A registered allocator: `allocate(ctx, sparsity, **params) -> per-block targets`.
 
     `declared`: its parameters; `check(params, where)`, when given, refuses what spans several of them
-    (a WorkbenchError naming `where.KEY`); `outlier_M(params)` is the M of the outlier ratios the
-    allocator reads, which the panes then show; likewise `influence(params)`, the influence scores an
-    allocator that needs GRADIENTS reads. An allocator that needs SEARCH has `search(engine, plan,
+    (a WorkbenchError naming `where.KEY`). An allocator that needs SEARCH has `search(engine, plan,
     progress, cancel)`: when `plan.allocator_params` lack the decisions `allocate` replays, it runs the search
     on the engine and records them there (a no-op otherwise)."""
 
@@ -66,9 +72,15 @@ class Allocator:
     declared: tuple[Param, ...] = ()
     needs: frozenset[str] = frozenset()
     check: Callable[[dict, str], None] | None = None
-    outlier_M: Callable[[dict], float] | None = None
-    influence: Callable[[dict], InfluenceSpec] | None = None
     search: Callable[..., None] | None = None
+
+    def outlier_M(self, params: dict) -> float:
+        """The M of the outlier ratios the allocator reads (the panes show those): its `M`, else DEFAULT_M."""
+        return float(params.get("M", DEFAULT_M)) if DENSE_STATISTICS in self.needs else DEFAULT_M
+
+    def influence(self, params: dict) -> InfluenceSpec | None:
+        """The influence scores an allocator that needs GRADIENTS reads, named by its parameters."""
+        return InfluenceSpec.from_params(params) if GRADIENTS in self.needs else None
 
     @property
     def defaults(self) -> dict:

@@ -31,12 +31,6 @@ AGGREGATES = ("positive-totals", "notebook", "pairwise-positive", "all")  # as i
 SCOPES = ("attention", "all")
 
 
-def influence_spec(params: dict) -> InfluenceSpec:
-    """The influence scores the allocator reads."""
-    return InfluenceSpec(params["estimator"], params["aggregate"], params["scope"],
-                         int(params["train"]), int(params["val"]), int(params["seqlen"]))
-
-
 def linear_map(scores: list[float], numels: list[int], sparsity: float, eps: float) -> list[float]:
     """AlphaPruning's map: scores linearly into [1 - eps, 1 + eps], times the factor that makes the
     `numels`-weighted mean `sparsity`, capped at 0.99 (the mean kept exact); equal scores, uniform."""
@@ -52,7 +46,7 @@ def allocate_layerif(ctx: AllocationContext, sparsity: float, **params) -> list[
     """Per-block targets from the dense model's influence scores (`params` checked against their declarations)."""
     if ctx.influence is None:
         raise WorkbenchError("allocator layerif", "influence scores are not available here")
-    return linear_map(ctx.influence(influence_spec(params)), ctx.block_numels, sparsity, params["eps"])
+    return linear_map(ctx.influence(InfluenceSpec.from_params(params)), ctx.block_numels, sparsity, params["eps"])
 
 
 ALLOCATORS.add(Allocator(
@@ -70,5 +64,5 @@ ALLOCATORS.add(Allocator(
         Param("val", 8, "validation windows for the influence", low=1, whole=True),
         Param("seqlen", 64, "tokens per window (the paper uses up to 128)", low=2, whole=True),
     ),
-    needs=frozenset({GRADIENTS}), influence=influence_spec,
+    needs=frozenset({GRADIENTS}),
 ))

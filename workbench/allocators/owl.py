@@ -30,5 +30,5 @@ ALLOCATORS.add(Allocator(
     "owl", allocate_owl, description="outlier-weighted: more outliers, less pruning, within S +- lambda",
     declared=(Param("M", DEFAULT_M, "outlier threshold: a score above M x the block mean is an outlier", low=0, open_low=True),
               Param("lambda", 0.08, "targets stay within the global target +- lambda", low=0, high=1, open_high=True)),
-    needs=frozenset({DENSE_STATISTICS}), outlier_M=lambda params: float(params["M"]),
+    needs=frozenset({DENSE_STATISTICS}),
 ))

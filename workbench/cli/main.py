@@ -124,7 +124,7 @@ def cmd_prune(args) -> int:
     t0 = time.perf_counter()
     engine = Engine.load(args.model, args.device, args.dtype, calibration_of(args), progress=progress)
     plan = resolve_drops(args, engine, plan, progress)
-    engine.check_plan(plan)
+    checked = engine.check_plan(plan)  # refused before any work; the prune below takes it checked
     t_load = time.perf_counter() - t0
     names = [n for n in args.probes.split(",") if n]
     size = "full" if args.full else "quick"
@@ -132,7 +132,7 @@ def cmd_prune(args) -> int:
     # the dense reference first: a probe that cannot run (too little held-out text) fails before the prune
     dense = engine.probe(names, size) if names else []
     t_probe = time.perf_counter() - t1
-    report = engine.prune(plan, progress=progress)
+    report = engine.prune(checked, progress=progress)
     t1 = time.perf_counter()
     pruned = engine.probe(names, size) if names else []
     t_probe += time.perf_counter() - t1

@@ -105,11 +105,11 @@ class Planner:
 
     def outlier_M(self, checked: CheckedPlan | None) -> float:
         """The M of the outlier ratios to show: the plan's allocator's, else the default."""
-        if checked is None or checked.allocator.outlier_M is None:
+        if checked is None:
             return DEFAULT_M
         return checked.allocator.outlier_M(checked.allocator_params)
 
     def influence_spec(self, checked: CheckedPlan) -> InfluenceSpec | None:
         """The influence scores the plan's allocator reads, or None."""
         allocator = checked.allocator
-        return allocator.influence(checked.allocator_params) if allocator.influence else None
+        return allocator.influence(checked.allocator_params)
