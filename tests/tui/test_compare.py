@@ -105,7 +105,7 @@ async def test_comparison_and_sensitivity_are_saved_and_shown_again(make_app, tm
         await pilot.press("s")
         await settle(pilot)
         scan = app.controller.sensitivity
-        assert scan.probe == "perplexity" and len(scan.deltas) == 4 and all(d is not None for d in scan.deltas)
+        assert scan.probe == "kl" and len(scan.deltas) == 4 and all(d is not None for d in scan.deltas)
         assert app.screen.has_class("-heat") and consistent(app)
         heat = str(app.query_one("#block-0", BlockPane).row.query_one(".heat").render())
         assert heat.strip()[0] in "▁▂▃▄▅▆▇█"

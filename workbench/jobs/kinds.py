@@ -1,24 +1,21 @@
-"""The table of job kinds and their bodies (the work the app's workers did, moved here). A body gets the
-`Job` (engine, progress, state, cancel check) and its arguments; its return value is the job's result."""
+"""The core job kinds and their bodies: loading, pruning, probing, saving, block scores. A body gets the
+`Job` (engine, progress, state, cancel check) and its arguments; its return value is the job's result.
+Each UI feature adds its own kinds (see `workbench.tui.feature.Feature.jobs`)."""
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import TYPE_CHECKING, Callable
 
 from workbench.domain.plan import CalibrationSpec, Plan
-from workbench.domain.signals import DEFAULT_SIGNAL
 from workbench.jobs.core import Job, JobKind
-from workbench.jobs.results import (AgentHalted, AgentStepped, AutosaveFailed, Compared, DropsChosen, Loaded,
-                                    NeedsFullPrune, Probed, Pruned, Saved, Scanned)
+from workbench.jobs.results import AutosaveFailed, DropsChosen, Loaded, NeedsFullPrune, Probed, Pruned, Saved
 
 if TYPE_CHECKING:
     from workbench.app.controller import PruneJob
     from workbench.engine.facade import Engine
 
 REFRESH_S = 0.25  # how often a running prune reports the state so far
-SENSITIVITY_PROBE = DEFAULT_SIGNAL
 
 
 def held(engine: Engine) -> Pruned:
@@ -120,45 +117,6 @@ def drops(job: Job, count: int, rule: str) -> DropsChosen:
     return DropsChosen(count, rule, job.engine.choose_drops(count, rule, job.progress, job.cancelled))
 
 
-def compare(job: Job, variants: list, probes: list[str]) -> None:
-    """Run the comparison; what finished is reported also after a cancel or a failure."""
-    from workbench.studies.compare import Comparison, run_comparison
-
-    engine, finished, comparison = job.engine, [], None
-    try:
-        comparison = run_comparison(engine, variants, probes, progress=job.progress, cancel=job.cancelled,
-                                    on_result=finished.append)
-    finally:
-        if comparison is None:
-            dense = [engine.dense_probes[n] for n in probes if n in engine.dense_probes]
-            comparison = Comparison(probes, dense=dense, results=finished)
-        job.state(Compared(comparison, engine.plan), always=True)
-
-
-def sensitivity(job: Job, plan: Plan) -> None:
-    """Scan every block; the engine is reported back in `plan` also after a cancel or a failure."""
-    from workbench.studies.sensitivity import scan
-
-    result = None
-    try:
-        result = scan(job.engine, plan, probe=SENSITIVITY_PROBE, progress=job.progress, cancel=job.cancelled)
-    finally:
-        job.state(Scanned(result, job.engine.plan), always=True)
-
-
-def agent(job: Job, run, pause: threading.Event) -> None:
-    """Step the agent run until it ends or `pause` is set; after a cancel or a failure the engine is at the
-    run's last checkpoint."""
-    try:
-        while not job.cancelled() and not pause.is_set():
-            record = run.step(job.progress, job.cancelled)
-            if record is None:
-                break
-            job.state(AgentStepped(record))
-    finally:
-        job.state(AgentHalted(run, run.engine.plan), always=True)
-
-
 KINDS = {kind.name: kind for kind in (
     JobKind("load", "engine", "loading", load, cancellable=False),
     JobKind("prune", "prune", "pruning", prune),
@@ -169,7 +127,4 @@ KINDS = {kind.name: kind for kind in (
     JobKind("hold", "refresh", "refreshing", hold, cancellable=False),
     JobKind("block_scores", "scores", "block scores", block_scores),
     JobKind("drops", "scores", "block scores", drops),
-    JobKind("compare", "compare", "comparison", compare, exclusive=True),
-    JobKind("sensitivity", "sensitivity", "sensitivity scan", sensitivity, exclusive=True),
-    JobKind("agent", "agent", "agent step", agent, exclusive=True),
 )}

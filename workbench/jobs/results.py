@@ -9,13 +9,9 @@ from typing import TYPE_CHECKING
 from workbench.domain.plan import Plan
 
 if TYPE_CHECKING:  # torch stays unloaded until the model loads
-    from workbench.agent.loop import AgentRun
-    from workbench.agent.record import StepRecord
     from workbench.domain.session import Session
     from workbench.engine.facade import Engine, EngineState
     from workbench.probes import ProbeResult
-    from workbench.studies.compare import Comparison
-    from workbench.studies.sensitivity import Sensitivity
 
 
 @dataclass(frozen=True)
@@ -78,35 +74,3 @@ class DropsChosen:
     count: int
     rule: str
     blocks: list[int]
-
-
-@dataclass(frozen=True)
-class Compared:
-    """A comparison ended (finished, cancelled or failed: `comparison` holds the variants that finished); the
-    engine holds `holds`."""
-
-    comparison: Comparison
-    holds: Plan | None
-
-
-@dataclass(frozen=True)
-class Scanned:
-    """A sensitivity scan ended (`sensitivity` None when cancelled or failed); the engine holds `holds`."""
-
-    sensitivity: Sensitivity | None
-    holds: Plan | None
-
-
-@dataclass(frozen=True)
-class AgentStepped:
-    """The agent run took a step."""
-
-    record: StepRecord
-
-
-@dataclass(frozen=True)
-class AgentHalted:
-    """The agent job ended (the run ended, was paused or cancelled, or failed); the engine holds `holds`."""
-
-    run: AgentRun
-    holds: Plan | None

@@ -99,7 +99,7 @@ class WorkbenchApp(App):
             wanted = self.theme_names[0] if self.theme_names else "textual-dark"
         self.theme = wanted
 
-        self.bridge = JobBridge(self)
+        self.bridge = JobBridge(self, tuple(kind for feature in FEATURES for kind in feature.jobs))
         self.jobs = self.bridge.jobs
         self.controller = Controller(running=self.jobs.running)
         self.user_cancelled = False

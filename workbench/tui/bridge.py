@@ -11,7 +11,7 @@ from typing import Callable
 from textual.app import App
 from textual.message import Message
 
-from workbench.jobs.core import Job, Jobs
+from workbench.jobs.core import Job, JobKind, Jobs
 from workbench.jobs.events import Event
 from workbench.jobs.kinds import KINDS
 
@@ -24,14 +24,14 @@ class JobEvent(Message):
 
 
 class JobBridge:
-    """`Jobs` for `app`: a runner that starts Textual thread workers (from the app's thread, also when a
+    """`Jobs` for `app` (the core kinds and the features' `kinds`): a runner that starts Textual thread workers (from the app's thread, also when a
     queued job starts from a worker's) and a subscriber that posts each event to the app."""
 
-    def __init__(self, app: App):
+    def __init__(self, app: App, kinds: tuple[JobKind, ...] = ()):
         self.app = app
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: int | None = None
-        self.jobs = Jobs(KINDS, runner=self.run, subscriber=self.deliver)
+        self.jobs = Jobs({**KINDS, **{kind.name: kind for kind in kinds}}, runner=self.run, subscriber=self.deliver)
 
     def bind(self) -> None:
         """Remember the app's event loop (call from the app's thread once it runs)."""

@@ -1,5 +1,6 @@
 """What a UI feature registers with the app: its commands (key bindings and palette entries), a help
-section, the full screens it shows over the blocks, and what it does with the job results it owns."""
+section, the full screens it shows over the blocks, its job kinds (UI-free bodies, in its folder's
+job.py) and what it does with the job results it owns."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from textual.app import App
 from textual.binding import Binding
 from textual.screen import Screen
 
+from workbench.jobs.core import JobKind
 from workbench.tui.commands import Command
 
 
@@ -20,6 +22,7 @@ class Feature(ABC):
     commands: tuple[Command, ...] = ()
     help: tuple[str, list[Binding]] | None = None
     screens: tuple[type[Screen], ...] = ()
+    jobs: tuple[JobKind, ...] = ()
 
     def __init__(self, app: App):
         self.app = app

@@ -9,7 +9,7 @@ from typing import Callable
 from workbench.app import edits
 from workbench.domain.plan import Plan
 from workbench.infra.errors import WorkbenchError
-from workbench.jobs.results import AgentHalted, AgentStepped
+from workbench.tui.agent.job import KIND, AgentHalted, AgentStepped
 from workbench.tui.agent.screen import AgentScreen
 from workbench.tui.commands import Command
 from workbench.tui.feature import Feature
@@ -25,6 +25,7 @@ class AgentFeature(Feature):
                         palette="Agent", about="Agent-guided allocation: run it step by step, then use its allocation"),)
     help = ("Agent screen (A)", AgentScreen.BINDINGS)
     screens = (AgentScreen,)
+    jobs = (KIND,)
 
     def __init__(self, app):
         super().__init__(app)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from workbench.jobs.results import Compared
 from workbench.tui.commands import Command
+from workbench.tui.compare.job import KIND, Compared
 from workbench.tui.compare.screen import CompareScreen, CompareTable
 from workbench.tui.feature import Feature
 
@@ -20,6 +20,7 @@ class CompareFeature(Feature):
                         palette="Compare", about="Compare allocators and methods side by side, pick one as the plan"),)
     help = ("Compare screen (c)", [*CompareScreen.BINDINGS, *CompareTable.BINDINGS])
     screens = (CompareScreen,)
+    jobs = (KIND,)
 
     @property
     def results(self) -> dict[type, Callable]:

@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Callable
 
 from workbench.app.format import PROBE_LABELS, heat_cells
-from workbench.jobs.results import Scanned
 from workbench.tui.commands import Command
 from workbench.tui.feature import Feature
+from workbench.tui.sensitivity.job import KIND, Scanned
 from workbench.tui.widgets.block_pane import BlockPane
 from workbench.tui.widgets.headings_row import HeadingsRow
 
@@ -20,7 +20,8 @@ class SensitivityFeature(Feature):
     commands = (Command("app.sensitivity", "s", "feature('sensitivity')", "Sensitivity", show=False,
                         tooltip="Sensitivity scan: the probe change when only one block is pruned 10 points harder "
                                 "(esc cancels)",
-                        palette="Sensitivity scan", about="Per block, the perplexity cost of raising only its target"),)
+                        palette="Sensitivity scan", about="Per block, the KL (from the dense model) cost of raising only its target"),)
+    jobs = (KIND,)
 
     @property
     def results(self) -> dict[type, Callable]:
