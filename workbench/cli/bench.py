@@ -49,6 +49,7 @@ import torch
 
 from workbench.allocators import ALLOCATORS
 from workbench.domain.plan import ONE_PASS, SEQUENTIAL, CalibrationSpec, Plan
+from workbench.domain.signals import DEFAULT_SIGNAL
 from workbench.engine.capture import capture, dense_forward
 from workbench.engine.facade import Engine
 from workbench.infra.errors import WorkbenchError
@@ -279,7 +280,7 @@ def _bench(args) -> int:
 
     if wanted("sensitivity"):
         engine.apply(half)
-        measure("sensitivity", lambda: scan(engine, half, step=0.1), f"<= 2.0x, {len(engine.linears)} blocks +10%, quick perplexity",
+        measure("sensitivity", lambda: scan(engine, half, step=0.1), f"<= 2.0x, {len(engine.linears)} blocks +10%, quick {DEFAULT_SIGNAL}",
                 limit_ratio=2.0, memory_budget_mib=probe_budget)
     if wanted("influence"):
         layerif = Plan(method="wanda", allocator="layerif", sparsity=0.7)
