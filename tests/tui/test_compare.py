@@ -35,11 +35,11 @@ async def test_add_variants_run_use_a_column_and_undo(make_app):
         assert isinstance(app.screen, CompareScreen)
         await pilot.press("p")
         await add_owl_variant(pilot)
-        assert [name for name, _, _ in app.controller.columns] == ["current", "owl"]
+        assert [name for name, _, _ in app.controller.variants.columns] == ["current", "owl"]
         await pilot.press("r")
         await settle(pilot)
-        comparison = app.controller.comparison
-        assert [r.name for r in comparison.results] == ["current", "owl"] and app.controller.queued == []
+        comparison = app.controller.variants.comparison
+        assert [r.name for r in comparison.results] == ["current", "owl"] and app.controller.variants.queued == []
         assert comparison.best("perplexity") in ("current", "owl") and comparison.dense_probe("perplexity")
         assert consistent(app) and app.controller.plan == Plan()  # back in the user's plan
         table = app.screen.query_one(CompareTable)
@@ -90,8 +90,8 @@ async def test_a_cancelled_comparison_keeps_what_finished_and_gives_the_plan_bac
         await pilot.press("escape")  # cancels, the screen stays
         await settle(pilot)
         assert isinstance(app.screen, CompareScreen) and "comparison cancelled" in app.notices
-        assert [r.name for r in app.controller.comparison.results] == ["current"]
-        assert [name for name, _ in app.controller.queued] == ["owl"]
+        assert [r.name for r in app.controller.variants.comparison.results] == ["current"]
+        assert [name for name, _ in app.controller.variants.queued] == ["owl"]
         assert app.controller.plan.block_overrides == {0: pytest.approx(0.51)} and consistent(app)
         await pilot.press("escape")  # nothing runs: back to the blocks
         assert not isinstance(app.screen, CompareScreen)
@@ -121,7 +121,7 @@ async def test_comparison_and_sensitivity_are_saved_and_shown_again(make_app, tm
         assert reopened.controller.sensitivity.deltas == pytest.approx(scan.deltas)
         assert reopened.screen.has_class("-heat")
         await pilot.press("c")
-        assert [name for name, _, result in reopened.controller.columns if result] == ["current"]
+        assert [name for name, _, result in reopened.controller.variants.columns if result] == ["current"]
         assert len(reopened.screen.query_one(CompareTable).columns) == 3
 
 
@@ -162,7 +162,7 @@ async def test_three_variants_fit_80_columns_and_the_labels_stay_when_scrolled(m
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
-        app.controller.comparison = comparison_with_intervals()
+        app.controller.variants.comparison = comparison_with_intervals()
         await pilot.press("c")
         await pilot.pause(0.3)
         table = app.screen.query_one(CompareTable)
@@ -171,8 +171,8 @@ async def test_three_variants_fit_80_columns_and_the_labels_stay_when_scrolled(m
         assert "sparsegpt/owl" in lines[0] and any("★ 30.0 (+12)" in line for line in lines)
         assert any("[+8.957,+15.1]" in line for line in lines)  # the interval, under its score
         assert table.get_row_at(3)[2].plain == "41.3 (+23)\n[+21.7,+24.5]"
-        app.controller.add_variant("current", app.controller.plan)
-        app.controller.add_variant("sparsegpt/uniform 60%", Plan(method="sparsegpt", sparsity=0.6))
+        app.controller.variants.add("current", app.controller.plan)
+        app.controller.variants.add("sparsegpt/uniform 60%", Plan(method="sparsegpt", sparsity=0.6))
         app.screen.refresh_view()
         await pilot.pause()
         assert table.virtual_size.width > table.scrollable_content_region.width

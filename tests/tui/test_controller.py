@@ -185,22 +185,24 @@ def test_p_while_lent_is_the_full_prune_after_it_and_a_scan_comes_back_in_its_pl
 
 def test_variants_are_queued_measured_merged_and_used():
     controller = applied_controller()
-    owl = Plan(allocator="owl")
-    assert controller.add_variant("current", controller.plan) == "current"
-    assert controller.add_variant("owl", owl) == "owl"
-    assert controller.add_variant("owl", owl) == "owl 2"
-    controller.remove_variant("owl 2")
-    assert [name for name, _, _ in controller.columns] == ["current", "owl"]
-    assert controller.variant("owl") is None  # not measured yet
+    variants, owl = controller.variants, Plan(allocator="owl")
+    assert variants.add("current", controller.plan) == "current"
+    assert variants.add("owl", owl) == "owl"
+    assert variants.add("owl", owl) == "owl 2"
+    controller.dirty = False
+    controller.remove_variant("owl 2")  # a queued one: the saved comparison is unchanged
+    assert [name for name, _, _ in variants.columns] == ["current", "owl"] and not controller.dirty
+    assert variants.variant("owl") is None  # not measured yet
     controller.compared(Comparison(["perplexity"], dense=[result(18.0)], results=[measured("owl", owl, 21.0)]))
-    assert [(n, r is not None) for n, _, r in controller.columns] == [("owl", True), ("current", False)]
-    assert controller.dirty and controller.variant("owl") == (owl, "variant owl")
+    assert [(n, r is not None) for n, _, r in variants.columns] == [("owl", True), ("current", False)]
+    assert controller.dirty and variants.variant("owl") == (owl, "variant owl")
     controller.compared(Comparison(["perplexity"], dense=[result(18.0)], results=[measured("current", Plan(), 20.0)],
                                    outlier_ratios=[0.1, 0.2]))
-    assert [r.name for r in controller.comparison.results] == ["owl", "current"] and controller.queued == []
-    assert controller.comparison.outlier_ratios == [0.1, 0.2] and controller.comparison.best("perplexity") == "current"
+    assert [r.name for r in variants.comparison.results] == ["owl", "current"] and variants.queued == []
+    assert variants.comparison.outlier_ratios == [0.1, 0.2] and variants.comparison.best("perplexity") == "current"
+    controller.dirty = False
     controller.remove_variant("owl")
-    assert [r.name for r in controller.comparison.results] == ["current"]
+    assert [r.name for r in variants.comparison.results] == ["current"] and controller.dirty
 
 
 def fake_run(done: bool, final: Plan) -> SimpleNamespace:

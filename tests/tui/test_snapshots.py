@@ -83,8 +83,8 @@ def hand_built_comparison() -> Comparison:
 async def _compare_screen(pilot) -> None:
     """Three measured variants and the current plan queued."""
     await settle(pilot)
-    pilot.app.controller.comparison = hand_built_comparison()
-    pilot.app.controller.add_variant("current", pilot.app.controller.plan)
+    pilot.app.controller.variants.comparison = hand_built_comparison()
+    pilot.app.controller.variants.add("current", pilot.app.controller.plan)
     await pilot.press("c")
     await pilot.pause(0.3)
 

@@ -62,21 +62,20 @@ class Landing:
 
 
 class CompareVariants:
-    """The Compare screen's variants: those measured (`comparison`, with its results) and those queued
-    (`queued`, not measured yet). Changing the comparison leaves unsaved edits (`dirty`)."""
+    """The Compare screen's variants: those measured (`comparison`, with its results, saved with the session)
+    and those queued (`queued`, not measured yet)."""
 
-    comparison: Comparison | None
-    queued: list[tuple[str, Plan]]
-    dirty: bool
+    def __init__(self, comparison: Comparison | None = None) -> None:
+        self.comparison = comparison
+        self.queued: list[tuple[str, Plan]] = []
 
     @property
     def columns(self) -> list[tuple[str, Plan, VariantResult | None]]:
-        """The Compare screen's variants: (name, plan, result) of the measured ones, then the queued ones
-        (result None)."""
+        """(name, plan, result) of the measured variants, then of the queued ones (result None)."""
         measured = [(r.name, r.plan, r) for r in self.comparison.results] if self.comparison else []
         return measured + [(name, plan, None) for name, plan in self.queued]
 
-    def add_variant(self, name: str, plan: Plan) -> str:
+    def add(self, name: str, plan: Plan) -> str:
         """Queue a variant; `name` gets a number when it is taken ("owl 2"). Returns the name given."""
         taken = {column[0] for column in self.columns}
         unique, n = name, 1
@@ -86,16 +85,17 @@ class CompareVariants:
         self.queued.append((unique, plan))
         return unique
 
-    def remove_variant(self, name: str) -> None:
-        """Drop a variant, queued or measured (with its results)."""
+    def remove(self, name: str) -> bool:
+        """Drop a variant, queued or measured (with its results). True when the comparison changed."""
         self.queued = [(n, p) for n, p in self.queued if n != name]
-        if self.comparison is not None and any(r.name == name for r in self.comparison.results):
-            self.comparison = dataclasses.replace(
-                self.comparison, results=[r for r in self.comparison.results if r.name != name])
-            self.dirty = True
+        if self.comparison is None or not any(r.name == name for r in self.comparison.results):
+            return False
+        self.comparison = dataclasses.replace(
+            self.comparison, results=[r for r in self.comparison.results if r.name != name])
+        return True
 
-    def compared(self, comparison: Comparison) -> None:
-        """Results of a comparison run (or what finished before a cancel): they join the comparison shown
+    def merge(self, comparison: Comparison) -> None:
+        """Results of a comparison run (or what finished before a cancel): they join the comparison
         (replacing results of the same name), and the variants measured leave the queue."""
         names = {r.name for r in comparison.results}
         self.queued = [(n, p) for n, p in self.queued if n not in names]
@@ -107,7 +107,6 @@ class CompareVariants:
                 dense=list(dense.values()), results=[r for r in old.results if r.name not in names] + comparison.results,
                 outlier_ratios=comparison.outlier_ratios or old.outlier_ratios)
         self.comparison = comparison
-        self.dirty = True
 
     def variant(self, name: str) -> tuple[Plan, str] | None:
         """The edit of making a measured variant the current plan; None for a queued one."""
@@ -116,7 +115,7 @@ class CompareVariants:
         return self.comparison.result(name).plan, f"variant {name}"
 
 
-class Controller(CompareVariants):
+class Controller:
     """The plan, its edit history and what the engine has made of it; see the module docstring."""
 
     def __init__(self, running: Running = lambda *groups: False) -> None:
@@ -131,8 +130,7 @@ class Controller(CompareVariants):
         self.dense_probes: dict[str, ProbeResult] = {}
         self.session_path: Path | None = None
         self.dirty = False
-        self.comparison: Comparison | None = None
-        self.queued: list[tuple[str, Plan]] = []  # variants added on the Compare screen, not measured yet
+        self.variants = CompareVariants()  # the Compare screen's, with their comparison
         self.sensitivity: Sensitivity | None = None
         self.agent_form: AgentForm | None = None  # the Agent screen's settings, made when it first opens
         self.agent_run: AgentRun | None = None  # the Agent screen's run, until the next one or another session
@@ -151,7 +149,7 @@ class Controller(CompareVariants):
         plan = applied or Plan()
         self._begin(plan, applied, EditHistory(plan))
         self.probes, self.probes_plan, self.dense_probes = [], None, {}
-        self.comparison, self.sensitivity, self.agent = None, None, None
+        self.variants, self.sensitivity, self.agent = CompareVariants(), None, None
         return None if applied is not None else plan
 
     def open(self, session: Session, path: Path, restored: bool, applied: Plan | None) -> Plan:
@@ -161,14 +159,14 @@ class Controller(CompareVariants):
         self._begin(plan, applied, EditHistory.from_records(session.history, plan))
         self.probes, self.probes_plan = list(session.probes), plan
         self.dense_probes = {p.name: p for p in session.dense_probes}
-        self.comparison, self.sensitivity, self.agent = session.comparison, session.sensitivity, session.agent
+        self.variants = CompareVariants(session.comparison)
+        self.sensitivity, self.agent = session.sensitivity, session.agent
         self.session_path = None if restored else path
         self.dirty = restored
         return session.calibrated_with or plan
 
     def _begin(self, plan: Plan, applied: Plan | None, history: EditHistory) -> None:
         self.plan, self.applied_plan, self.history = plan, applied, history
-        self.queued = []
         if self.agent_run is not None and self.agent_run.done:  # one still going keeps the engine: kept
             self.agent_run = None
         self._edit_pending = False
@@ -325,6 +323,16 @@ class Controller(CompareVariants):
         follow_ups, self._follow_ups = self._follow_ups, []
         return Landing(True, follow_ups)
 
+    def compared(self, comparison: Comparison) -> None:
+        """A comparison run gave results: they join the Compare screen's variants (`CompareVariants.merge`)."""
+        self.variants.merge(comparison)
+        self.dirty = True
+
+    def remove_variant(self, name: str) -> None:
+        """Drop a Compare screen variant; dropping a measured one changes the saved comparison."""
+        if self.variants.remove(name):
+            self.dirty = True
+
     def scanned(self, sensitivity: Sensitivity) -> None:
         """A sensitivity scan finished."""
         self.sensitivity = sensitivity
@@ -362,7 +370,8 @@ class Controller(CompareVariants):
             model=engine.loaded.spec, device=device, dtype=dtype, calibration=engine.calibration, plan=self.plan,
             calibrated_with=self._restore or engine.calibrated_with or self.plan, history=self.history.to_records(),
             probes=self.current_probes, dense_probes=list(self.dense_probes.values()), theme=theme,
-            versions=current_versions(), comparison=self.comparison, sensitivity=self.sensitivity, agent=self.agent,
+            versions=current_versions(), comparison=self.variants.comparison, sensitivity=self.sensitivity,
+            agent=self.agent,
         )
 
     # ----- what the screens show ----------------------------------------------------------------------

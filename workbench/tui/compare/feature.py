@@ -39,7 +39,7 @@ class CompareFeature(Feature):
         from workbench.studies.compare import Variant
 
         app = self.app
-        variants = [Variant(name, plan) for name, plan in app.controller.queued]
+        variants = [Variant(name, plan) for name, plan in app.controller.variants.queued]
         if not variants or app.jobs.holder is not None:
             return
         app.pruning.lend("comparing variants", app.engine.calibrated_with or app.controller.plan)
@@ -72,7 +72,7 @@ class CompareFeature(Feature):
         """Make a measured variant the current plan (one undoable edit), with the full prune it was measured
         with."""
         app = self.app
-        plan, label = app.controller.variant(variant)
+        plan, label = app.controller.variants.variant(variant)
         app.pop_screen()
         if app.controller.edit(plan, label):
             app.pruning.plan_changed()

@@ -75,14 +75,14 @@ class CompareScreen(Screen):
     @property
     def shown_probes(self) -> list[str]:
         """The probe rows: those of the comparison, then any the next run adds."""
-        comparison = self.controller.comparison
+        comparison = self.controller.variants.comparison
         known = list(comparison.probes) if comparison else []
         return known + [p for p in self.probes if p not in known]
 
     def refresh_view(self) -> None:
         """Rebuild the table and the plot from the controller (the cursor stays on its column)."""
-        controller, probes = self.controller, self.shown_probes
-        columns = controller.columns
+        comparison, probes = self.controller.variants.comparison, self.shown_probes
+        columns = self.controller.variants.columns
         table = self.query_one(CompareTable)
         cursor = table.cursor_column
         table.clear(columns=True)
@@ -90,15 +90,15 @@ class CompareScreen(Screen):
         table.add_column(DENSE, key=DENSE)
         for name, _, _ in columns:
             table.add_column(name, key=VARIANT + name)
-        cells = [dense_column(probes, controller.comparison)]
-        rows = {row.probe: row for row in controller.comparison.rows()} if controller.comparison else {}
-        cells += [variant_column(plan, result, probes, controller.comparison, rows) for _, plan, result in columns]
+        cells = [dense_column(probes, comparison)]
+        rows = {row.probe: row for row in comparison.rows()} if comparison else {}
+        cells += [variant_column(plan, result, probes, comparison, rows) for _, plan, result in columns]
         for row, label in enumerate(comparison_labels(probes)):
             height = max(column[row].text.count("\n") + 1 for column in cells)  # 2 with a score's interval
             table.add_row(Text(label, style="bold"), *[self._styled(column[row]) for column in cells], height=height)
         table.move_cursor(column=min(max(cursor, 1), len(columns) + 1))
         measured = {name: result.block_targets for name, _, result in columns if result is not None}
-        self.query_one(VariantsPlot).draw(measured, controller.comparison.outlier_ratios if controller.comparison else None)
+        self.query_one(VariantsPlot).draw(measured, comparison.outlier_ratios if comparison else None)
         self._show_status()
 
     def _styled(self, cell: Cell) -> Text:
@@ -111,19 +111,19 @@ class CompareScreen(Screen):
 
     def _show_status(self) -> None:
         """The header: what waits to run, or what runs (its progress is on the activity line below)."""
-        queued = len(self.controller.queued)
+        queued = len(self.controller.variants.queued)
         if self.feature.running:
             waiting = f"running {queued} variant{'s' if queued != 1 else ''} (esc cancels) · "
         else:
             waiting = f"{queued} to run (r) · " if queued else ""
-        hint = "p adds the plan · a adds a variant" if not self.controller.columns else "enter uses a column"
+        hint = "p adds the plan · a adds a variant" if not self.controller.variants.columns else "enter uses a column"
         self.query_one("#compare-status", Static).update(
             f"Compare · {waiting}probes: {', '.join(self.shown_probes)} (quick) · {hint}")
 
     # ----- editing the variants -----------------------------------------------------------------------
     def action_add_plan(self) -> None:
         """Add the current plan (with its manual targets) as a variant."""
-        self._added(self.controller.add_variant("current", self.controller.plan))
+        self._added(self.controller.variants.add("current", self.controller.plan))
 
     @work(exclusive=True, group="add-variant", exit_on_error=False)
     async def action_add_variant(self) -> None:
@@ -145,11 +145,11 @@ class CompareScreen(Screen):
         name = variant.name if method == plan.method else f"{method}/{allocator}"
         if sparsity != plan.sparsity:
             name += f" {pct(sparsity, 0)}"
-        self._added(self.controller.add_variant(name, variant.plan))
+        self._added(self.controller.variants.add(name, variant.plan))
 
     def _added(self, name: str) -> None:
         self.refresh_view()
-        self.query_one(CompareTable).move_cursor(column=len(self.controller.columns) + 1)
+        self.query_one(CompareTable).move_cursor(column=len(self.controller.variants.columns) + 1)
         self.notify(f"added {name}; r runs it")
 
     def _cursor_variant(self) -> str | None:
@@ -168,7 +168,7 @@ class CompareScreen(Screen):
 
     # ----- running and using --------------------------------------------------------------------------
     def action_run(self) -> None:
-        if not self.controller.queued:
+        if not self.controller.variants.queued:
             self.notify("nothing to run: p adds the current plan, a adds a variant")
         elif self.feature.running:
             self.notify("the comparison is running; escape cancels it")
@@ -186,7 +186,7 @@ class CompareScreen(Screen):
         name = self._cursor_variant()
         if name is None:
             self.notify("the dense model is the reference; pick a variant")
-        elif self.controller.variant(name) is None:
+        elif self.controller.variants.variant(name) is None:
             self.notify(f"{name} is not measured yet: r runs it")
         else:
             self.feature.use(name)
