@@ -253,7 +253,7 @@ def test_gguf_cache_of_a_tiny_model_is_checked_and_rebuilt(tiny_model_dir, tmp_p
         for f in tiny_model_dir.iterdir():
             (out / f.name).write_bytes(f.read_bytes())
 
-    monkeypatch.setattr(model_module, "_convert_gguf", convert)
+    monkeypatch.setattr(model_module, "convert_gguf", convert)
     gguf = tmp_path / "tiny.gguf"
     gguf.write_bytes(b"GGUF stand-in")
     first = load_model(str(gguf), device="cpu")

@@ -438,12 +438,12 @@ def test_nvml_energy_reader_with_a_fake_gpu(monkeypatch):
     monkeypatch.setitem(sys.modules, "pynvml", fake)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: types.SimpleNamespace(uuid="1234-abcd"))
-    read = efficiency._nvml_energy_reader(torch.device("cuda:0"))
+    read = efficiency.nvml_energy_reader(torch.device("cuda:0"))
     assert callable(read)
     assert read() == 5.0 and read() == 7.5
-    assert efficiency._nvml_energy_reader(torch.device("cpu")).startswith("not measured")
+    assert efficiency.nvml_energy_reader(torch.device("cpu")).startswith("not measured")
     monkeypatch.setitem(sys.modules, "pynvml", None)
-    assert "pynvml" in efficiency._nvml_energy_reader(torch.device("cuda:0"))
+    assert "pynvml" in efficiency.nvml_energy_reader(torch.device("cuda:0"))
 
 
 def test_probe_command_on_a_session(tiny_model_dir, tmp_path, capsys):

@@ -23,27 +23,25 @@ def add_agent_parser(subparsers) -> argparse.ArgumentParser:
     from workbench.agent.loop import AgentSettings
     from workbench.agent.policies import POLICIES
     from workbench.agent.policies.llm import LLMSettings
-
-    from workbench.domain.signals import SIGNALS
+    from workbench.agent.record import PARAMS
 
     s, llm = AgentSettings, LLMSettings
     p = add_model_command(subparsers, "agent", help="agent-guided allocation: raise blocks step by step, roll back harmful steps")
     add_method_args(p)
-    p.add_argument("--policy", default="builtin", choices=POLICIES.names(), help="who decides each step (default builtin)")
+    declared = {param.name: param for param in PARAMS}
+    p.add_argument("--policy", default=declared["policy"].default, choices=POLICIES.names(),
+                   help=f"{declared['policy'].help} (default %(default)s)")
     p.add_argument("--agent-url", default=None, help="llm policy: OpenAI-compatible API base, e.g. http://127.0.0.1:8080/v1 "
                                                      "(default $WORKBENCH_AGENT_URL); the key is read from $WORKBENCH_AGENT_KEY")
     p.add_argument("--agent-model", default=None, help="llm policy: the model name sent (default $WORKBENCH_AGENT_MODEL)")
     p.add_argument("--agent-timeout", type=float, default=llm.timeout, help=f"seconds per request (default {llm.timeout:g})")
     p.add_argument("--agent-retries", type=int, default=llm.retries,
                    help=f"further attempts after a failed or invalid reply (default {llm.retries})")
-    p.add_argument("--step", type=float, default=s.step, help=f"largest raise of one block in one step (default {s.step})")
-    p.add_argument("--span", type=float, default=s.span, help=f"start uniform at the target minus this (default {s.span})")
-    p.add_argument("--max-steps", type=int, default=s.max_steps, help=f"(default {s.max_steps})")
-    p.add_argument("--rollback-threshold", type=float, default=s.rollback,
-                   help=f"roll back a step raising perplexity more than this share over the checkpoint (for kl: exp of "
-                        f"its rise) (default {s.rollback})")
-    p.add_argument("--measure", default=s.measure, choices=SIGNALS,
-                   help=f"the quick probe each step measures (default {s.measure})")
+    for flag, key, kind in (("--step", "step", float), ("--span", "span", float), ("--max-steps", "max_steps", int),
+                            ("--rollback-threshold", "rollback", float)):
+        p.add_argument(flag, type=kind, default=declared[key].default, help=f"{declared[key].hint}, default %(default)s")
+    p.add_argument("--measure", default=declared["measure"].default, choices=declared["measure"].choices,
+                   help=f"{declared['measure'].help} (default %(default)s)")
     p.add_argument("--patience", type=int, default=s.patience, help=f"stop after this many steps in a row without an "
                                                                     f"accepted one (default {s.patience})")
     p.add_argument("--sensitivity", action="store_true", help="scan sensitivity at the start point and show it to the policy")

@@ -134,7 +134,7 @@ def _gguf_progress(name: str, progress: Progress | None):
         yield
 
 
-def _convert_gguf(gguf: Path, out: Path, progress: Progress | None) -> None:
+def convert_gguf(gguf: Path, out: Path, progress: Progress | None) -> None:
     """Dequantize a GGUF file into a float32 safetensors checkpoint (with its tokenizer) in `out`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -158,7 +158,7 @@ def _load_gguf(gguf: Path, progress: Progress | None) -> Path:
     """Dequantize a GGUF file once and cache it as a safetensors checkpoint; return the cache dir."""
     target = _gguf_cache_dir(gguf)
     try:
-        return cached_build(target, lambda out: _convert_gguf(gguf, out, progress), progress)
+        return cached_build(target, lambda out: convert_gguf(gguf, out, progress), progress)
     except OSError as exc:
         raise WorkbenchError(f"model cache {target}", f"cannot write: {exc.strerror or exc}") from None
 

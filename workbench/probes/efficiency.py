@@ -50,7 +50,7 @@ def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
     }
 
 
-def _nvml_energy_reader(device: torch.device):
+def nvml_energy_reader(device: torch.device):
     """A function returning the GPU's energy counter in joules, or a reason string when unavailable."""
     if device.type != "cuda" or not torch.cuda.is_available():
         return "not measured: needs a CUDA device"
@@ -125,7 +125,7 @@ class Efficiency(Probe):
         counts = parameter_counts(ctx.model)
         prompt = encode(ctx.tokenizer, chat_prompt(ctx.tokenizer, PROMPT))
         prompts = [prompt] * BATCH[size]
-        energy = _nvml_energy_reader(ctx.device)
+        energy = nvml_energy_reader(ctx.device)
 
         def generate(new_tokens: int) -> None:
             greedy_generate(ctx.model, ctx.tokenizer, prompts, new_tokens, ctx.device, stop_at_eos=False,
