@@ -9,7 +9,7 @@ from tests.tiny import tiny_llama
 from workbench.domain.plan import Plan
 from workbench.infra.errors import Cancelled
 from workbench.probes import CHUNK, PROBES, ProbeContext, kl, run_probes
-from workbench.probes.perplexity import BATCH, SEQLEN
+from workbench.probes.heldout import BATCH, SEQLEN, token_pass
 
 QUICK_TOKENS = 2 * (SEQLEN - 1)
 
@@ -126,7 +126,8 @@ def test_store_kl_is_full_kl_minus_the_tail_term(k):
     windows = torch.randint(0, 256, (5, 40), generator=torch.Generator().manual_seed(0))  # two batches
     with torch.no_grad():
         store = kl.dense_topk(dense, windows, torch.device("cpu"), k=k)
-        bounded, agree = kl.divergence(current, store, torch.device("cpu"))
+        measured = token_pass(current, windows, torch.device("cpu"), store)
+        bounded, agree = measured.kl, measured.agree
     full, tail_term = full_kl_and_tail_term(dense, current, windows, store.ids)
     assert store.k == k and bounded.shape == (5, 39)
     assert (tail_term >= -1e-12).all()  # the store's KL is a lower bound
@@ -157,3 +158,20 @@ def test_cancel_between_batches():
         PROBES.get("kl")().run(ctx)
     with pytest.raises(Cancelled):
         kl.dense_topk(model, torch.zeros(2, 8, dtype=torch.long), torch.device("cpu"), check_cancel=ctx.check_cancel)
+
+
+def test_perplexity_and_kl_in_one_run_share_one_forward_pass(probed):
+    engine, _, _, pruned = probed
+    calls = []
+    handle = engine.loaded.model.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        together = {r.name: r for r in engine.probe(["perplexity", "kl"])}
+        shared = len(calls)
+        alone = {name: engine.probe([name])[0] for name in ("perplexity", "kl")}
+    finally:
+        handle.remove()
+    batches = -(-2 // BATCH)  # the quick windows, in batches
+    assert shared == batches and len(calls) == 3 * batches  # once together, once each alone
+    for name in ("perplexity", "kl"):
+        assert together[name].score == alone[name].score == pruned[name].score
+        assert together[name].units["score"].values == alone[name].units["score"].values

@@ -15,7 +15,7 @@ from workbench.cli.main import build_parser
 from workbench.domain.plan import Plan
 from workbench.engine.facade import Engine
 from workbench.infra.memory import settle, status_kib
-from workbench.probes import perplexity
+from workbench.probes import heldout
 
 glibc_linux = pytest.mark.skipif(not sys.platform.startswith("linux") or status_kib("VmRSS") == 0,
                                  reason="needs Linux /proc and glibc")
@@ -111,7 +111,7 @@ def test_dense_reference_probes_run_on_the_kept_dense_weights_without_copies():
 
 
 def test_probe_working_set_is_three_batches_of_float32_logits():
-    expected = 3 * perplexity.BATCH * perplexity.SEQLEN * 1000 * 4 / MIB
+    expected = 3 * heldout.BATCH * heldout.SEQLEN * 1000 * 4 / MIB
     assert bench.probe_activation_mib(1000, torch.float32) == pytest.approx(expected)
     assert bench.probe_activation_mib(1000, torch.bfloat16) == pytest.approx(expected)  # cross-entropy runs in float32
 

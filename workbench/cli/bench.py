@@ -58,7 +58,7 @@ from workbench.model.data import calibration_windows
 from workbench.model.loader import EMBEDDED, load_model, load_tokenizer, resolve_device, resolve_dtype, resolve_source
 from workbench.model.shapes import random_weights_of
 from workbench.probes import PROBES, timing_only
-from workbench.probes import perplexity
+from workbench.probes import heldout
 from workbench.studies.compare import grid, run_comparison
 from workbench.studies.sensitivity import scan
 
@@ -128,7 +128,7 @@ def _prepare_seconds(comparison) -> float:
 
 def probe_activation_mib(vocab_size: int, dtype: torch.dtype) -> float:
     """Perplexity's working set: one batch's logits, their shifted copy and their log-softmax."""
-    logits = perplexity.BATCH * perplexity.SEQLEN * vocab_size * max(torch.finfo(dtype).bits, 32) / 8
+    logits = heldout.BATCH * heldout.SEQLEN * vocab_size * max(torch.finfo(dtype).bits, 32) / 8
     return 3 * logits / 2**20
 
 

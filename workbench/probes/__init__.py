@@ -161,6 +161,8 @@ class ProbeContext:
     seed: int = 0
     cancel: Callable[[], bool] | None = None
     dense_topk: Callable[[torch.Tensor], DenseTopK] | None = None
+    planned: tuple[str, ...] = ()  # the probes of this run (probes that share a forward pass read it)
+    shared: dict = field(default_factory=dict)  # what one probe computed for another of this run
 
     def check_cancel(self) -> None:
         if self.cancel is not None and self.cancel():
@@ -253,6 +255,7 @@ def run_probes(
     dense model's results, which some replay tolerances scale with. Quality probes refuse random weights."""
     probes = [PROBES.get(n, where="--probes")() for n in names]
     refuse_random_weights(ctx.model, names)
+    ctx.planned = tuple(names)
     results = []
     for i, probe in enumerate(probes):
         ctx.check_cancel()

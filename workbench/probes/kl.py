@@ -24,7 +24,8 @@ is clamped to 0.
 
 Units: per run of `CHUNK` (32) predicted tokens within a window, the summed KL ("score") and the number
 of tokens whose top-1 agrees ("top1"), each weighted by the run's token count. Cost: one forward pass of
-the current model over the windows, as perplexity. A probe context without a dense reference (a bare
+the current model over the windows, shared with perplexity when a run asks for both
+(`workbench.probes.heldout`). A probe context without a dense reference (a bare
 model) makes the model its own reference: KL 0, agreement 1, no forward pass.
 """
 
@@ -35,7 +36,8 @@ from typing import Callable
 import torch
 
 from workbench.probes import PROBES, DenseTopK, Probe, ProbeContext, chunk_units
-from workbench.probes.perplexity import BATCH, Perplexity, held_out_windows
+from workbench.probes.heldout import BATCH, held_out_pass, held_out_windows, log_mass_outside
+from workbench.probes.perplexity import Perplexity
 
 TOP_K = 64
 QUANTILES = {"median": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99, "p99.9": 0.999}
@@ -44,12 +46,6 @@ QUANTILES = {"median": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99, "p99.9": 0.999
 def log_probs(model, batch: torch.Tensor) -> torch.Tensor:
     """Next-token log-probabilities at every predicted token of `batch`: (rows, seqlen - 1, vocab), float32."""
     return torch.log_softmax(model(batch).logits[:, :-1].float(), dim=-1)
-
-
-def log_mass_outside(logprobs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Log of the probability mass outside the token `ids` (..., k) at every position (-inf when none is
-    left); overwrites those entries of `logprobs` with -inf instead of copying it."""
-    return torch.logsumexp(logprobs.scatter_(-1, ids, float("-inf")), dim=-1)
 
 
 def dense_topk(model, windows: torch.Tensor, device: torch.device, k: int = TOP_K,
@@ -65,36 +61,6 @@ def dense_topk(model, windows: torch.Tensor, device: torch.device, k: int = TOP_
         values.append(top.values.cpu())
         ids.append(top.indices.to(torch.int32).cpu())
     return DenseTopK(windows.clone(), torch.cat(values), torch.cat(ids), torch.cat(tails))
-
-
-def token_kl(logprobs: torch.Tensor, top_logprobs: torch.Tensor, top_ids: torch.Tensor,
-             tail: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """KL_K(dense || current) at every position from the current model's full `logprobs` (consumed:
-    overwritten) and the dense top-k (`top_logprobs`, `top_ids`, `tail`), and whether the dense top-1 is
-    a top-1 of the current model."""
-    ids = top_ids.long()
-    current = logprobs.gather(-1, ids)
-    agree = current[..., 0] == logprobs.amax(dim=-1)
-    current_tail = log_mass_outside(logprobs, ids)
-    tail_term = torch.where(tail == float("-inf"), 0.0, tail.exp() * (tail - current_tail))
-    kl = (top_logprobs.exp() * (top_logprobs - current)).sum(dim=-1) + tail_term
-    return kl.clamp_min(0.0), agree
-
-
-def divergence(model, reference: DenseTopK, device: torch.device,
-               check_cancel: Callable[[], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token KL (windows x tokens, float32) and top-1 agreement of `model` against `reference`, on the CPU."""
-    kls, agrees = [], []
-    for start in range(0, len(reference.windows), BATCH):
-        if check_cancel is not None:
-            check_cancel()
-        rows = slice(start, start + BATCH)
-        logprobs = log_probs(model, reference.windows[rows].to(device))
-        kl, agree = token_kl(logprobs, reference.logprobs[rows].to(device), reference.ids[rows].to(device),
-                             reference.tail[rows].to(device))
-        kls.append(kl.cpu())
-        agrees.append(agree.cpu())
-    return torch.cat(kls), torch.cat(agrees)
 
 
 @PROBES.register("kl")
@@ -114,15 +80,14 @@ class KL(Probe):
     floor = 0.0
 
     def measure(self, ctx: ProbeContext, size: str):
-        windows = held_out_windows(ctx, size)
         ctx.check_cancel()
         if ctx.dense_topk is None:
+            windows = held_out_windows(ctx, size)
             kl = torch.zeros(len(windows), windows.shape[1] - 1)
             agree, k = torch.ones_like(kl, dtype=torch.bool), 0
         else:
-            reference = ctx.dense_topk(windows)
-            kl, agree = divergence(ctx.model, reference, ctx.device, ctx.check_cancel)
-            k = reference.k
+            measured = held_out_pass(ctx, size, with_kl=True)
+            kl, agree, k = measured.kl, measured.agree, measured.k
         flat = kl.flatten().double()
         quantiles = torch.quantile(flat, torch.tensor(list(QUANTILES.values()), dtype=torch.float64)).tolist()
         details = {
@@ -135,4 +100,4 @@ class KL(Probe):
             "reference": "dense" if ctx.dense_topk is not None else "self",
         }
         units = {"score": chunk_units(kl), "top1": chunk_units(agree.float())}
-        return details["mean"], len(windows), details, units
+        return details["mean"], len(kl), details, units

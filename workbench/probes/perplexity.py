@@ -7,38 +7,8 @@ from __future__ import annotations
 
 import math
 
-import torch
-import torch.nn.functional as F
-
-from workbench.model.data import evaluation_windows
 from workbench.probes import PROBES, Probe, ProbeContext, ProbeResult, chunk_units
-
-SEQLEN = 256
-WINDOWS = {"quick": 2, "full": None}  # None: every window of the evaluation part
-BATCH = 4
-
-
-def held_out_windows(ctx: ProbeContext, size: str) -> torch.Tensor:
-    """The token windows (windows x SEQLEN) perplexity and kl read at `size`."""
-    return evaluation_windows(ctx.tokenizer, ctx.eval_source, SEQLEN, WINDOWS[size])
-
-
-def token_nll(model, ids: torch.Tensor, device: torch.device,
-              ctx: ProbeContext | None = None) -> tuple[torch.Tensor, float]:
-    """Next-token NLL (nats) of every predicted token of `ids` (windows x seqlen): windows x (seqlen - 1),
-    float32 on the CPU; and their total as `F.cross_entropy(reduction="sum")` adds them, per batch in
-    float32 (the score stays bit-identical to earlier versions and to the sensitivity scan's perplexity)."""
-    out, total = [], 0.0
-    for start in range(0, len(ids), BATCH):
-        if ctx is not None:
-            ctx.check_cancel()
-        batch = ids[start : start + BATCH].to(device)
-        logits = model(batch).logits[:, :-1].float()
-        target = batch[:, 1:].reshape(-1)
-        logprobs = F.log_softmax(logits.reshape(-1, logits.shape[-1]), dim=-1)
-        total += F.nll_loss(logprobs, target, reduction="sum").item()
-        out.append(F.nll_loss(logprobs, target, reduction="none").view(len(batch), -1).cpu())
-    return torch.cat(out), total
+from workbench.probes.heldout import SEQLEN, held_out_pass
 
 
 @PROBES.register("perplexity")
@@ -64,7 +34,6 @@ class Perplexity(Probe):
         return self.tolerance + self.DAMAGE * abs(math.log(score / dense.score))
 
     def measure(self, ctx: ProbeContext, size: str):
-        ids = held_out_windows(ctx, size)
-        nll, total = token_nll(ctx.model, ids, ctx.device, ctx)
-        details = {"tokens": nll.numel(), "seqlen": SEQLEN}
-        return math.exp(total / nll.numel()), len(ids), details, {"score": chunk_units(nll, "exp")}
+        nll = held_out_pass(ctx, size, with_kl=False)
+        details = {"tokens": nll.nll.numel(), "seqlen": SEQLEN}
+        return math.exp(nll.total / nll.nll.numel()), len(nll.nll), details, {"score": chunk_units(nll.nll, "exp")}

@@ -25,7 +25,7 @@ from workbench.engine.facade import Engine
 from workbench.engine.suffix import BlockInputs
 from workbench.infra.errors import Cancelled, WorkbenchError
 from workbench.model.data import evaluation_windows
-from workbench.probes import kl, perplexity
+from workbench.probes import heldout
 
 Progress = Callable[[str, float], None]
 Cancel = Callable[[], bool]
@@ -71,8 +71,8 @@ def suffix_measure(engine: Engine, probe: str) -> Callable[[int], float] | None:
     float summation."""
     if probe not in SIGNALS:
         return None
-    ids = evaluation_windows(engine.loaded.tokenizer, engine.calibration.source, perplexity.SEQLEN,
-                             perplexity.WINDOWS["quick"])
+    ids = evaluation_windows(engine.loaded.tokenizer, engine.calibration.source, heldout.SEQLEN,
+                             heldout.WINDOWS["quick"])
     reference = engine.dense_topk(ids) if probe == "kl" else None
     kept = BlockInputs(engine.loaded.model, ids, engine.loaded.device)
 
@@ -85,8 +85,8 @@ def suffix_measure(engine: Engine, probe: str) -> Callable[[int], float] | None:
                 total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="sum").item()
                 count += target.numel()
             else:
-                rows = slice(n * kl.BATCH, (n + 1) * kl.BATCH)
-                token, _ = kl.token_kl(torch.log_softmax(logits[:, :-1].float(), dim=-1),
+                rows = slice(n * heldout.BATCH, (n + 1) * heldout.BATCH)
+                token, _ = heldout.token_kl(torch.log_softmax(logits[:, :-1].float(), dim=-1),
                                        *(t[rows].to(logits.device) for t in (reference.logprobs, reference.ids, reference.tail)))
                 total += token.sum().item()
                 count += token.numel()
