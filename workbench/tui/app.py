@@ -19,6 +19,7 @@ import asyncio
 import os
 import signal
 import sys
+import threading
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, NoReturn
@@ -55,6 +56,7 @@ COMMANDS = command_table(FEATURES)
 APP_ACTIONS = {c.action_name for c in COMMANDS}
 EDITING_ACTIONS = {"save_as", "open", "prune", "pick", "allocator_params", "feature"}
 OTHER_SCREENS = tuple(screen for feature in FEATURES for screen in feature.screens)  # over the blocks
+HANGUP_GRACE_S = 5.0  # after SIGHUP the process ends within this, closed or not
 EngineFactory = Callable[..., "Engine"]
 
 
@@ -150,9 +152,14 @@ class WorkbenchApp(App):
         self.sessions.save_recovery()
 
     def _hang_up(self) -> None:
-        """The terminal went away (SIGHUP): leave now; the recovery file already has every edit."""
+        """The terminal went away (SIGHUP): leave now; the recovery file already has every edit. Should the
+        app not close within HANGUP_GRACE_S (its shutdown waits on something the lost terminal never
+        answers), the process ends anyway: a dropped SSH connection must not leave it running."""
         self.jobs.cancel(everything=True)
         self.workers.cancel_all()
+        deadline = threading.Timer(HANGUP_GRACE_S, os._exit, args=(129,))
+        deadline.daemon = True
+        deadline.start()
         self.exit(return_code=129)
 
     def check_action(self, action: str, parameters: tuple) -> bool | None:
