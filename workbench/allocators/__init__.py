@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 from workbench.domain.plan import MAX_SPARSITY
-from workbench.infra.errors import WorkbenchError
 from workbench.infra.params import Param, complete, defaults
 from workbench.infra.registry import Registry
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Callable
 
-from workbench.domain.plan import CalibrationSpec, Plan
+from workbench.domain.plan import CalibrationSpec
 from workbench.jobs.core import Job, JobKind
 from workbench.jobs.results import AutosaveFailed, DropsChosen, Loaded, NeedsFullPrune, Probed, Pruned, Saved
 
