@@ -16,8 +16,9 @@ from workbench.cli.probe import SUITE, add_eval_parser, add_probe_parser, cmd_pr
 from workbench.infra.errors import Cancelled, WorkbenchError
 from workbench.probes import CHUNK, PROBES, ProbeContext, ProbeResult, Units, flips, run_probes
 from workbench.probes import arithmetic, brackets, facts, instructions
-from workbench.probes._generate import ChoiceScore, cached, common_prefix_length, cut_at_stop, greedy_generate, score_choices
-from workbench.probes.efficiency import parameter_counts
+from workbench.probes._generate import (CALL_TOKENS, ChoiceScore, cached, common_prefix_length, cut_at_stop, greedy_generate,
+                                       length_groups, score_choices)
+from workbench.probes.efficiency import nonzero, parameter_counts
 
 GENERATIVE = ("arithmetic", "brackets", "facts", "instructions")
 
@@ -87,6 +88,15 @@ def test_common_prefix_keeps_one_token_of_the_shortest():
     assert common_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5]]) == 3
     assert common_prefix_length([[1, 2, 3], [1, 2, 3, 4]]) == 2
     assert common_prefix_length([[7, 1], [8, 1]]) == 0
+
+
+def test_length_groups_split_only_where_padding_costs_more_than_a_call():
+    short, long = [1] * 40, [1 + CALL_TOKENS // 4] * 8
+    widths = short + [0] + long
+    groups = length_groups(widths)
+    assert groups == [list(range(40)), list(range(41, 49))]  # 40 padded to the long width would waste more than a call
+    assert length_groups([2, 3, 2, 0, 3]) == [[0, 2, 1, 4]]  # one more token each: not worth a call
+    assert length_groups([0, 0]) == []
 
 
 def test_choice_scores_match_full_forward(tiny):
@@ -318,6 +328,18 @@ def test_items_follow_the_seed(tiny):
     a = run_probes(base, ["arithmetic"])[0].details["examples"]
     b = run_probes(other, ["arithmetic"])[0].details["examples"]
     assert a != b
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_nonzero_counts_as_not_equal_zero_does(dtype):
+    """The bit-pattern count agrees with `!= 0`: -0.0 (a pruned negative weight times 0) is zero, NaN
+    and the smallest subnormal are not."""
+    weight = torch.randn(64, 48, generator=torch.Generator().manual_seed(0)).to(dtype)
+    weight[weight.abs() < 0.7] = 0
+    weight[0, :4] = torch.tensor([-0.0, float("nan"), torch.finfo(dtype).tiny / 2, -torch.finfo(dtype).tiny])
+    weight[1] *= 0  # negative entries become -0.0
+    assert nonzero(weight) == int((weight != 0).sum())
+    assert nonzero(weight.t()) == int((weight != 0).sum())  # not contiguous: the plain count
 
 
 def test_efficiency_counts_zeros_and_shapes():

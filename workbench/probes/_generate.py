@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -208,6 +209,33 @@ def score_choices(
     return [out[i] for i in range(len(items))]
 
 
+CALL_TOKENS = 30  # one extra forward call costs about as much as this many more tokens (weight reads)
+
+
+def length_groups(widths: Sequence[int]) -> list[list[int]]:
+    """Indices of the non-zero `widths`, split into runs of similar width that minimise padded tokens plus
+    `CALL_TOKENS` per run (each run is one forward call padded to its widest); shortest first."""
+    order = sorted((w, i) for i, w in enumerate(widths) if w > 0)
+    n = len(order)
+    best = [0.0] + [math.inf] * n  # best[j]: cost of the first j widths
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j):  # the last run is order[i:j], padded to order[j - 1]'s width
+            cost = best[i] + CALL_TOKENS + (j - i) * order[j - 1][0]
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], n
+    while j > 0:
+        groups.append([index for _, index in order[cut[j] : j]])
+        j = cut[j]
+    return groups[::-1]
+
+
+def _select(cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:
+    """A new cache holding the given rows of `cache` (a row may repeat)."""
+    return DynamicCache([(layer.keys[rows], layer.values[rows]) for layer in cache.layers])
+
+
 def _score_batch(model, tokenizer, state, shared, items, device) -> list[list[ChoiceScore]]:
     pad = _pad_id(tokenizer)
     decoder, head = model.get_decoder(), model.get_output_embeddings()
@@ -220,21 +248,21 @@ def _score_batch(model, tokenizer, state, shared, items, device) -> list[list[Ch
     hidden = decoder(ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
                      **cached(decoder, cache), use_cache=True).last_hidden_state
     last = hidden[torch.arange(len(items)), lengths - 1]  # (items, hidden)
-    # Stage 2: repeat each context's cache once per choice and feed every choice but its last token,
-    # whose states predict the choice's later tokens.
+    # Stage 2: feed every choice but its last token on a copy of its context's cache; those states predict
+    # the choice's later tokens. Choices run in groups of similar length (`length_groups`) to save padding.
     counts = torch.tensor([len(choices) for _, choices in items])
     choices = [list(ch) for _, chs in items for ch in chs]
     row_of = torch.repeat_interleave(torch.arange(len(items)), counts)
-    states = [last[row_of]]  # predicts token 0 of every choice
-    if any(len(ch) > 1 for ch in choices):
-        cache.batch_select_indices(row_of.to(device))
-        ch_ids, ch_mask = _pad([ch[:-1] or [pad] for ch in choices], pad, left=False)
-        ch_mask[[len(ch) == 1 for ch in choices]] = 0
-        positions2 = (shared + lengths[row_of])[:, None] + torch.arange(ch_ids.shape[1])
-        hidden2 = decoder(ch_ids.to(device), attention_mask=torch.cat([mask[row_of], ch_mask], dim=1).to(device),
-                          position_ids=positions2.to(device), **cached(decoder, cache), use_cache=True).last_hidden_state
-        states += [hidden2[row, : len(ch) - 1] for row, ch in enumerate(choices) if len(ch) > 1]
-    # Row r of `states[0]` predicts choice r's first token; the later blocks, in order, the rest.
+    later: dict[int, torch.Tensor] = {}  # choice -> states predicting its tokens 1..
+    for group in length_groups([len(ch) - 1 for ch in choices]):
+        rows = row_of[group]
+        ch_ids, ch_mask = _pad([choices[c][:-1] for c in group], pad, left=False)
+        positions2 = (shared + lengths[rows])[:, None] + torch.arange(ch_ids.shape[1])
+        hidden2 = decoder(ch_ids.to(device), attention_mask=torch.cat([mask[rows], ch_mask], dim=1).to(device),
+                          position_ids=positions2.to(device), **cached(decoder, _select(cache, rows.to(device))),
+                          use_cache=True).last_hidden_state
+        later.update({c: hidden2[i, : len(choices[c]) - 1] for i, c in enumerate(group)})
+    states = [last[row_of]] + [later[c] for c in sorted(later)]  # predicts token 0 of every choice, then the rest
     targets = [ch[0] for ch in choices] + [t for ch in choices for t in ch[1:]]
     owner = list(range(len(choices))) + [r for r, ch in enumerate(choices) for _ in ch[1:]]
     logprobs = torch.log_softmax(head(torch.cat(states)).float(), dim=-1)

@@ -38,15 +38,29 @@ NEW_TOKENS = {"quick": 4, "full": 32}
 PROMPT = "Write a short paragraph about the history of the bicycle."
 
 
+BIT_VIEWS = {2: torch.int16, 4: torch.int32, 8: torch.int64}  # float width in bytes -> integer of that width
+
+
+def nonzero(weight: torch.Tensor) -> int:
+    """Non-zero entries of a floating-point tensor (-0.0 counts as zero, as `!= 0` has it).
+
+    Counted on the bit pattern with the sign bit shifted out: `torch.count_nonzero` on floats is about 4x
+    slower on the random zero patterns pruning leaves (it branches per element)."""
+    if not weight.is_floating_point() or weight.element_size() not in BIT_VIEWS or not weight.is_contiguous():
+        return int(torch.count_nonzero(weight))
+    return int(torch.count_nonzero(weight.view(BIT_VIEWS[weight.element_size()]) << 1))
+
+
 def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
     """Physical and non-zero parameter counts of the block linears and of the whole model."""
-    linears = [ref.module.weight for block in find_linears(model) for ref in block]
     params = list(model.parameters())  # distinct tensors: tied weights appear once
+    counted = {id(p): nonzero(p.detach()) for p in params}
+    linears = [ref.module.weight for block in find_linears(model) for ref in block]
     return {
         "block_linear_params": sum(w.numel() for w in linears),
-        "block_linear_nonzero": sum(int(torch.count_nonzero(w)) for w in linears),
+        "block_linear_nonzero": sum(counted[id(w)] for w in linears),
         "model_params": sum(p.numel() for p in params),
-        "model_nonzero": sum(int(torch.count_nonzero(p)) for p in params),
+        "model_nonzero": sum(counted.values()),
     }
 
 
