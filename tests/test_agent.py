@@ -112,11 +112,11 @@ def test_recorded_decisions_replay_exactly(finished, tmp_path):
     assert targets == engine.block_targets(plan)
 
     session = session_from_engine(engine)
-    session.agent = run.log()
+    session.sections["agent"] = run.log()
     save_session(session, tmp_path / "agent.toml")
     loaded = load_session(tmp_path / "agent.toml")
     assert loaded.plan == plan and loaded.calibrated_with == run.start_plan()
-    assert loaded.agent == run.log()
+    assert loaded.sections["agent"] == run.log()
 
 
 def test_the_allocator_refuses_missing_and_malformed_decisions():
@@ -302,9 +302,9 @@ def test_kl_measure_runs_on_the_model_and_the_session_keeps_it(tmp_path):
     assert run.dense_score == 0.0 and run.start_score > 0
     assert all(r.score >= 0 for r in run.records if r.score is not None)
     session = session_from_engine(engine)
-    session.agent = run.log()
+    session.sections["agent"] = run.log()
     save_session(session, tmp_path / "kl.toml")
-    assert load_session(tmp_path / "kl.toml").agent == run.log()
+    assert load_session(tmp_path / "kl.toml").sections["agent"] == run.log()
 
 
 def test_sessions_written_before_the_measure_read_their_perplexities():
@@ -334,7 +334,7 @@ def test_cli_agent_json_session_and_replay_check(tiny_model_dir, tmp_path, capsy
     out = json.loads(capsys.readouterr().out)
     assert out["stop_reason"] == "target reached" and out["plan"]["allocator"] == "agent"
     assert out["achieved"] == pytest.approx(0.55, abs=0.01) and out["steps"][0]["observation"]["wanda_z"]
-    assert load_session(session).agent.records
+    assert load_session(session).sections["agent"].records
     assert main(["replay", str(session), "--check", "--json"]) == 0
     replay = json.loads(capsys.readouterr().out)
     assert replay["ok"] and replay["weights_sha256"] == out["weights_sha256"]

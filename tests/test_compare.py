@@ -111,9 +111,9 @@ def test_sessions_keep_comparison_and_sensitivity(tmp_path):
                             results=[_result("a", 30.0), _result("b", 20.0)], outlier_ratios=[0.01])
     comparison.results[1].prepare_seconds = 4.5
     sensitivity = Sensitivity("perplexity", 0.1, 12.0, [0.5, None, 2.0], 1.0)
-    save_session(Session(comparison=comparison, sensitivity=sensitivity), tmp_path / "s.toml")
+    save_session(Session(sections={"comparison": comparison, "sensitivity": sensitivity}), tmp_path / "s.toml")
     loaded = load_session(tmp_path / "s.toml")
-    assert loaded.comparison == comparison and loaded.sensitivity == sensitivity
+    assert loaded.sections == {"comparison": comparison, "sensitivity": sensitivity}
 
 
 def test_cli_compare_table_json_save_replay_and_plot(tiny_model_dir, tmp_path, capsys):
@@ -234,6 +234,6 @@ def test_cli_sensitivity(tiny_model_dir, tmp_path, capsys):
                  "--save-session", str(tmp_path / "s.toml"), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["count"] == 4 and data["blocks"] == [0, 1, 2, 3] and len(data["deltas"]) == 4
-    assert load_session(tmp_path / "s.toml").sensitivity.deltas == pytest.approx(data["deltas"])
+    assert load_session(tmp_path / "s.toml").sections["sensitivity"].deltas == pytest.approx(data["deltas"])
     assert main(["sensitivity", "--session", str(tmp_path / "s.toml"), "--blocks", "1"]) == 0
     assert "    1 " in capsys.readouterr().out

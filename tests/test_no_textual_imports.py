@@ -1,7 +1,8 @@
 """The engine, sessions, CLI and every other non-UI module must work without textual: importing them
 (and discovering every method, allocator and probe) must not load it, and none of them may import it
-anywhere, not even inside a function. Only workbench/tui may import it, apart from its features' job
-bodies (tui/*/job.py)."""
+anywhere, not even inside a function. Only workbench/tui and the UI modules of the feature folders
+(workbench/features/NAME/) may import it: a feature's job body (job.py), session section (section.py) and
+package file stay UI-free, since headless commands and worker threads use them."""
 
 from __future__ import annotations
 
@@ -20,8 +21,18 @@ FORBIDDEN = ("textual", "textual_plotext")
 
 
 def _module_files() -> list[Path]:
-    """Every module outside the UI, and the UI features' job bodies (they run in worker threads)."""
-    return sorted(p for p in PACKAGE.rglob("*.py") if "tui" not in p.relative_to(PACKAGE).parts or p.name == "job.py")
+    """Every module outside the UI, and the UI-free modules of the feature folders."""
+    return sorted(p for p in PACKAGE.rglob("*.py") if not _ui(p.relative_to(PACKAGE)))
+
+
+def _ui(path: Path) -> bool:
+    """Whether a module (relative to the package) may import textual."""
+    if path.parts[0] == "features" and len(path.parts) == 3:
+        return path.name not in UI_FREE
+    return path.parts[0] == "tui"
+
+
+UI_FREE = ("__init__.py", "job.py", "section.py")  # in a feature folder
 
 
 def _imports(tree: ast.AST) -> list[str]:

@@ -15,7 +15,7 @@ from tests.tui.conftest import consistent, settle, tiny_factory
 from workbench.agent.record import ACCEPTED
 from workbench.domain.plan import Plan
 from workbench.infra.errors import Cancelled
-from workbench.tui.agent.screen import AgentScreen
+from workbench.features.agent.screen import AgentScreen
 from workbench.tui.screens.params import ParamsScreen
 from workbench.tui.widgets.plots import InfluencePlot
 

@@ -12,8 +12,8 @@ from workbench.app.edits import BlockKey, GlobalKey, LinearKey
 from workbench.infra.errors import Cancelled
 from workbench.tui.screens.confirm import ConfirmScreen
 from workbench.tui.screens.help import HelpScreen
-from workbench.tui.plots.feature import PlotsFeature
-from workbench.tui.plots.screen import PlotsScreen
+from workbench.features.plots.feature import PlotsFeature
+from workbench.features.plots.screen import PlotsScreen
 from workbench.tui.screens.picker import PickerScreen
 from workbench.tui.widgets.block_pane import BlockPane
 from workbench.tui.widgets.slider import Slider

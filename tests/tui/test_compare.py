@@ -15,7 +15,7 @@ from textual.widgets import Static
 from tests.tui.conftest import consistent, settle, tiny_factory
 from workbench.domain.plan import Plan
 from workbench.infra.errors import Cancelled
-from workbench.tui.compare.screen import CompareScreen, CompareTable
+from workbench.features.compare.screen import CompareScreen, CompareTable
 from workbench.tui.widgets.activity import Activity
 from workbench.tui.widgets.block_pane import BlockPane
 

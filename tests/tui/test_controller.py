@@ -131,7 +131,7 @@ def test_probes_belong_to_the_plan_they_were_measured_on():
 def test_sessions_open_restore_and_save(tmp_path):
     plan, calibrated = Plan(sparsity=0.6, block_overrides={1: 0.7}), Plan(sparsity=0.6)
     session = SimpleNamespace(plan=plan, calibrated_with=calibrated, history=[], probes=[result(20.0)],
-                              dense_probes=[result(18.0)], comparison=None, sensitivity=None, agent=None)
+                              dense_probes=[result(18.0)], sections={})
     controller = Controller()
     assert controller.open(session, tmp_path / "run.toml", restored=False, applied=None) == calibrated
     assert controller.session_path == tmp_path / "run.toml" and not controller.dirty

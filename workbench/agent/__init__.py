@@ -24,7 +24,7 @@ calling `step`) and stop:
     run.final_plan()                  # "use this allocation": the agent allocator with the accepted steps
     run.checkpoint_plan()             # the last accepted state (block overrides on the start plan)
     run.records, run.stop_reason, run.final_score
-    session.agent = run.log()         # the full step log for the session
+    session.sections["agent"] = run.log()  # the full step log for the session
 
 While a run is going it owns the engine (prune, apply and probe on it). `step` runs on the caller's
 thread and blocks for one re-prune and one quick perplexity (an LLM policy also waits for its endpoint).

@@ -159,8 +159,8 @@ class Controller:
         self._begin(plan, applied, EditHistory.from_records(session.history, plan))
         self.probes, self.probes_plan = list(session.probes), plan
         self.dense_probes = {p.name: p for p in session.dense_probes}
-        self.variants = CompareVariants(session.comparison)
-        self.sensitivity, self.agent = session.sensitivity, session.agent
+        self.variants = CompareVariants(session.sections.get("comparison"))
+        self.sensitivity, self.agent = session.sections.get("sensitivity"), session.sections.get("agent")
         self.session_path = None if restored else path
         self.dirty = restored
         return session.calibrated_with or plan
@@ -370,9 +370,12 @@ class Controller:
             model=engine.loaded.spec, device=device, dtype=dtype, calibration=engine.calibration, plan=self.plan,
             calibrated_with=self._restore or engine.calibrated_with or self.plan, history=self.history.to_records(),
             probes=self.current_probes, dense_probes=list(self.dense_probes.values()), theme=theme,
-            versions=current_versions(), comparison=self.variants.comparison, sensitivity=self.sensitivity,
-            agent=self.agent,
+            versions=current_versions(), sections=self.sections(),
         )
+
+    def sections(self) -> dict:
+        """The features' session tables (workbench.domain.sections): comparison, sensitivity scan, agent log."""
+        return {"comparison": self.variants.comparison, "sensitivity": self.sensitivity, "agent": self.agent}
 
     # ----- what the screens show ----------------------------------------------------------------------
     def block_targets(self) -> list[float]:

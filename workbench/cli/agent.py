@@ -91,7 +91,7 @@ def cmd_agent(args) -> int:
         from workbench.domain.session import save_session, session_from_engine
 
         session = session_from_engine(engine, probes=pruned, device=args.device, dtype=args.dtype)
-        session.agent = log
+        session.sections["agent"] = log
         save_session(session, args.save_session)
     state = engine.state()
     final = run.final_plan()

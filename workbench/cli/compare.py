@@ -342,7 +342,7 @@ def cmd_sensitivity(args) -> int:
         from workbench.domain.session import save_session, session_from_engine
 
         session = session_from_engine(engine, device=args.device, dtype=args.dtype)
-        session.sensitivity = result
+        session.sections["sensitivity"] = result
         save_session(session, args.save_session)
     targets = engine.block_targets(plan)
     if args.json:

@@ -44,7 +44,9 @@ Schema (version 3); every key but `version`, `[model]` and `[plan]` is optional:
     sha256 = "..."                      # of that file
     [masks.linears]                     # "layers.3.mlp.down_proj" = "KEPT HASH SAMPLE" per linear:
                                         # kept weights, mask hash, sampled keep bits (base64)
-    [comparison]                        # the last comparison, with its units (workbench.studies.compare)
+    [comparison]                        # the features' tables (workbench.domain.sections), each read and
+                                        # written by its feature's section.py: the last comparison, with
+                                        # its units (workbench.studies.compare)
     [sensitivity]                       # the last sensitivity scan
     [influence]                         # LayerIF's raw per-block scores when computed: estimator, aggregate,
                                         # scope, train, val, seqlen, and [influence.scores] per aggregate
@@ -75,16 +77,14 @@ from typing import Any
 
 import tomli_w
 
-from workbench.agent.record import LEGACY_NAMES, OUTCOMES, AgentLog, StepRecord
 from workbench.domain.plan import DTYPES, MODES, CalibrationSpec, Plan, Structure, check_structure, plan_to_dict, structure_from_dict
-from workbench.domain.signals import SIGNALS
+from workbench.domain.sections import SECTIONS
 from workbench.engine.facade import Engine
 from workbench.engine.masks import MaskAgreement, MaskFingerprint, compare_fingerprints, exact_agreement, load_mask_file, mask_file_for
 from workbench.infra.atomic import atomic_write_text
 from workbench.infra.errors import WorkbenchError
 from workbench.probes import LINKS, ProbeResult, Units
 from workbench.studies.compare import Comparison, VariantResult
-from workbench.studies.sensitivity import Sensitivity
 
 
 VERSION = 3
@@ -127,9 +127,7 @@ class Session:
     theme: str = "dark"
     versions: dict = field(default_factory=dict)
     masks: MaskRecord | None = None
-    comparison: Comparison | None = None
-    sensitivity: Sensitivity | None = None
-    agent: AgentLog | None = None  # the step log of an agent run (workbench.agent)
+    sections: dict[str, Any] = field(default_factory=dict)  # the features' tables by name (workbench.domain.sections)
     influence: dict = field(default_factory=dict)  # LayerIF's raw per-block scores (InfluenceScores.to_dict)
 
 
@@ -189,12 +187,9 @@ def session_to_dict(session: Session) -> dict:
         data["influence"] = session.influence
     if session.masks is not None:
         data["masks"] = session.masks.to_dict()
-    if session.comparison is not None:
-        data["comparison"] = comparison_to_dict(session.comparison)
-    if session.sensitivity is not None:
-        data["sensitivity"] = session.sensitivity.to_dict()
-    if session.agent is not None:
-        data["agent"] = session.agent.to_dict()
+    for name, value in session.sections.items():
+        if value is not None:
+            data[name] = SECTIONS.get(name, where="session section").write(value)
     return data
 
 
@@ -430,43 +425,6 @@ class Reader:
         return Comparison(probes=probes, size=size, dense=self.probes(data, "dense_probes", prefix), results=results,
                           outlier_ratios=[float(x) for x in ratios] if ratios is not None else None)
 
-    def sensitivity(self, data: dict, prefix: str) -> Sensitivity:
-        """A [sensitivity] table (see `Sensitivity.to_dict`)."""
-        self.known(data, prefix, {"probe", "step", "base", "seconds", "blocks", "deltas", "count"})
-        count = self.get(data, "count", prefix, int, required=True)
-        blocks = self.get(data, "blocks", prefix, list, required=True)
-        deltas = self.get(data, "deltas", prefix, list, required=True)
-        if len(blocks) != len(deltas) or not all(isinstance(b, int) and 0 <= b < count for b in blocks):
-            raise self.fail(f"{prefix}blocks", f"expected one delta per block index in 0..{count - 1}")
-        for key in ("step", "base"):
-            self.get(data, key, prefix, (int, float), required=True)
-        self.get(data, "probe", prefix, str, required=True)
-        return Sensitivity.from_dict(data)
-
-    def agent(self, data: dict, prefix: str) -> AgentLog:
-        """An [agent] table (see `AgentLog.to_dict`; older names read too): the scalars typed, every record's
-        keys known."""
-        self.known(data, prefix, set(AgentLog.__dataclass_fields__) | set(LEGACY_NAMES))
-        for key in ("policy", "stop_reason", "agent_model", "agent_url", "system_prompt"):
-            self.get(data, key, prefix, str, required=key == "policy", default="")
-        if self.get(data, "measure", prefix, str, default="perplexity") not in SIGNALS:
-            raise self.fail(f"{prefix}measure", f"expected one of {', '.join(SIGNALS)}")
-        for key in ("target", "start", "start_score", "dense_score", "final_score", "seconds", *LEGACY_NAMES):
-            self.get(data, key, prefix, (int, float), required=key in ("target", "start"), default=0.0)
-        self.table(data, "settings", prefix)
-        for i, record in enumerate(self.get(data, "records", prefix, list, default=[])):
-            where = f"{prefix}records[{i}]."
-            if not isinstance(record, dict):
-                raise self.fail(where[:-1], "expected a table")
-            self.known(record, where, set(StepRecord.__dataclass_fields__) | set(LEGACY_NAMES))
-            if self.get(record, "outcome", where, str, required=True) not in OUTCOMES:
-                raise self.fail(f"{where}outcome", f"expected one of {', '.join(OUTCOMES)}")
-            self.get(record, "index", where, int, required=True)
-            self.get(record, "sparsity", where, (int, float), required=True)
-            for key in ("blocks", "by", "replies", "errors"):
-                self.get(record, key, where, list, default=[])
-        return AgentLog.from_dict(data)
-
     def masks(self, data: dict) -> MaskRecord | None:
         if "masks" not in data:
             return None
@@ -577,8 +535,7 @@ def _session(path: Path, data: dict) -> Session:
     if version not in READS:
         raise r.fail("version", f"unsupported session version {version} (this workbench reads {', '.join(map(str, READS))})")
     r.known(data, "", {"version", "theme", "versions", "model", "calibration", "plan", "calibrated_with",
-                       "history", "probes", "dense_probes", "evaluations", "masks", "comparison", "sensitivity",
-                       "agent", "influence"})
+                       "history", "probes", "dense_probes", "evaluations", "masks", "influence", *SECTIONS.names()})
     model, device, dtype, calibration = r.header(data)
     plan = r.plan(r.table(data, "plan", "", required=True), "plan.")
     calibrated_with = r.plan(data["calibrated_with"], "calibrated_with.") if "calibrated_with" in data else None
@@ -591,9 +548,8 @@ def _session(path: Path, data: dict) -> Session:
         probes=r.probes(data, "probes"), dense_probes=r.probes(data, "dense_probes"),
         evaluations=r.table(data, "evaluations", ""), theme=r.get(data, "theme", "", str, default="dark"),
         versions=r.table(data, "versions", ""), masks=r.masks(data),
-        comparison=r.comparison(r.table(data, "comparison", ""), "comparison.") if "comparison" in data else None,
-        sensitivity=r.sensitivity(r.table(data, "sensitivity", ""), "sensitivity.") if "sensitivity" in data else None,
-        agent=r.agent(r.table(data, "agent", ""), "agent.") if "agent" in data else None,
+        sections={name: SECTIONS.get(name).read(r, r.table(data, name, ""), f"{name}.")
+                  for name in SECTIONS.names() if name in data},
         influence=r.table(data, "influence", ""),
     )
 

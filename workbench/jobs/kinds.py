@@ -84,13 +84,13 @@ def probe(job: Job, names: tuple[str, ...]) -> Probed | None:
     return Probed(results, dict(engine.dense_probes), plan)
 
 
-def save(job: Job, path, history: list[dict], probes: list, theme: str, device: str, dtype: str, comparison,
-         sensitivity, agent) -> Saved:
-    """Write the session of the engine's state with the app's history, probes and studies."""
+def save(job: Job, path, history: list[dict], probes: list, theme: str, device: str, dtype: str,
+         sections: dict) -> Saved:
+    """Write the session of the engine's state with the app's history, probes and features' tables."""
     from workbench.domain.session import save_session, session_from_engine
 
     session = session_from_engine(job.engine, history=history, probes=probes, theme=theme, device=device, dtype=dtype)
-    session.comparison, session.sensitivity, session.agent = comparison, sensitivity, agent
+    session.sections = sections
     save_session(session, path)
     return Saved(path)
 

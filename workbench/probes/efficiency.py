@@ -38,6 +38,7 @@ NEW_TOKENS = {"quick": 4, "full": 32}
 PROMPT = "Write a short paragraph about the history of the bicycle."
 
 
+CHUNK = 1 << 22  # elements counted at a time
 BIT_VIEWS = {2: torch.int16, 4: torch.int32, 8: torch.int64}  # float width in bytes -> integer of that width
 
 
@@ -48,7 +49,8 @@ def nonzero(weight: torch.Tensor) -> int:
     slower on the random zero patterns pruning leaves (it branches per element)."""
     if not weight.is_floating_point() or weight.element_size() not in BIT_VIEWS or not weight.is_contiguous():
         return int(torch.count_nonzero(weight))
-    return int(torch.count_nonzero(weight.view(BIT_VIEWS[weight.element_size()]) << 1))
+    bits = weight.view(BIT_VIEWS[weight.element_size()]).reshape(-1)
+    return sum(int(torch.count_nonzero(chunk << 1)) for chunk in bits.split(CHUNK))  # temporaries of CHUNK only
 
 
 def parameter_counts(model: torch.nn.Module) -> dict[str, int]:

@@ -8,8 +8,8 @@ notifications. A cancelled job finishes its current linear and stops. A comparis
 or an agent run holds the engine exclusively (it prunes other plans): the controller holds prunes back
 until the engine is given back (an agent run keeps it until the run ends, also while paused), then
 re-establishes the current plan. Plots, comparisons, scans and agent runs are features, one folder each
-(`workbench.tui.plots`, `.compare`, `.sensitivity`, `.agent`), that register their commands, help, screens
-and job results with the app. Session files and the recovery file are `workbench.tui.sessions`; the app
+of `workbench.features`, that register their commands, help, screens and job results with the app (the app
+finds them there). Session files and the recovery file are `workbench.tui.sessions`; the app
 keeps what is app-wide: themes, the command palette, job events and the screens' key rules.
 """
 
@@ -35,23 +35,20 @@ from workbench.domain.plan import CalibrationSpec
 from workbench.infra.errors import WorkbenchError, out_of_memory
 from workbench.jobs import events
 from workbench.jobs.results import DropsChosen
-from workbench.tui.agent.feature import AgentFeature
 from workbench.tui.blocks.screen import BlocksScreen
 from workbench.tui.bridge import JobBridge, JobEvent
 from workbench.tui.commands import command_table
-from workbench.tui.compare.feature import CompareFeature
+from workbench.tui.feature import features
 from workbench.tui.pickers import Pickers
-from workbench.tui.plots.feature import PlotsFeature
 from workbench.tui.pruning import Pruning
 from workbench.tui.screens.help import HelpScreen, help_sections
-from workbench.tui.sensitivity.feature import SensitivityFeature
 from workbench.tui.sessions import Sessions
 from workbench.tui.widgets.activity import Activity
 
 if TYPE_CHECKING:
     from workbench.engine.facade import Engine
 
-FEATURES = (PlotsFeature, CompareFeature, SensitivityFeature, AgentFeature)
+FEATURES = features()  # one per folder of workbench.features
 COMMANDS = command_table(FEATURES)
 APP_ACTIONS = {c.action_name for c in COMMANDS}
 EDITING_ACTIONS = {"save_as", "open", "prune", "pick", "allocator_params", "feature"}

@@ -134,8 +134,7 @@ class Sessions:
     def _start_save(self, path: Path) -> None:
         app, controller = self.app, self.app.controller
         app.jobs.submit("save", path=path, history=controller.history.to_records(), probes=controller.current_probes,
-                        theme=app.theme, device=app.device, dtype=app.dtype, comparison=controller.variants.comparison,
-                        sensitivity=controller.sensitivity, agent=controller.agent)
+                        theme=app.theme, device=app.device, dtype=app.dtype, sections=controller.sections())
 
     def saved(self, message: Saved) -> None:
         self.app.controller.saved(message.path)

@@ -7,16 +7,18 @@ from typing import Callable
 
 from workbench.app.format import PROBE_LABELS, heat_cells
 from workbench.tui.commands import Command
-from workbench.tui.feature import Feature
-from workbench.tui.sensitivity.job import KIND, Scanned
+from workbench.tui.feature import FEATURES, Feature
+from workbench.features.sensitivity.job import KIND, Scanned
 from workbench.tui.widgets.block_pane import BlockPane
 from workbench.tui.widgets.headings_row import HeadingsRow
 
 
+@FEATURES.add
 class SensitivityFeature(Feature):
     """See the module docstring."""
 
     name = "sensitivity"
+    order = 3
     commands = (Command("app.sensitivity", "s", "feature('sensitivity')", "Sensitivity", show=False,
                         tooltip="Sensitivity scan: the probe change when only one block is pruned 10 points harder "
                                 "(esc cancels)",

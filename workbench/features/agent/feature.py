@@ -9,16 +9,18 @@ from typing import Callable
 from workbench.app import edits
 from workbench.domain.plan import Plan
 from workbench.infra.errors import WorkbenchError
-from workbench.tui.agent.job import KIND, AgentHalted, AgentStepped
-from workbench.tui.agent.screen import AgentScreen
+from workbench.features.agent.job import KIND, AgentHalted, AgentStepped
+from workbench.features.agent.screen import AgentScreen
 from workbench.tui.commands import Command
-from workbench.tui.feature import Feature
+from workbench.tui.feature import FEATURES, Feature
 
 
+@FEATURES.add
 class AgentFeature(Feature):
     """See the module docstring."""
 
     name = "agent"
+    order = 4
     commands = (Command("app.agent", "A", "feature('agent')", "Agent", show=False,
                         tooltip="Agent screen: a loop raises blocks step by step and rolls back harmful steps "
                                 "(pause, stop, use)",

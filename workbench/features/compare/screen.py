@@ -54,7 +54,7 @@ class CompareScreen(Screen):
 
     def __init__(self, feature, controller: Controller, probes: list[str]):
         super().__init__()
-        self.feature = feature  # the Compare feature (`workbench.tui.compare.feature`): runs and uses variants
+        self.feature = feature  # the Compare feature (`workbench.features.compare.feature`): runs and uses variants
         self.controller = controller
         self.probes = probes
 

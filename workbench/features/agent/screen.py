@@ -46,7 +46,7 @@ class AgentScreen(Screen):
 
     def __init__(self, feature, controller: Controller):
         super().__init__()
-        self.feature = feature  # the Agent feature (`workbench.tui.agent.feature`): runs, pauses, stops, uses
+        self.feature = feature  # the Agent feature (`workbench.features.agent.feature`): runs, pauses, stops, uses
         self.controller = controller
 
     def compose(self) -> ComposeResult:

@@ -6,15 +6,17 @@ from __future__ import annotations
 from typing import Callable
 
 from workbench.tui.commands import Command
-from workbench.tui.compare.job import KIND, Compared
-from workbench.tui.compare.screen import CompareScreen, CompareTable
-from workbench.tui.feature import Feature
+from workbench.features.compare.job import KIND, Compared
+from workbench.features.compare.screen import CompareScreen, CompareTable
+from workbench.tui.feature import FEATURES, Feature
 
 
+@FEATURES.add
 class CompareFeature(Feature):
     """See the module docstring."""
 
     name = "compare"
+    order = 2
     commands = (Command("app.compare", "c", "feature('compare')", "Compare", show=False,
                         tooltip="Compare screen: variants (allocators, methods, targets) side by side",
                         palette="Compare", about="Compare allocators and methods side by side, pick one as the plan"),)

@@ -4,14 +4,16 @@ probes bring new numbers."""
 from __future__ import annotations
 
 from workbench.tui.commands import Command
-from workbench.tui.feature import Feature
-from workbench.tui.plots.screen import PlotsScreen
+from workbench.tui.feature import FEATURES, Feature
+from workbench.features.plots.screen import PlotsScreen
 
 
+@FEATURES.add
 class PlotsFeature(Feature):
     """See the module docstring."""
 
     name = "plots"
+    order = 1
     commands = (Command("app.plots", "v", "feature('plots')", "Plots",
                         tooltip="Plots: allocation, |W| histogram, probe history",
                         palette="Plots", about="Allocation, |W| histogram, probe history"),)
