@@ -44,3 +44,35 @@ class ByteTokenizer:
         if isinstance(text, str):
             return {"input_ids": self.encode(text)}
         return {"input_ids": [self.encode(t) for t in text]}
+
+
+MOE_FAMILIES = ("qwen3_moe", "qwen2_moe", "olmoe", "mixtral", "granitemoe")
+
+
+def tiny_moe(family: str = "qwen3_moe", seed: int = 0, layers: int = 3, hidden: int = 64, experts: int = 8,
+             top_k: int = 2, intermediate: int = 32, vocab: int = 512):
+    """A small random mixture-of-experts model of one of `MOE_FAMILIES` (fused experts, as transformers 5
+    builds them; weights drawn with std 0.1 so every expert's output matters): returns (model, tokenizer)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    common = dict(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=512, num_experts_per_tok=top_k,
+                  tie_word_embeddings=True)
+    per_family = {
+        "qwen3_moe": dict(num_experts=experts, moe_intermediate_size=intermediate, intermediate_size=2 * intermediate,
+                          decoder_sparse_step=1, norm_topk_prob=True, head_dim=16),
+        "qwen2_moe": dict(num_experts=experts, moe_intermediate_size=intermediate, intermediate_size=2 * intermediate,
+                          shared_expert_intermediate_size=2 * intermediate, decoder_sparse_step=1),
+        "olmoe": dict(num_experts=experts, intermediate_size=intermediate),
+        "mixtral": dict(num_local_experts=experts, intermediate_size=intermediate),
+        "granitemoe": dict(num_local_experts=experts, intermediate_size=intermediate),
+    }
+    torch.manual_seed(seed)
+    config = AutoConfig.for_model(family, **common, **per_family[family])
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, 0.1)
+    model.requires_grad_(False)
+    return model, ByteTokenizer(vocab)

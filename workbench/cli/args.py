@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from workbench.domain.plan import DROP_BY, DTYPES, MODES, CalibrationSpec, Plan, Structure, drop_problem
+from workbench.domain.plan import DROP_BY, DTYPES, EXPERT_FALLBACKS, MODES, CalibrationSpec, Plan, Structure, drop_problem
 from workbench.infra.errors import WorkbenchError
 from workbench.infra.params import help_line, parse_typed
 
@@ -27,7 +27,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_calibration_args(p: argparse.ArgumentParser) -> None:
-    """--calibration, --samples, --seqlen, --seed, --mode, --hessian."""
+    """--calibration, --samples, --seqlen, --seed, --mode, --hessian, --expert-fallback, --expert-min-tokens."""
     p.add_argument("--calibration", default=CalibrationSpec.source, help="embedded, hf:NAME[:CONFIG[:SPLIT]], or a .txt/.jsonl file")
     p.add_argument("--samples", type=int, default=CalibrationSpec.samples)
     p.add_argument("--seqlen", type=int, default=CalibrationSpec.seqlen)
@@ -35,6 +35,11 @@ def add_calibration_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", default=CalibrationSpec.mode, choices=MODES,
                    help="sequential: block i calibrates on the pruned blocks before it; one-pass: statistics of the dense model")
     p.add_argument("--hessian", action="store_true", help="also capture X X^T (reconstruction errors for every method)")
+    p.add_argument("--expert-fallback", default=CalibrationSpec.expert_fallback, choices=EXPERT_FALLBACKS,
+                   help="mixture of experts: statistics of an expert the router sent too few calibration tokens "
+                        "(pooled: summed over the block's experts; magnitude: |W| alone)")
+    p.add_argument("--expert-min-tokens", type=int, default=CalibrationSpec.expert_min_tokens,
+                   help="mixture of experts: an expert with fewer calibration tokens takes the fallback")
 
 
 def key_values(items: list[str], where: str, key_type=str, cast: bool = True) -> dict:
@@ -68,7 +73,8 @@ def scalar(text: str):
 def calibration_of(args) -> CalibrationSpec:
     """The calibration spec of parsed calibration options."""
     return CalibrationSpec(source=args.calibration, samples=args.samples, seqlen=args.seqlen, seed=args.seed,
-                           mode=args.mode, hessian=True if args.hessian else None)
+                           mode=args.mode, hessian=True if args.hessian else None, expert_fallback=args.expert_fallback,
+                           expert_min_tokens=args.expert_min_tokens)
 
 
 def params_help(registry) -> str:

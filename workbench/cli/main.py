@@ -114,6 +114,12 @@ def _write_outputs(args, engine, pruned) -> str | None:
     return exported
 
 
+def underused_experts(state, calibration) -> list[tuple[int, int, int]]:
+    """(block, expert, tokens) of the routed experts that saw fewer calibration tokens than the spec's minimum."""
+    return [(b.index, e, t) for b in state.blocks for e, t in enumerate(b.expert_tokens or ())
+            if t < calibration.expert_min_tokens]
+
+
 def cmd_prune(args) -> int:
     from workbench.engine.facade import Engine
 
@@ -148,6 +154,10 @@ def cmd_prune(args) -> int:
     influence = engine.signals.influence_scores()
     if influence is not None:
         summary["influence"] = influence.to_dict()
+    few = underused_experts(state, engine.calibration)
+    if any(b.expert_tokens for b in state.blocks):
+        summary["expert_tokens"] = {b.index: b.expert_tokens for b in state.blocks if b.expert_tokens}
+        summary["underused_experts"] = [{"block": b, "expert": e, "tokens": t} for b, e, t in few]
     if args.json:
         _print(summary)
         return 0
@@ -157,6 +167,10 @@ def cmd_prune(args) -> int:
     for row in summary["probes"]:
         print(f"  {row['name']:<12} dense {row['dense']:>10.3f}   pruned {row['pruned']:>10.3f}  ({row['metric']}, {row['items']} items)")
     print(f"  time: load {t_load:.1f} s, prune {report.seconds:.1f} s, probes {t_probe:.1f} s")
+    if few:
+        listed = ", ".join(f"block {b} expert {e} ({t})" for b, e, t in few[:8]) + (" ..." if len(few) > 8 else "")
+        print(f"  {len(few)} experts had fewer than {engine.calibration.expert_min_tokens} calibration tokens and took "
+              f"{engine.calibration.expert_fallback} statistics: {listed}")
     if args.save_session:
         print(f"  session saved to {args.save_session}")
     if exported:

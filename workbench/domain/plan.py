@@ -12,6 +12,7 @@ from workbench.infra.errors import WorkbenchError
 SEQUENTIAL = "sequential"
 ONE_PASS = "one-pass"
 MODES = (SEQUENTIAL, ONE_PASS)
+EXPERT_FALLBACKS = ("pooled", "magnitude")  # statistics of an expert the router sent too few tokens
 MAX_SPARSITY = 0.99
 WIDTH_DIVISORS = (32, 64, 128, 256)  # kept neuron counts may be rounded to a multiple of one of these
 DROP_BY = ("bi", "angular")  # block influence (ShortGPT), angular distance (Gromov et al.)
@@ -29,6 +30,8 @@ class CalibrationSpec:
     seed: int = 0
     mode: str = SEQUENTIAL
     hessian: bool | None = None
+    expert_fallback: str = "pooled"  # statistics of a routed expert that saw too few tokens: pooled | magnitude
+    expert_min_tokens: int = 8  # "too few": below this many calibration tokens
 
 
 @dataclass

@@ -16,6 +16,8 @@ Schema (version 3); every key but `version`, `[model]` and `[plan]` is optional:
     seed = 0
     mode = "sequential"                 # sequential | one-pass
     hessian = "auto"                    # auto | true | false
+    expert_fallback = "pooled"          # mixture of experts, written when not the default: statistics of
+    expert_min_tokens = 8               #   an expert routed fewer tokens than this (pooled | magnitude)
     [plan]
     method = "wanda"                    # magnitude | wanda | sparsegpt
     allocator = "owl"                   # uniform | owl
@@ -77,7 +79,7 @@ from typing import Any
 
 import tomli_w
 
-from workbench.domain.plan import DTYPES, MODES, CalibrationSpec, Plan, Structure, check_structure, plan_to_dict, structure_from_dict
+from workbench.domain.plan import DTYPES, EXPERT_FALLBACKS, MODES, CalibrationSpec, Plan, Structure, check_structure, plan_to_dict, structure_from_dict
 from workbench.domain.sections import SECTIONS
 from workbench.engine.facade import Engine
 from workbench.engine.masks import MaskAgreement, MaskFingerprint, compare_fingerprints, exact_agreement, load_mask_file, mask_file_for
@@ -160,6 +162,8 @@ def header_to_dict(model: str, device: str, dtype: str, c: CalibrationSpec) -> d
         "calibration": {
             "source": c.source, "samples": c.samples, "seqlen": c.seqlen, "seed": c.seed, "mode": c.mode,
             "hessian": "auto" if c.hessian is None else c.hessian,
+            **({"expert_fallback": c.expert_fallback, "expert_min_tokens": c.expert_min_tokens}
+               if (c.expert_fallback, c.expert_min_tokens) != (CalibrationSpec.expert_fallback, CalibrationSpec.expert_min_tokens) else {}),
         },
     }
 
@@ -372,7 +376,7 @@ class Reader:
         if dtype not in DTYPES:
             raise r.fail("model.dtype", f"unknown dtype {dtype!r}")
         cal = r.table(data, "calibration", "")
-        r.known(cal, "calibration.", {"source", "samples", "seqlen", "seed", "mode", "hessian"})
+        r.known(cal, "calibration.", {"source", "samples", "seqlen", "seed", "mode", "hessian", "expert_fallback", "expert_min_tokens"})
         hessian = r.get(cal, "hessian", "calibration.", (str, bool), default="auto")
         if isinstance(hessian, str) and hessian != "auto":
             raise r.fail("calibration.hessian", f"expected auto, true or false, got {hessian!r}")
@@ -386,9 +390,16 @@ class Reader:
             seed=r.get(cal, "seed", "calibration.", int, default=d.seed),
             mode=mode,
             hessian=None if hessian == "auto" else hessian,
+            expert_fallback=r.get(cal, "expert_fallback", "calibration.", str, default=d.expert_fallback),
+            expert_min_tokens=r.get(cal, "expert_min_tokens", "calibration.", int, default=d.expert_min_tokens),
         )
         if calibration.samples < 1 or calibration.seqlen < 2:
             raise r.fail("calibration.samples", "samples must be >= 1 and seqlen >= 2")
+        if calibration.expert_fallback not in EXPERT_FALLBACKS:
+            raise r.fail("calibration.expert_fallback", f"unknown fallback {calibration.expert_fallback!r} "
+                                                        f"(use {', '.join(EXPERT_FALLBACKS)})")
+        if calibration.expert_min_tokens < 0:
+            raise r.fail("calibration.expert_min_tokens", "expected a count >= 0")
         spec = r.get(model, "spec", "model.", str, required=True)
         return spec, r.get(model, "device", "model.", str, default="auto"), dtype, calibration
 

@@ -18,13 +18,11 @@ from workbench.domain.plan import ONE_PASS, CalibrationSpec
 from workbench.engine.capture import BlockStats, capture
 from workbench.methods import LinearStats
 from workbench.model.data import calibration_windows
-from workbench.model.layout import INPUT_GROUPS, LinearRef
+from workbench.model.layout import LinearRef
 from workbench.model.loader import Loaded
 
 Progress = Callable[[str, float], None]
 Cancel = Callable[[], bool]
-
-LEADER = {kind: group[0] for group in INPUT_GROUPS for kind in group}  # linear kind -> kind whose input it reads
 
 
 class HessianStore:
@@ -61,15 +59,15 @@ class HessianStore:
         """The spill files in use."""
         return [path for _, path in self._files.values()]
 
-    def linear(self, kind: str, block_stats: BlockStats) -> LinearStats:
-        """A linear's statistics, with its block's Hessian read back from disk if it was spilled."""
-        stats = block_stats[LEADER[kind]]
+    def linear(self, group: str, block_stats: BlockStats) -> LinearStats:
+        """A statistics group's statistics, with its block's Hessian read back from disk if it was spilled."""
+        stats = block_stats[group]
         entry = self._files.get(id(block_stats))
         if entry is None:
             return stats
         if self._loaded[0] is not block_stats:
             self._loaded = (block_stats, torch.load(entry[1], map_location="cpu"))
-        return LinearStats(stats.sq_norm, stats.tokens, self._loaded[1][LEADER[kind]])
+        return LinearStats(stats.sq_norm, stats.tokens, self._loaded[1][group])
 
     def keep_only(self, stats: list[BlockStats] | None) -> None:
         """Delete the spilled Hessians of every block statistics not in `stats`."""
@@ -101,12 +99,12 @@ class CalibrationCache:
 
     def linear(self, ref: LinearRef, stats: list[BlockStats] | None = None) -> LinearStats:
         """A linear's statistics from `stats` (default: the committed ones)."""
-        return self.hessians.linear(ref.kind, (stats or self.committed)[ref.block])
+        return self.hessians.linear(ref.group, (stats or self.committed)[ref.block])
 
     def channel_norms(self, ref: LinearRef, stats: list[BlockStats] | None = None) -> LinearStats:
         """A linear's input channel norms from `stats` (default: committed), without reading a spilled
         Hessian back (a Hessian still in memory comes along)."""
-        return (stats or self.committed)[ref.block][LEADER[ref.kind]]
+        return (stats or self.committed)[ref.block][ref.group]
 
     def has_hessian(self) -> bool:
         """Whether the committed statistics include Hessians."""
@@ -124,7 +122,8 @@ class CalibrationCache:
 
         try:
             return capture(self.loaded.model, self.ids(), self.loaded.device, self.spec.mode, hessian,
-                           before_block=before_block, on_block=use_then_spill, progress=progress, cancel=cancel)
+                           before_block=before_block, on_block=use_then_spill, progress=progress, cancel=cancel,
+                           fallback=self.spec.expert_fallback, min_tokens=self.spec.expert_min_tokens)
         except BaseException:
             self.hessians.keep_only(self.committed)
             raise
@@ -141,5 +140,6 @@ class CalibrationCache:
         if self.dense is None:
             with self.dense_model():
                 self.dense = capture(self.loaded.model, self.ids(), self.loaded.device, ONE_PASS, hessian=False,
-                                     progress=progress, cancel=cancel)
+                                     progress=progress, cancel=cancel, fallback=self.spec.expert_fallback,
+                                     min_tokens=self.spec.expert_min_tokens)
         return self.dense

@@ -19,15 +19,16 @@ from typing import Callable
 
 import torch
 
-from workbench.domain.plan import ONE_PASS
-from workbench.infra.errors import Cancelled
+from workbench.domain.plan import EXPERT_FALLBACKS, ONE_PASS, CalibrationSpec
+from workbench.infra.errors import Cancelled, WorkbenchError
 from workbench.infra.memory import release_freed_memory
 from workbench.methods import LinearStats
-from workbench.model.layout import blocks_of, INPUT_GROUPS, LINEAR_PATHS
+from workbench.model.experts import moe_block
+from workbench.model.layout import blocks_of, stat_groups
 
 MICRO_BATCH = 8
 
-BlockStats = dict[str, LinearStats]  # group leader kind ("q", "o", "gate", "down") -> statistics
+BlockStats = dict[str, LinearStats]  # statistics group ("q", "o", "gate", "down", "experts.3.gate"...) -> statistics
 
 
 class _Caught(Exception):
@@ -91,17 +92,19 @@ def symmetric_from_upper(hessian: torch.Tensor) -> torch.Tensor:
 
 
 def _stats_hooks(block: torch.nn.Module, hessian: bool, stop_at_last: bool) -> tuple[dict, list]:
-    """Forward pre-hooks that accumulate per-group input statistics on the block's group leaders. With
-    `stop_at_last` the last leader's hook ends the block's forward (raises `_StatsDone`) once it has
-    its input, which saves down_proj's product and everything after it."""
+    """Forward pre-hooks that accumulate per-group input statistics on the block's group leaders
+    (`stat_groups`; an expert's hooks see only the tokens routed to it). With `stop_at_last` the last
+    leader's hook of a dense block ends the block's forward (raises `_StatsDone`) once it has its input,
+    which saves down_proj's product and everything after it."""
     acc: dict[str, dict] = {}
     handles = []
-    for n, group in enumerate(INPUT_GROUPS):
-        leader = group[0]
-        module = block.get_submodule(LINEAR_PATHS[leader])
-        acc[leader] = {"sq_norm": None, "hessian": None, "tokens": 0}
+    groups = stat_groups(block)
+    stop_group = groups[-1][0] if stop_at_last and moe_block(block) is None else None
+    for group, path in groups:
+        module = block.get_submodule(path)
+        acc[group] = {"sq_norm": None, "hessian": None, "tokens": 0, "width": module.in_features}
 
-        def hook(mod, args, slot=acc[leader], stop=stop_at_last and n == len(INPUT_GROUPS) - 1):
+        def hook(mod, args, slot=acc[group], stop=group == stop_group):
             x = args[0].detach().reshape(-1, args[0].shape[-1]).to(torch.float32)
             if hessian:  # the squared norms are its diagonal
                 if slot["hessian"] is None:
@@ -116,6 +119,31 @@ def _stats_hooks(block: torch.nn.Module, hessian: bool, stop_at_last: bool) -> t
 
         handles.append(module.register_forward_pre_hook(hook))
     return acc, handles
+
+
+def block_statistics(acc: dict, hessian: bool, fallback: str = CalibrationSpec.expert_fallback,
+                     min_tokens: int = CalibrationSpec.expert_min_tokens) -> BlockStats:
+    """One block's statistics on the CPU. A routed expert that saw fewer than `min_tokens` calibration tokens
+    takes its fallback: "pooled", the sums over the block's experts of the same input (gate's or down's),
+    or "magnitude", unit norms and an identity Hessian (Wanda and SparseGPT then rank by |W|); its own
+    token count is kept (the engine state's `expert_tokens`)."""
+    if fallback not in EXPERT_FALLBACKS:
+        raise WorkbenchError("--expert-fallback", f"unknown fallback {fallback!r} (use {', '.join(EXPERT_FALLBACKS)})")
+    stats = {group: _linear_stats(slot) for group, slot in acc.items() if slot["tokens"]}
+    for group, slot in acc.items():
+        if not group.startswith("experts.") or slot["tokens"] >= min_tokens:
+            continue
+        kind = group.rsplit(".", 1)[1]
+        donors = [s for g, s in stats.items() if g.startswith("experts.") and g.endswith(f".{kind}")
+                  and acc[g]["tokens"] >= min_tokens]
+        if fallback == "pooled" and donors:
+            sq = torch.stack([d.sq_norm for d in donors]).sum(0)
+            h = torch.stack([d.hessian for d in donors]).sum(0) if hessian else None
+            stats[group] = LinearStats(sq, slot["tokens"], h)
+        else:  # magnitude, or no expert of the block saw enough tokens to pool
+            width = slot["width"]
+            stats[group] = LinearStats(torch.ones(width), slot["tokens"], torch.eye(width) if hessian else None)
+    return stats
 
 
 def _linear_stats(slot: dict) -> LinearStats:
@@ -136,12 +164,15 @@ def capture(
     on_block: Callable[[int, BlockStats], None] | None = None,
     progress: Callable[[str, float], None] | None = None,
     cancel: Callable[[], bool] | None = None,
+    fallback: str = CalibrationSpec.expert_fallback,
+    min_tokens: int = CalibrationSpec.expert_min_tokens,
 ) -> list[BlockStats]:
     """Gather statistics for every block. `before_block(i)` runs before block i's statistics pass (the
     engine puts the block back to dense there); `on_block(i, stats)` runs once block i's statistics are
     complete. In sequential mode block i's outputs are computed after `on_block`, so block i+1 sees
     block i as pruned; in one-pass mode they come from the same (dense) pass as the statistics.
-    Statistics are returned on the CPU."""
+    Statistics are returned on the CPU; routed experts that saw fewer than `min_tokens` tokens take
+    `fallback` (`block_statistics`)."""
     layers = blocks_of(model)
     with torch.no_grad():
         hidden, kwargs = block0_inputs(model, ids, device)
@@ -159,7 +190,7 @@ def capture(
             finally:
                 for h in handles:
                     h.remove()
-            stats = {leader: _linear_stats(slot) for leader, slot in acc.items()}
+            stats = block_statistics(acc, hessian, fallback, min_tokens)
             all_stats.append(stats)
             if on_block is not None:
                 on_block(i, stats)

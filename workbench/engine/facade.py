@@ -118,7 +118,10 @@ class Engine:
     @classmethod
     def from_model(cls, model: torch.nn.Module, tokenizer, calibration: CalibrationSpec | None = None,
                    spec: str = "in-memory") -> "Engine":
-        """Wrap an already built model (tests use `tests.tiny.tiny_llama`)."""
+        """Wrap an already built model (tests use `tests.tiny.tiny_llama`); fused experts are unfused."""
+        from workbench.model.experts import unfuse
+
+        unfuse(model)
         param = next(model.parameters())
         loaded = Loaded(model=model, tokenizer=tokenizer, spec=spec, device=param.device, dtype=param.dtype, offload=False)
         return cls(loaded, calibration)

@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 
 from workbench.domain.plan import Structure
-from workbench.engine.calibration import LEADER, CalibrationCache
+from workbench.engine.calibration import CalibrationCache
 from workbench.engine.capture import BlockStats, release_freed_memory
 from workbench.engine.planner import CheckedPlan, Planner
 from workbench.engine.weights import Assignment, WeightBank
@@ -27,7 +27,7 @@ def prune_units(refs: list[LinearRef], assigned: dict[str, Assignment]) -> list[
     """What is pruned (and cancellable) as one: for a method with `prune_group`, the consecutive linears
     of `refs` that read the same input (same block, same group leader); otherwise one linear each."""
     groups = []
-    for _, group in itertools.groupby(refs, key=lambda r: (r.block, LEADER[r.kind], assigned[r.name].method)):
+    for _, group in itertools.groupby(refs, key=lambda r: (r.block, r.group, assigned[r.name].method)):
         group = list(group)
         if METHODS.get(assigned[group[0].name].method).prune_group is None:
             groups.extend([r] for r in group)
@@ -51,7 +51,7 @@ class Pruner:
     def down_norms(self, block: int) -> torch.Tensor | None:
         """down_proj's input channel norms in the dense model (for the data-aware width score)."""
         dense = self.statistics.dense
-        return None if dense is None else dense[block][LEADER["down"]].sq_norm
+        return None if dense is None else dense[block]["down"].sq_norm
 
     def full(self, checked: CheckedPlan, hessian: bool, progress: Progress | None, cancel: Cancel | None) -> None:
         """Apply the plan's structure, capture statistics block by block (with Hessians when `hessian`) and
@@ -75,7 +75,7 @@ class Pruner:
                     if cancel is not None and cancel():
                         raise Cancelled()
                     touched.extend(r.name for r in group)
-                    self.bank.prune_group(group, self.statistics.hessians.linear(group[0].kind, block_stats), assigned)
+                    self.bank.prune_group(group, self.statistics.hessians.linear(group[0].group, block_stats), assigned)
 
             captured = self.statistics.capture(hessian, to_dense, prune_block, progress, cancel)
         except BaseException:

@@ -40,6 +40,7 @@ class LinearState(WeightStatistics):
     shape: tuple[int, int]
     method: str | None
     act_norm_max: float | None
+    expert: int | None = None  # the routed expert it belongs to (mixture of experts)
 
 
 @dataclass
@@ -56,6 +57,7 @@ class BlockState(WeightStatistics):
     intermediate: int = 0
     block_influence: float | None = None
     angular_distance: float | None = None
+    expert_tokens: list[int] | None = None  # calibration tokens the router sent each expert (MoE blocks, calibrated)
 
 
 @dataclass
@@ -82,8 +84,16 @@ def _linear_state(ref: LinearRef, bank: WeightBank, cache: CalibrationCache, out
         name=ref.name, block=ref.block, kind=ref.kind, shape=tuple(ref.module.weight.shape), numel=ref.numel,
         target=a.target if a else 0.0, achieved=bank.achieved(ref.name), method=a.method if a else None,
         w_mean_abs=s.mean_abs, w_std=s.std, w_max_abs=s.max_abs, kurtosis=s.kurtosis, outlier_ratio=outlier_ratio,
-        act_norm=act[0], act_norm_max=act[1], recon_error=relative_error(*recon) if recon else None,
+        act_norm=act[0], act_norm_max=act[1], recon_error=relative_error(*recon) if recon else None, expert=ref.expert,
     )
+
+
+def expert_tokens(block: list[LinearRef], stats) -> list[int] | None:
+    """Calibration tokens routed to each expert of a block, from its statistics (None: a dense block or none)."""
+    experts = sorted({r.expert for r in block if r.expert is not None})
+    if not experts or stats is None:
+        return None
+    return [stats[f"experts.{e}.gate"].tokens for e in experts]
 
 
 def read_state(spec: str, plan: Plan | None, linears: list[list[LinearRef]], bank: WeightBank,
@@ -115,6 +125,7 @@ def read_state(spec: str, plan: Plan | None, linears: list[list[LinearRef]], ban
             linears=states, influence=influence[i] if influence else None,
             dropped=i in shaper.depth.dropped, width=shaper.kept(i), intermediate=shaper.intermediate(i),
             block_influence=bi[i] if bi else None, angular_distance=angular[i] if angular and i < len(angular) else None,
+            expert_tokens=expert_tokens(block, cache.committed[i] if calibrated else None),
         ))
     total = sum(bank.original(r.name).numel() for block in linears for r in block)
     nonzero = sum(round(x.numel * (1 - x.achieved)) for b in blocks if not b.dropped for x in b.linears)

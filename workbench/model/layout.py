@@ -1,5 +1,8 @@
 """The block/linear layout of a Llama-family model: `model.model.layers[i]` with `self_attn.{q,k,v,o}_proj`
-and `mlp.{gate,up,down}_proj`; anything else is refused naming what was found."""
+and either `mlp.{gate,up,down}_proj` or, in a mixture-of-experts block, each expert's gate, up and down
+(`workbench.model.experts`: `{moe}.experts.{e}.{gate,up,down}_proj`, plus Qwen2-MoE's shared expert);
+routers and the shared expert's gate are not linears here, so they are never pruned. Anything else is
+refused naming what was found."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from workbench.infra.errors import WorkbenchError
+from workbench.model.experts import RoutedExperts, moe_block
 
 # Short name of each linear -> its path inside a Llama-family decoder layer.
 LINEAR_PATHS: dict[str, str] = {
@@ -21,16 +25,28 @@ LINEAR_PATHS: dict[str, str] = {
 }
 # Linears that read the same input tensor share one set of calibration statistics.
 INPUT_GROUPS: tuple[tuple[str, ...], ...] = (("q", "k", "v"), ("o",), ("gate", "up"), ("down",))
+LEADER = {kind: group[0] for group in INPUT_GROUPS for kind in group}  # linear kind -> kind whose input it reads
+ATTENTION = ("q", "k", "v", "o")
+GLU = ("gate", "up", "down")
 
 
 @dataclass(frozen=True)
 class LinearRef:
-    """One projection of one block: `name` is `layers.{block}.{path}`, `kind` its short name."""
+    """One projection of one block: `name` is `layers.{block}.{path}`, `kind` its short name, `group` the key
+of the calibration statistics it reads (its input group's leader: "q", "o", "gate", "down"; in an MoE
+block "experts.{e}.gate", "experts.{e}.down", "shared.gate", "shared.down"), `expert` its expert's index
+(None outside the routed experts)."""
 
     block: int
     kind: str
     name: str
     module: torch.nn.Linear
+    group: str = ""
+    expert: int | None = None
+
+    def __post_init__(self):
+        if not self.group:
+            object.__setattr__(self, "group", LEADER[self.kind])
 
     @property
     def numel(self) -> int:
@@ -51,12 +67,30 @@ def blocks_of(model: torch.nn.Module) -> torch.nn.ModuleList:
     return layers
 
 
+def block_paths(block: torch.nn.Module) -> list[tuple[str, str, str, int | None]]:
+    """(kind, path, statistics group, expert) of every prunable linear of a decoder block, in the order
+    its forward pass reaches them (attention, then a shared expert, then the routed experts)."""
+    paths = [(kind, LINEAR_PATHS[kind], LEADER[kind], None) for kind in ATTENTION]
+    moe = moe_block(block)
+    if moe is None:
+        return paths + [(kind, LINEAR_PATHS[kind], LEADER[kind], None) for kind in GLU]
+    experts = block.get_submodule(f"{moe.path}.experts")
+    if not isinstance(experts, RoutedExperts):
+        raise WorkbenchError(f"{moe.path}.experts", "fused experts: call workbench.model.experts.unfuse after loading")
+    if moe.shared:
+        paths += [(kind, f"{moe.shared}.{kind}_proj", f"shared.{LEADER[kind]}", None) for kind in GLU]
+    for e in range(experts.num_experts):
+        paths += [(kind, f"{moe.path}.experts.{e}.{kind}_proj", f"experts.{e}.{LEADER[kind]}", e) for kind in GLU]
+    return paths
+
+
 def find_linears(model: torch.nn.Module) -> list[list[LinearRef]]:
-    """Per block, its seven projections in the order q, k, v, o, gate, up, down."""
+    """Per block, its prunable projections (`block_paths`): q, k, v, o, then gate, up, down of the MLP or of
+    each expert."""
     out: list[list[LinearRef]] = []
     for i, block in enumerate(blocks_of(model)):
         refs = []
-        for kind, path in LINEAR_PATHS.items():
+        for kind, path, group, expert in block_paths(block):
             module = block.get_submodule(path) if _has(block, path) else None
             if not isinstance(module, torch.nn.Linear):
                 found = ", ".join(n for n, m in block.named_modules() if isinstance(m, torch.nn.Linear))
@@ -64,9 +98,17 @@ def find_linears(model: torch.nn.Module) -> list[list[LinearRef]]:
                     f"model architecture {type(model).__name__}, block {i}",
                     f"expected Llama-family projection {path}; linears found: {found or 'none'}",
                 )
-            refs.append(LinearRef(block=i, kind=kind, name=f"layers.{i}.{path}", module=module))
+            refs.append(LinearRef(block=i, kind=kind, name=f"layers.{i}.{path}", module=module, group=group, expert=expert))
         out.append(refs)
     return out
+
+
+def stat_groups(block: torch.nn.Module) -> list[tuple[str, str]]:
+    """(statistics group, path of the linear whose input it records) of a decoder block, in forward order."""
+    seen: dict[str, str] = {}
+    for kind, path, group, _ in block_paths(block):
+        seen.setdefault(group, path)
+    return list(seen.items())
 
 
 def _has(module: torch.nn.Module, path: str) -> bool:

@@ -28,6 +28,7 @@ import torch
 from workbench.domain.plan import DTYPES
 from workbench.infra.errors import WorkbenchError
 from workbench.model.cache import Progress, cache_root, cached_build, embedded_gguf_path, notice
+from workbench.model.experts import unfuse
 from workbench.model.layout import blocks_of, find_linears
 
 EMBEDDED = "embedded"
@@ -234,6 +235,7 @@ def load_model(
         raise WorkbenchError(f"model {spec!r}", f"cannot load: {_first_line(exc)}") from exc
     model.eval()
     model.requires_grad_(False)
+    unfuse(model)  # mixture-of-experts blocks: one module per expert (views of the fused weights)
     find_linears(model)  # refuse unsupported layouts before anything else runs
     random = random_weights_of(model)
     if random:

@@ -31,6 +31,7 @@ import torch
 
 from workbench.infra.errors import WorkbenchError
 from workbench.model.cache import cache_root, cached_build, embedded_gguf_path, Progress
+from workbench.model.experts import unfuse
 from workbench.model.layout import find_linears
 
 PREFIX = "random:"
@@ -107,13 +108,18 @@ def _meta_model(spec: str, config_dict: dict):
     """The model of a config on the meta device (no memory), its layout checked."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    def build():
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config)
+
     try:
         config = AutoConfig.for_model(**config_dict)
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config)
+        model = build()
     except (ValueError, KeyError, TypeError) as exc:
         raise WorkbenchError(f"model {spec!r}", f"unsupported config: {str(exc).splitlines()[0]}") from None
-    find_linears(model)
+    checked = build()  # the checkpoint keeps the model's own (fused) names; the layout is checked as it will run
+    unfuse(checked)
+    find_linears(checked)
     return model
 
 

@@ -1,0 +1,164 @@
+"""Mixture-of-experts models: the five fused layouts of transformers 5 as one module per expert, per-expert
+calibration from the routed tokens only, unstructured pruning inside experts, and the refusals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from tests.tiny import MOE_FAMILIES, tiny_moe
+from workbench.domain.plan import ONE_PASS, CalibrationSpec, Plan
+from workbench.engine.capture import block_statistics
+from workbench.engine.facade import Engine
+from workbench.infra.errors import WorkbenchError
+from workbench.model.experts import RoutedExperts, check_fused, fused, moe_block, unfuse
+from workbench.model.layout import find_linears
+
+# The per-expert modules run gate and up as two products where the fused module runs one product of both:
+# differently blocked float32 sums. Measured on these models: at most 2e-6 of the largest logit (3.3);
+# 1e-5 leaves five times that.
+REL = 1e-5
+CALIBRATION = CalibrationSpec(samples=4, seqlen=32)
+
+
+def engine_of(family: str, **calibration) -> Engine:
+    model, tokenizer = tiny_moe(family)
+    return Engine.from_model(model, tokenizer, CalibrationSpec(**{**vars(CALIBRATION), **calibration}), spec="tiny-moe")
+
+
+def moe_of(model, block: int = 0) -> nn.Module:
+    layer = model.model.layers[block]
+    return layer.get_submodule(moe_block(layer).path)
+
+
+@pytest.mark.parametrize("family", MOE_FAMILIES)
+def test_per_expert_modules_compute_what_the_fused_experts_compute(family):
+    model, _ = tiny_moe(family)
+    ids = torch.randint(0, 512, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model(ids).logits
+        assert unfuse(model) == len(model.model.layers)
+        after = model(ids).logits
+    assert isinstance(moe_of(model).experts, RoutedExperts)
+    assert (after - before).abs().max() <= REL * before.abs().max()
+
+
+@pytest.mark.parametrize("family", MOE_FAMILIES)
+def test_gate_and_up_halves_land_on_their_experts(family):
+    """Fails if gate and up (or two experts) were swapped: every row of the fused tensor is tagged."""
+    model, _ = tiny_moe(family)
+    experts = moe_of(model).experts
+    E, rows, _ = experts.gate_up_proj.shape
+    inter = rows // 2
+    with torch.no_grad():
+        for e in range(E):
+            experts.gate_up_proj[e, :inter] = 1000 * e + 1  # gate rows first
+            experts.gate_up_proj[e, inter:] = 1000 * e + 2  # then up
+            experts.down_proj[e] = 1000 * e + 3
+    unfuse(model)
+    for e, expert in enumerate(moe_of(model).experts):
+        assert torch.all(expert.gate_proj.weight == 1000 * e + 1)
+        assert torch.all(expert.up_proj.weight == 1000 * e + 2)
+        assert torch.all(expert.down_proj.weight == 1000 * e + 3)
+    refs = find_linears(model)[0]
+    gate3 = next(r for r in refs if r.expert == 3 and r.kind == "gate")
+    assert gate3.name == f"layers.0.{moe_block(model.model.layers[0]).path}.experts.3.gate_proj"
+    assert gate3.group == "experts.3.gate" and torch.all(gate3.module.weight == 3001)
+
+
+def test_expert_statistics_come_from_the_tokens_routed_to_that_expert_only():
+    engine = engine_of("qwen3_moe", mode=ONE_PASS)
+    model = engine.loaded.model
+    moe = moe_of(model)
+    seen = {}
+    hooks = [moe.register_forward_pre_hook(lambda m, args: seen.setdefault("x", []).append(args[0].detach())),
+             moe.gate.register_forward_hook(lambda m, args, out: seen.setdefault("index", []).append(out[2]))]
+    try:
+        stats = engine.statistics.dense_statistics()[0]
+    finally:
+        for h in hooks:
+            h.remove()
+    x = torch.cat([h.reshape(-1, h.shape[-1]) for h in seen["x"]])
+    index = torch.cat(seen["index"])
+    assert sum(stats[f"experts.{e}.gate"].tokens for e in range(8)) == index.numel()
+    for e in range(8):
+        routed = x[(index == e).any(-1)]
+        assert stats[f"experts.{e}.gate"].tokens == len(routed)
+        torch.testing.assert_close(stats[f"experts.{e}.gate"].sq_norm, routed.pow(2).sum(0), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", MOE_FAMILIES)
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_every_expert_is_pruned_and_routers_and_gates_are_not(family, method):
+    engine = engine_of(family)
+    model = engine.loaded.model
+    moe = moe_of(model)
+    router = moe.get_submodule(moe_block(model.model.layers[0]).router.split(".", 1)[1]).weight.clone()
+    shared_gate = moe.shared_expert_gate.weight.clone() if family == "qwen2_moe" else None
+    engine.prune(Plan(method=method, sparsity=0.5))
+    for refs in engine.linears:
+        for ref in refs:
+            assert (ref.module.weight == 0).float().mean().item() == pytest.approx(0.5, abs=1 / ref.module.weight.shape[1])
+    assert torch.equal(moe.get_submodule(moe_block(model.model.layers[0]).router.split(".", 1)[1]).weight, router)
+    if shared_gate is not None:
+        assert torch.equal(moe.shared_expert_gate.weight, shared_gate)
+        assert any("shared_expert.down_proj" in r.name for r in engine.linears[0])
+    state = engine.state()
+    assert all(len(b.expert_tokens) == 8 for b in state.blocks)
+
+
+def test_the_fused_form_holds_the_pruned_experts_and_runs_the_same():
+    engine = engine_of("mixtral")
+    model = engine.loaded.model
+    engine.prune(Plan(method="wanda", sparsity=0.6))
+    ids = torch.randint(0, 512, (2, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        per_expert = model(ids).logits
+        with fused(model):
+            experts = moe_of(model).experts
+            assert not isinstance(experts, RoutedExperts) and experts.gate_up_proj.shape[0] == 8
+            inter = experts.gate_up_proj.shape[1] // 2
+            again = model(ids).logits
+            masks = experts.gate_up_proj[2, :inter] == 0
+    assert isinstance(moe_of(model).experts, RoutedExperts)
+    assert torch.equal(masks, moe_of(model).experts[2].gate_proj.weight == 0)
+    assert (again - per_expert).abs().max() <= REL * per_expert.abs().max()
+
+
+def test_an_expert_with_too_few_tokens_takes_the_chosen_fallback():
+    def slot(tokens, value, width=4):
+        return {"sq_norm": torch.full((width,), value) if tokens else None, "hessian": None, "tokens": tokens, "width": width}
+
+    acc = {"q": slot(10, 1.0), "experts.0.gate": slot(20, 2.0), "experts.1.gate": slot(12, 3.0), "experts.2.gate": slot(0, 0.0),
+           "experts.3.gate": slot(3, 9.0)}
+    pooled = block_statistics(acc, hessian=False, fallback="pooled", min_tokens=8)
+    for e in (2, 3):
+        assert torch.equal(pooled[f"experts.{e}.gate"].sq_norm, torch.full((4,), 5.0))  # experts 0 and 1 summed
+    assert pooled["experts.3.gate"].tokens == 3 and pooled["experts.0.gate"].sq_norm[0] == 2.0
+    magnitude = block_statistics(acc, hessian=False, fallback="magnitude", min_tokens=8)
+    assert torch.equal(magnitude["experts.2.gate"].sq_norm, torch.ones(4))
+    with pytest.raises(WorkbenchError, match="--expert-fallback"):
+        block_statistics(acc, hessian=False, fallback="mean")
+
+
+def test_magnitude_fallback_makes_wanda_rank_experts_by_weight_alone():
+    wanda = engine_of("olmoe", expert_min_tokens=10**6, expert_fallback="magnitude")
+    wanda.prune(Plan(method="wanda", sparsity=0.5))
+    magnitude = engine_of("olmoe")
+    magnitude.prune(Plan(method="magnitude", sparsity=0.5))
+    for a, b in zip(wanda.linears[1], magnitude.linears[1]):
+        if a.expert is not None:
+            assert torch.equal(a.module.weight == 0, b.module.weight == 0), a.name
+
+
+def test_unsupported_expert_layouts_are_refused_naming_the_class():
+    model, _ = tiny_moe("qwen3_moe")
+    experts = moe_of(model).experts
+    experts.is_transposed = True
+    with pytest.raises(WorkbenchError, match=r"Qwen3MoeExperts: is_transposed=True"):
+        unfuse(model)
+    experts.is_transposed = False
+    experts.gate_up_proj = nn.Parameter(experts.gate_up_proj[:, :-1])
+    with pytest.raises(WorkbenchError, match="not \\[E, 2I, H\\]"):
+        check_fused(experts, "block 0")
