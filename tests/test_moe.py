@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from tests.tiny import MOE_FAMILIES, tiny_moe
-from workbench.domain.plan import ONE_PASS, CalibrationSpec, Plan
+from tests.tiny import MOE_FAMILIES, ByteTokenizer, tiny_moe
+from workbench.domain.plan import ONE_PASS, CalibrationSpec, Plan, Structure
 from workbench.engine.capture import block_statistics
 from workbench.engine.facade import Engine
 from workbench.infra.errors import WorkbenchError
@@ -162,3 +162,54 @@ def test_unsupported_expert_layouts_are_refused_naming_the_class():
     experts.gate_up_proj = nn.Parameter(experts.gate_up_proj[:, :-1])
     with pytest.raises(WorkbenchError, match="not \\[E, 2I, H\\]"):
         check_fused(experts, "block 0")
+
+
+def test_width_pruning_is_refused_on_expert_blocks_and_depth_pruning_works():
+    engine = engine_of("granitemoe")
+    with pytest.raises(WorkbenchError, match=r"structure.width_ratio: block 0 is a mixture-of-experts block"):
+        engine.check_plan(Plan(sparsity=0.5, structure=Structure(width_ratio=1.0)))
+    with pytest.raises(WorkbenchError, match=r"structure.width_overrides: block 2 is a mixture-of-experts block"):
+        engine.check_plan(Plan(sparsity=0.5, structure=Structure(width_overrides={2: 1.0})))
+    engine.prune(Plan(sparsity=0.5, structure=Structure(drop_blocks=[1])))
+    assert len(engine.loaded.model.model.layers) == 2 and engine.state().blocks[1].dropped
+
+
+@pytest.mark.parametrize("family", ["qwen2_moe", "granitemoe"])
+def test_an_export_loads_with_fused_experts_and_generates_what_the_pruned_model_generates(family, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    engine = engine_of(family)
+    engine.loaded.tokenizer = SavedTokenizer()
+    engine.prune(Plan(method="sparsegpt", sparsity=0.5))
+    engine.export(tmp_path / "out")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    experts = moe_of(loaded).experts
+    assert not isinstance(experts, RoutedExperts)
+    assert (experts.gate_up_proj == 0).float().mean().item() == pytest.approx(0.5, abs=0.02)
+    prompt = torch.tensor([[5, 17, 99, 3, 250, 7]])
+    with torch.no_grad():
+        ours = engine.loaded.model.generate(prompt, max_new_tokens=8, do_sample=False)
+        theirs = loaded.generate(prompt, max_new_tokens=8, do_sample=False)
+    assert torch.equal(ours, theirs)
+
+
+class SavedTokenizer(ByteTokenizer):
+    """The tests' byte tokenizer, with the save_pretrained an export calls (it writes nothing)."""
+
+    def save_pretrained(self, directory) -> None:
+        pass
+
+
+def test_a_session_of_an_expert_model_replays_to_the_same_weights(tmp_path):
+    from workbench.cli.main import main
+
+    model, _ = tiny_moe("olmoe", layers=2)
+    model.config.to_json_file(tmp_path / "config.json")
+    spec = f"random:{tmp_path / 'config.json'}"
+    session = tmp_path / "s.toml"
+    common = ["--samples", "4", "--seqlen", "32", "--progress", "none"]
+    assert main(["prune", "--model", spec, "--method", "wanda", "--allocator", "owl", "--sparsity", "0.6", "--probes", "",
+                 "--expert-fallback", "magnitude", "--expert-min-tokens", "40", *common, "--save-session", str(session)]) == 0
+    text = session.read_text()
+    assert 'expert_fallback = "magnitude"' in text and "expert_min_tokens = 40" in text
+    assert main(["replay", str(session), "--check", "--progress", "none"]) == 0

@@ -344,6 +344,7 @@ class Engine:
         shrunk model is saved as the smaller architecture (fewer layers, smaller intermediate_size);
         `notice` hears when the layout had to be padded to be loadable."""
         from workbench.infra.atomic import atomic_directory
+        from workbench.model.experts import fused
 
         with self._lock:
             target = Path(directory).expanduser().resolve()
@@ -352,6 +353,7 @@ class Engine:
             with atomic_directory(target, f"--export {target}") as tmp, self.shaper.loadable(self.loaded.model.config) as note:
                 if note and notice:
                     notice(note)
-                self.loaded.model.save_pretrained(tmp)
+                with fused(self.loaded.model):  # experts saved in the model's own (fused) layout
+                    self.loaded.model.save_pretrained(tmp)
                 self.loaded.tokenizer.save_pretrained(tmp)
             return target

@@ -13,13 +13,10 @@ import torch
 from workbench.domain.plan import Structure, check_structure, drop_problem
 from workbench.engine.weights import WeightBank
 from workbench.infra.errors import WorkbenchError
-from workbench.model.layout import LinearRef
+from workbench.model.layout import GLU, LEADER, LinearRef
 from workbench.structured.depth import DepthStatistics
 from workbench.structured.shrink import Depth
 from workbench.structured.width import NEURON_SCORES, kept_count, kept_neurons, neuron_scores
-
-GLU = ("gate", "up", "down")
-
 
 class Shaper:
     """The current structure of one model (`linears`: its linears block by block)."""
@@ -34,11 +31,13 @@ class Shaper:
         self.depth_statistics: DepthStatistics | None = None
 
     def _glu(self, block: int) -> dict[str, LinearRef]:
-        return {r.kind: r for r in self.linears[block] if r.kind in GLU}
+        """The block's dense GLU MLP (empty for a mixture-of-experts block)."""
+        return {r.kind: r for r in self.linears[block] if r.kind in GLU and r.group == LEADER[r.kind]}
 
     def intermediate(self, block: int) -> int:
-        """The block's GLU width as loaded."""
-        return self.bank.original(self._glu(block)["gate"].name).shape[0]
+        """The block's GLU width as loaded (0: a mixture-of-experts block has no dense MLP)."""
+        glu = self._glu(block)
+        return self.bank.original(glu["gate"].name).shape[0] if glu else 0
 
     def check(self, structure: Structure, where: str = "structure") -> None:
         """Refuse a structure this model cannot take, naming the key."""
@@ -51,6 +50,12 @@ class Shaper:
         if problem:
             raise WorkbenchError(f"{where}.drop_blocks", problem)
         NEURON_SCORES.get(structure.width_score, where=f"{where}.width_score")
+        moe = [b for b in range(blocks) if not self._glu(b)]
+        asked = [b for b in structure.width_overrides if b in moe] or (moe if structure.width_ratio is not None else [])
+        if asked:
+            key = "width_overrides" if structure.width_overrides and asked[0] in structure.width_overrides else "width_ratio"
+            raise WorkbenchError(f"{where}.{key}", f"block {asked[0]} is a mixture-of-experts block: width pruning cuts "
+                                                   "dense GLU MLPs (set widths of dense blocks only, or drop experts)")
 
     def widths(self, structure: Structure) -> dict[int, int]:
         """Kept neurons of every block whose width the structure sets (OptiPFair's count per ratio)."""
@@ -103,7 +108,10 @@ class Shaper:
         while every running block has the same one; when widths differ (one intermediate_size cannot say
         it), every MLP is padded with zero neurons to the widest, which gives the same outputs. Yields a
         one-line note in that case. Everything is put back after."""
-        widths = {b: self.kept(b) or self.intermediate(b) for b in self.depth.active}
+        widths = {b: self.kept(b) or self.intermediate(b) for b in self.depth.active if self._glu(b)}
+        if not widths:  # every running block is a mixture of experts: no MLP width to state
+            yield None
+            return
         widest = max(widths.values())
         original, stash, note = config.intermediate_size, [], None
         if len(set(widths.values())) > 1:
