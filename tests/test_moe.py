@@ -213,3 +213,19 @@ def test_a_session_of_an_expert_model_replays_to_the_same_weights(tmp_path):
     text = session.read_text()
     assert 'expert_fallback = "magnitude"' in text and "expert_min_tokens = 40" in text
     assert main(["replay", str(session), "--check", "--progress", "none"]) == 0
+
+
+def test_sparsity_per_expert_and_per_block_experts_by_module_name():
+    engine = engine_of("qwen3_moe")
+    plan = Plan(method="wanda", sparsity=0.5, linear_overrides={
+        "layers.1.mlp.experts": 0.7, "layers.1.mlp.experts.5": 0.3, "layers.1.mlp.experts.5.down_proj": 0.9,
+        "layers.2.self_attn": 0.2})
+    engine.prune(plan)
+    achieved = {ref.name: (ref.module.weight == 0).float().mean().item() for refs in engine.linears for ref in refs}
+    assert achieved["layers.1.mlp.experts.0.gate_proj"] == pytest.approx(0.7, abs=0.02)
+    assert achieved["layers.1.mlp.experts.5.up_proj"] == pytest.approx(0.3, abs=0.02)
+    assert achieved["layers.1.mlp.experts.5.down_proj"] == pytest.approx(0.9, abs=0.02)
+    assert achieved["layers.2.self_attn.k_proj"] == pytest.approx(0.2, abs=0.02)
+    assert achieved["layers.0.mlp.experts.5.down_proj"] == pytest.approx(0.5, abs=0.02)
+    with pytest.raises(WorkbenchError, match=r"overrides.linears.layers.1.mlp.experts.9: no such linear or module"):
+        engine.check_plan(Plan(linear_overrides={"layers.1.mlp.experts.9": 0.5}))

@@ -107,7 +107,7 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allocator-param", action="append", metavar="KEY=VALUE", help=params_help(ALLOCATORS))
     p.add_argument("--pattern", default=None, help="N:M semi-structured pattern, e.g. 2:4")
     p.add_argument("--block-sparsity", action="append", metavar="BLOCK=VALUE", help="manual block target, e.g. 3=0.6")
-    p.add_argument("--linear-sparsity", action="append", metavar="NAME=VALUE", help="e.g. layers.3.mlp.down_proj=0.7")
+    p.add_argument("--linear-sparsity", action="append", metavar="NAME=VALUE", help="e.g. layers.3.mlp.down_proj=0.7; a module sets every linear inside it: layers.3.self_attn=0.3, layers.3.mlp.experts=0.6 (a block's experts), layers.3.mlp.experts.5=0.8 (one expert); the most specific name wins")
     add_structure_args(p)
 
 

@@ -58,8 +58,9 @@ class Planner:
                 raise WorkbenchError(f"overrides.blocks.{block}", f"no such block (the model has blocks 0..{len(self.linears) - 1})")
             check_fraction(value, f"overrides.blocks.{block}")
         for name, value in plan.linear_overrides.items():
-            if name not in self.refs:
-                raise WorkbenchError(f"overrides.linears.{name}", "no such linear (names look like layers.3.mlp.down_proj)")
+            if not self.covered(name):
+                raise WorkbenchError(f"overrides.linears.{name}", "no such linear or module (names look like "
+                                                                  "layers.3.mlp.down_proj, or layers.3.mlp.experts.5 for an expert's linears)")
             check_fraction(value, f"overrides.linears.{name}")
         self.shaper.check(plan.structure)
         if self.calibration.hessian is False and method.needs_hessian:
@@ -82,8 +83,16 @@ class Planner:
         for block, value in plan.block_overrides.items():
             per_block[block] = value
         targets = {ref.name: per_block[ref.block] for ref in self.refs.values()}
-        targets.update(plan.linear_overrides)
+        for name in sorted(plan.linear_overrides, key=lambda n: n.count(".")):  # a module first, then what is inside it
+            targets.update(dict.fromkeys(self.covered(name), plan.linear_overrides[name]))
         return targets
+
+    def covered(self, name: str) -> list[str]:
+        """The linears an override name sets: the linear of that name, or every linear inside the module of that
+        name (an expert `layers.3.mlp.experts.5`, a block's experts `layers.3.mlp.experts`, its attention)."""
+        if name in self.refs:
+            return [name]
+        return [n for n in self.refs if n.startswith(f"{name}.")]
 
     def block_targets(self, checked: CheckedPlan, targets: dict[str, float] | None = None) -> list[float]:
         """Parameter-weighted target of each block (of the given per-linear `targets`, else the plan's)."""

@@ -2,7 +2,8 @@
 
 Specs: `random:NAME[@SEED]` for a config shipped here (`llama-1b` is Llama-3.2-1B's config.json,
 `llama-3b` Llama-3.2-3B, `llama-8b` Llama-3.1-8B, `qwen3-8b` Qwen3-8B, `smollm2-360m`
-SmolLM2-360M-Instruct) or `random:PATH[@SEED]` for any supported config.json. SEED defaults to 0.
+SmolLM2-360M-Instruct, and the mixtures of experts `granitemoe-1b-a400m` Granite-3.0-1B-A400M and
+`qwen3-30b-a3b` Qwen3-30B-A3B) or `random:PATH[@SEED]` for any supported config.json. SEED defaults to 0.
 
 Weights come from a seeded generator: chunk k (CHUNK values) of the parameter NAME is drawn from a torch
 generator seeded with SHA-256(seed, NAME, k), uniform with the config's `initializer_range` as standard
