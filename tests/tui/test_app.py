@@ -370,3 +370,25 @@ async def test_plots_is_a_feature_with_its_command_help_and_screen(make_app):
         await pilot.press("question_mark")
         await pilot.pause()
         assert "Plots screen (v)" in [str(w.render()) for w in app.screen.query(".section")]
+
+
+async def test_an_expert_model_opens_and_a_block_lists_its_experts_linears(make_app):
+    from tests.tiny import tiny_moe
+    from workbench.domain.plan import CalibrationSpec
+    from workbench.engine.facade import Engine
+
+    def moe_factory(**_):
+        model, tokenizer = tiny_moe("qwen2_moe")
+        return Engine.from_model(model, tokenizer, CalibrationSpec(samples=4, seqlen=32), spec="tiny-moe")
+
+    app = make_app(engine_factory=moe_factory)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("down", "enter")
+        await pilot.pause()
+        pane = app.query_one("#block-1", BlockPane)
+        assert pane.expanded
+        labels = [row.label_text.strip() for row in pane.query(".linear-row")]
+        assert labels[:4] == ["q", "k", "v", "o"] and labels[4:7] == ["sg", "su", "sd"] and labels[7:10] == ["0g", "0u", "0d"]
+        assert len(labels) == 4 + 3 + 8 * 3
+        assert app.controller.state.blocks[1].achieved == pytest.approx(0.5, abs=0.01)

@@ -430,3 +430,16 @@ def test_structure_cells_and_plan_line():
         "width 2.4x ppm, 1 block width, drop 2,3"
     line = plan_line("tiny", Plan(structure=Structure(drop_blocks=[1])), None, False)
     assert line == "tiny · wanda · uniform · unstructured · drop 1" and structure_text(Structure()) == ""
+
+
+def test_linear_labels_name_experts_by_number_and_kind():
+    from types import SimpleNamespace
+
+    from workbench.app.format import linear_label
+
+    def linear(name, kind, expert=None):
+        return SimpleNamespace(name=name, kind=kind, expert=expert)
+
+    assert linear_label(linear("layers.0.mlp.gate_proj", "gate")) == "gate"
+    assert linear_label(linear("layers.0.mlp.experts.12.down_proj", "down", 12)) == "12d"
+    assert linear_label(linear("layers.0.mlp.shared_expert.up_proj", "up")) == "su"

@@ -36,6 +36,16 @@ def cells_markup(cells: Sequence[Cell]) -> str:
     return " ".join(f"[{_TONES[c.tone]}]{escape(c.text)}[/]" if c.tone else escape(c.text) for c in cells)
 
 
+def linear_label(linear) -> str:
+    """A linear's short name in a pane (4 wide for up to 100 experts): its kind ("gate"), or an expert's
+    number and the kind's initial ("12g", "12u", "12d"); "sg" for a shared expert's gate."""
+    if linear.expert is not None:
+        return f"{linear.expert}{linear.kind[0]}"
+    if ".shared_expert." in linear.name:
+        return f"s{linear.kind[0]}"
+    return linear.kind
+
+
 def escape(text: str) -> str:
     """Text shown literally in Textual markup."""
     return text.replace("[", "\\[")

@@ -9,7 +9,7 @@ from textual.containers import Vertical
 from textual.reactive import reactive
 
 from workbench.app.edits import BlockKey, LinearKey
-from workbench.app.format import Cell, Scale
+from workbench.app.format import Cell, Scale, linear_label
 from workbench.domain.plan import weighted_mean
 from workbench.tui.widgets.stat_row import StatRow
 
@@ -60,7 +60,7 @@ class BlockPane(Vertical):
         holder = self.query_one(".linears", Vertical)
         if expanded and not holder.children and self._last is not None:
             block, _, targets, overridden, locked = self._last
-            rows = [StatRow(LinearKey(x.name), f" {x.kind:<4}", x.name, targets.get(x.name, x.target),
+            rows = [StatRow(LinearKey(x.name), f" {linear_label(x):<4}", x.name, targets.get(x.name, x.target),
                             classes="linear-row") for x in block.linears]
             holder.mount_all(rows)
             self.call_after_refresh(self._show_linears)
