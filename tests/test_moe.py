@@ -209,9 +209,10 @@ def test_a_session_of_an_expert_model_replays_to_the_same_weights(tmp_path):
     session = tmp_path / "s.toml"
     common = ["--samples", "4", "--seqlen", "32", "--progress", "none"]
     assert main(["prune", "--model", spec, "--method", "wanda", "--allocator", "owl", "--sparsity", "0.6", "--probes", "",
-                 "--expert-fallback", "magnitude", "--expert-min-tokens", "40", *common, "--save-session", str(session)]) == 0
+                 "--expert-fallback", "magnitude", "--expert-min-tokens", "40", "--experts-keep", "6", *common,
+                 "--save-session", str(session)]) == 0
     text = session.read_text()
-    assert 'expert_fallback = "magnitude"' in text and "expert_min_tokens = 40" in text
+    assert 'expert_fallback = "magnitude"' in text and "expert_min_tokens = 40" in text and "[plan.structure.drop_experts]" in text
     assert main(["replay", str(session), "--check", "--progress", "none"]) == 0
 
 
@@ -229,3 +230,95 @@ def test_sparsity_per_expert_and_per_block_experts_by_module_name():
     assert achieved["layers.0.mlp.experts.5.down_proj"] == pytest.approx(0.5, abs=0.02)
     with pytest.raises(WorkbenchError, match=r"overrides.linears.layers.1.mlp.experts.9: no such linear or module"):
         engine.check_plan(Plan(linear_overrides={"layers.1.mlp.experts.9": 0.5}))
+
+
+def test_dropped_experts_leave_the_block_and_the_router_and_come_back_from_dense():
+    engine = engine_of("qwen3_moe")
+    model = engine.loaded.model
+    ids = torch.randint(0, 512, (2, 16), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        dense = model(ids).logits
+    drops = engine.choose_expert_drops("frequency", 6)
+    assert all(len(d) == 2 for d in drops.values())
+    frequency = engine.shaper.expert_scores["frequency"]
+    for block, dropped in drops.items():  # the least used go
+        kept = [f for e, f in enumerate(frequency[block]) if e not in dropped]
+        assert max(frequency[block][e] for e in dropped) <= min(kept)
+    engine.prune(Plan(method="wanda", sparsity=0.5, structure=Structure(drop_experts=drops)))
+    moe = moe_of(model)
+    assert len(moe.experts) == 6 and moe.experts.ids == [e for e in range(8) if e not in drops[0]]
+    assert moe.gate.weight.shape[0] == 6
+    with torch.no_grad():
+        assert torch.isfinite(model(ids).logits).all()
+    state = engine.state()
+    assert state.blocks[0].dropped_experts == drops[0]
+    assert state.blocks[0].achieved == pytest.approx(0.5, abs=0.01)  # of the experts that run
+    assert 1 - state.params_nonzero / state.params_total > 0.55  # the dropped experts count as removed
+    engine.prune(Plan(method="wanda", sparsity=0.0))
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, dense)
+
+
+def test_reap_scores_weigh_each_routed_output_by_its_router_weight():
+    from workbench.structured.experts import expert_scores
+
+    model, _ = tiny_moe("mixtral", layers=1)
+    unfuse(model)
+    moe = moe_of(model)
+    seen = []
+    moe.experts.register_forward_pre_hook(lambda m, args: seen.append((args[0], args[1], args[2])))
+    ids = torch.randint(0, 512, (2, 16), generator=torch.Generator().manual_seed(3))
+    scores = expert_scores(model, [ids], torch.device("cpu"))
+    hidden, index, weights = seen[0]
+    for e in range(8):
+        token, slot = torch.where(index == e)
+        expert = moe.experts[e]
+        x = hidden[token]
+        out = expert.down_proj(moe.experts.act_fn(expert.gate_proj(x)) * expert.up_proj(x))
+        expected = (weights[token, slot] * out.norm(dim=-1)).mean().item() if len(token) else 0.0
+        assert scores["frequency"][0][e] == len(token)
+        assert scores["reap"][0][e] == pytest.approx(expected, rel=1e-5)
+
+
+def test_expert_drops_keep_top_k_and_an_export_needs_equal_counts(tmp_path):
+    engine = engine_of("olmoe")
+    with pytest.raises(WorkbenchError, match=r"structure.drop_experts.1: dropping 7 of 8 experts leaves 1, fewer than the 2"):
+        engine.check_plan(Plan(structure=Structure(drop_experts={1: [0, 1, 2, 3, 4, 5, 6]})))
+    with pytest.raises(WorkbenchError, match=r"structure.drop_experts.0: no expert 8"):
+        engine.check_plan(Plan(structure=Structure(drop_experts={0: [8]})))
+    engine.loaded.tokenizer = SavedTokenizer()
+    engine.prune(Plan(sparsity=0.3, structure=Structure(drop_experts={0: [1], 1: [2, 3]})))
+    with pytest.raises(WorkbenchError, match="different numbers of experts"):
+        engine.export(tmp_path / "uneven")
+    assert not (tmp_path / "uneven").exists()
+    engine.prune(Plan(sparsity=0.3, structure=Structure(drop_experts={0: [1, 4], 1: [2, 3], 2: [0, 7]})))
+    engine.export(tmp_path / "even")
+    from transformers import AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "even").eval()
+    assert loaded.config.num_experts == 6 and moe_of(loaded).experts.gate_up_proj.shape[0] == 6
+    prompt = torch.tensor([[5, 17, 99, 3, 250, 7]])
+    with torch.no_grad():
+        assert torch.equal(engine.loaded.model.generate(prompt, max_new_tokens=8, do_sample=False),
+                           loaded.generate(prompt, max_new_tokens=8, do_sample=False))
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--drop-experts", "0:x"], "--drop-experts: expected BLOCK:E,E such as 3:5,17, got '0:x'"),
+    (["--drop-experts", "0:1", "--experts-keep", "4"], "--drop-experts: name experts or give --experts-keep, not both"),
+    (["--drop-experts", "0:1,1"], "structure.drop_experts.0: an expert is named twice"),
+    (["--experts-keep", "9"], "--experts-keep: keep 9 of 8 experts"),
+    (["--drop-experts", "0:1", "--export", "OUT"], "--export: blocks keep different numbers of experts"),
+])
+def test_expert_drop_options_refuse_bad_input_in_one_line(flags, message, tmp_path, capsys):
+    from workbench.cli.main import main
+
+    model, _ = tiny_moe("olmoe", layers=2)
+    model.config.to_json_file(tmp_path / "config.json")
+    flags = [str(tmp_path / "out") if f == "OUT" else f for f in flags]
+    code = main(["prune", "--model", f"random:{tmp_path / 'config.json'}", "--samples", "4", "--seqlen", "32",
+                 "--probes", "", "--progress", "none", *flags])
+    assert code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # the random-weights notice aside
+    assert len(errors) == 1 and errors[0].startswith("workbench: error: ") and message in errors[0]
+    assert not (tmp_path / "out").exists()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from workbench.domain.plan import DROP_BY, DTYPES, EXPERT_FALLBACKS, MODES, CalibrationSpec, Plan, Structure, drop_problem
+from workbench.domain.plan import DROP_BY, DTYPES, EXPERT_FALLBACKS, EXPERT_SCORES, MODES, CalibrationSpec, Plan, Structure, drop_problem
 from workbench.infra.errors import WorkbenchError
 from workbench.infra.params import help_line, parse_typed
 
@@ -122,6 +122,12 @@ def add_structure_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drop-by", default="bi",
                    help="bi (lowest block influence, default), angular (the run of lowest angular distance), "
                         "or block numbers such as 22,23")
+    p.add_argument("--drop-experts", action="append", metavar="BLOCK:E,E", default=[],
+                   help="mixture of experts: drop these routed experts of a block, e.g. 3:5,17 (repeatable)")
+    p.add_argument("--experts-keep", type=int, default=None, metavar="N",
+                   help="mixture of experts: keep the N best experts of every MoE block (by --drop-experts-by)")
+    p.add_argument("--drop-experts-by", default="reap", choices=EXPERT_SCORES,
+                   help="reap (router-weighted output norm, default) or frequency (tokens routed), on the dense model")
 
 
 def method_params_of(args) -> dict:
@@ -147,7 +153,9 @@ def plan_of(args) -> Plan:
 
 
 def resolve_drops(args, engine, plan: Plan, progress=None) -> Plan:
-    """`plan` with the blocks `--drop-blocks/--drop-by` choose (scored on the dense model when by score)."""
+    """`plan` with the blocks `--drop-blocks/--drop-by` choose (scored on the dense model when by score) and the
+    experts `--drop-experts` or `--experts-keep` choose."""
+    plan = resolve_expert_drops(args, engine, plan)
     if not args.drop_blocks and args.drop_by in DROP_BY:
         return plan
     drops = engine.choose_drops(args.drop_blocks, args.drop_by, progress)
@@ -155,3 +163,22 @@ def resolve_drops(args, engine, plan: Plan, progress=None) -> Plan:
     if problem:
         raise WorkbenchError("--drop-blocks/--drop-by", problem)
     return dataclasses.replace(plan, structure=dataclasses.replace(plan.structure, drop_blocks=drops))
+
+
+def resolve_expert_drops(args, engine, plan: Plan) -> Plan:
+    """`plan` with the experts `--drop-experts` names or `--experts-keep` keeps (the two do not mix)."""
+    if args.drop_experts and args.experts_keep is not None:
+        raise WorkbenchError("--drop-experts", "name experts or give --experts-keep, not both")
+    if args.experts_keep is not None:
+        drops = engine.choose_expert_drops(args.drop_experts_by, args.experts_keep)
+    elif args.drop_experts:
+        drops = {}
+        for item in args.drop_experts:
+            block, _, experts = item.partition(":")
+            try:
+                drops.setdefault(int(block), []).extend(int(e) for e in experts.split(","))
+            except ValueError:
+                raise WorkbenchError("--drop-experts", f"expected BLOCK:E,E such as 3:5,17, got {item!r}") from None
+    else:
+        return plan
+    return dataclasses.replace(plan, structure=dataclasses.replace(plan.structure, drop_experts=drops))

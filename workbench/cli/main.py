@@ -131,6 +131,9 @@ def cmd_prune(args) -> int:
     engine = Engine.load(args.model, args.device, args.dtype, calibration_of(args), progress=progress)
     plan = resolve_drops(args, engine, plan, progress)
     checked = engine.check_plan(plan)  # refused before any work; the prune below takes it checked
+    problem = engine.shaper.experts.export_problem(plan.structure.drop_experts) if args.export else None
+    if problem:
+        raise WorkbenchError("--export", problem)
     t_load = time.perf_counter() - t0
     names = [n for n in args.probes.split(",") if n]
     size = "full" if args.full else "quick"

@@ -16,6 +16,7 @@ EXPERT_FALLBACKS = ("pooled", "magnitude")  # statistics of an expert the router
 MAX_SPARSITY = 0.99
 WIDTH_DIVISORS = (32, 64, 128, 256)  # kept neuron counts may be rounded to a multiple of one of these
 DROP_BY = ("bi", "angular")  # block influence (ShortGPT), angular distance (Gromov et al.)
+EXPERT_SCORES = ("reap", "frequency")  # REAP saliency, tokens routed (workbench.structured.experts)
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # "auto": bfloat16 on CUDA, float32 on the CPU
 
 
@@ -37,18 +38,19 @@ class CalibrationSpec:
 @dataclass
 class Structure:
     """Structured pruning: GLU width as an expansion ratio (kept neurons / hidden size; None: full width),
-    globally and per block, with its neuron score and rounding divisor, and the blocks dropped from the
-    forward pass (original numbers)."""
+    globally and per block, with its neuron score and rounding divisor, the blocks dropped from the
+    forward pass, and the routed experts dropped per block of a mixture of experts (original numbers)."""
 
     width_ratio: float | None = None
     width_score: str = "ppm"
     width_divisor: int | None = None
     width_overrides: dict[int, float] = field(default_factory=dict)
     drop_blocks: list[int] = field(default_factory=list)
+    drop_experts: dict[int, list[int]] = field(default_factory=dict)
 
     def is_dense(self) -> bool:
         """Whether nothing is removed."""
-        return self.width_ratio is None and not self.width_overrides and not self.drop_blocks
+        return self.width_ratio is None and not self.width_overrides and not self.drop_blocks and not self.drop_experts
 
 
 @dataclass
@@ -121,6 +123,8 @@ def structure_to_dict(structure: Structure) -> dict:
         data["width_divisor"] = structure.width_divisor
     data["width_overrides"] = {str(k): v for k, v in sorted(structure.width_overrides.items())}
     data["drop_blocks"] = list(structure.drop_blocks)
+    if structure.drop_experts:
+        data["drop_experts"] = {str(b): list(e) for b, e in sorted(structure.drop_experts.items())}
     return data
 
 
@@ -132,6 +136,7 @@ def structure_from_dict(data: dict) -> Structure:
         width_divisor=None if data.get("width_divisor") is None else int(data["width_divisor"]),
         width_overrides={int(k): float(v) for k, v in data.get("width_overrides", {}).items()},
         drop_blocks=sorted(int(b) for b in data.get("drop_blocks", [])),
+        drop_experts={int(b): sorted(int(x) for x in e) for b, e in data.get("drop_experts", {}).items()},
     )
 
 

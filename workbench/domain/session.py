@@ -349,7 +349,7 @@ class Reader:
 
     def structure(self, data: dict, prefix: str) -> Structure:
         """A plan's [structure] table (see `workbench.domain.plan.structure_to_dict`)."""
-        self.known(data, prefix, {"width_ratio", "width_score", "width_divisor", "width_overrides", "drop_blocks"})
+        self.known(data, prefix, {"width_ratio", "width_score", "width_divisor", "width_overrides", "drop_blocks", "drop_experts"})
         self.get(data, "width_ratio", prefix, (int, float), default=None)
         self.get(data, "width_score", prefix, str, default=None)
         self.get(data, "width_divisor", prefix, int, default=None)
@@ -360,6 +360,11 @@ class Reader:
         for i, block in enumerate(self.get(data, "drop_blocks", prefix, list, default=[])):
             if isinstance(block, bool) or not isinstance(block, int):
                 raise self.fail(f"{prefix}drop_blocks[{i}]", f"expected a block number, got {block!r}")
+        for key, experts in self.table(data, "drop_experts", prefix).items():
+            where = f"{prefix}drop_experts.{key}"
+            if not key.isdigit() or not isinstance(experts, list) or any(
+                    isinstance(e, bool) or not isinstance(e, int) for e in experts):
+                raise self.fail(where, "expected a block number (\"3\") and a list of expert numbers")
         structure = structure_from_dict(data)
         try:
             check_structure(structure, where=prefix.rstrip("."))

@@ -38,6 +38,7 @@ import torch
 from workbench.allocators import DENSE_STATISTICS, GRADIENTS, SEARCH
 from workbench.domain.plan import DROP_BY, MODES, CalibrationSpec, Plan
 from workbench.engine.calibration import CalibrationCache
+from workbench.engine.capture import MICRO_BATCH
 from workbench.engine.masks import MaskFingerprint, StoredMask
 from workbench.engine.planner import CheckedPlan, Planner
 from workbench.engine.pruning import Cancel, Progress, Pruner
@@ -52,6 +53,7 @@ from workbench.probes import DenseTopK, ProbeContext, ProbeResult, run_probes
 from workbench.probes.kl import TOP_K, dense_topk
 from workbench.structured.depth import DepthStatistics, drop_by_angular, drop_by_influence, parse_drop
 from workbench.structured.depth import collect as collect_depth
+from workbench.structured.experts import choose_expert_drops, expert_scores
 from workbench.structured.shaper import Shaper
 
 
@@ -202,6 +204,16 @@ class Engine:
         return self.shaper.depth_statistics
 
     @_locked
+    def choose_expert_drops(self, by: str, keep: int, cancel: Cancel | None = None) -> dict[int, list[int]]:
+        """Per MoE block, the experts outside the `keep` of highest router `frequency` or REAP saliency (`reap`),
+        scored once on the dense model over the calibration tokens."""
+        if self.shaper.expert_scores is None:
+            with self.dense_weights():
+                batches = list(self.statistics.ids().split(MICRO_BATCH))
+                self.shaper.expert_scores = expert_scores(self.loaded.model, batches, self.loaded.device, cancel)
+        return choose_expert_drops(self.shaper.expert_scores, by, keep)
+
+    @_locked
     def choose_drops(self, count: int, by: str, progress: Progress | None = None, cancel: Cancel | None = None) -> list[int]:
         """The `count` blocks to drop: lowest block influence (`bi`), the run of lowest angular distance
         (`angular`), or a hand-picked list ("22,23", `count` ignored)."""
@@ -253,9 +265,9 @@ class Engine:
 
     @contextlib.contextmanager
     def dense_weights(self) -> Iterator[None]:
-        """Temporarily run the dense model at full width and depth (for dense reference probes and dense
+        """Temporarily run the dense model at full width and depth with every expert (for dense reference probes and dense
         statistics); the pruning and the structure come back after. The engine stays locked meanwhile."""
-        with self._lock, self.shaper.depth.full(), self.bank.dense_weights():
+        with self._lock, self.shaper.full(), self.bank.dense_weights():
             yield
 
     # ----- reading --------------------------------------------------------------------------------
@@ -350,7 +362,9 @@ class Engine:
             target = Path(directory).expanduser().resolve()
             if target.exists() and (not target.is_dir() or any(target.iterdir())):
                 raise WorkbenchError(f"--export {target}", "exists and is not an empty directory")
-            with atomic_directory(target, f"--export {target}") as tmp, self.shaper.loadable(self.loaded.model.config) as note:
+            config = self.loaded.model.config
+            with (atomic_directory(target, f"--export {target}") as tmp, self.shaper.loadable(config) as note,
+                  self.shaper.experts.exported(config)):
                 if note and notice:
                     notice(note)
                 with fused(self.loaded.model):  # experts saved in the model's own (fused) layout

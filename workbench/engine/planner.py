@@ -39,9 +39,10 @@ class Planner:
         self.shaper = shaper
 
     def block_numels(self, plan: Plan | None = None) -> list[int]:
-        """Parameters in the linears of each block as the model runs now (0 for the blocks `plan` drops)."""
-        dropped = set(plan.structure.drop_blocks) if plan is not None else set(self.shaper.depth.dropped)
-        return [0 if i in dropped else sum(r.numel for r in block) for i, block in enumerate(self.linears)]
+        """Parameters in the running linears of each block (under `plan`'s structure, else the current one): 0 for
+        a dropped block, a dropped expert's linears left out."""
+        structure = plan.structure if plan is not None else self.shaper.current
+        return [sum(r.numel for r in block if self.shaper.running(r, structure)) for block in self.linears]
 
     def check(self, plan: Plan) -> CheckedPlan:
         """Refuse an invalid plan with a one-line error naming the key; return it checked."""
@@ -97,7 +98,8 @@ class Planner:
     def block_targets(self, checked: CheckedPlan, targets: dict[str, float] | None = None) -> list[float]:
         """Parameter-weighted target of each block (of the given per-linear `targets`, else the plan's)."""
         targets = self.allocate(checked) if targets is None else targets
-        return [weighted_mean((targets[r.name] for r in block), (r.numel for r in block)) for block in self.linears]
+        running = [[r for r in block if self.shaper.running(r, checked.plan.structure)] or block for block in self.linears]
+        return [weighted_mean((targets[r.name] for r in block), (r.numel for r in block)) for block in running]
 
     def needs_dense_statistics(self, checked: CheckedPlan) -> bool:
         """Whether the plan reads the dense model's statistics: its allocator, or a data-aware width score."""

@@ -61,8 +61,8 @@ class Pruner:
         touched: list[str] = []
         try:
             touched += self.shaper.apply(checked.plan.structure, self.down_norms)
-            dropped = [r.name for i in self.shaper.depth.dropped for r in self.linears[i]]
-            self.bank.restore(dropped, {}, None)  # a dropped block is dense, so bringing it back is exact
+            dropped = [r.name for block in self.linears for r in block if not self.shaper.running(r)]
+            self.bank.restore(dropped, {}, None)  # a dropped block or expert is dense, so bringing it back is exact
             touched += dropped
             assigned = self.planner.assignments(checked)
             active = self.shaper.depth.active  # capture numbers the blocks that run; these are their numbers
@@ -71,7 +71,7 @@ class Pruner:
                 touched.extend(ref.name for ref in self.linears[active[position]] if self.bank.to_dense(ref))
 
             def prune_block(position: int, block_stats: BlockStats) -> None:
-                for group in prune_units(self.linears[active[position]], assigned):
+                for group in prune_units([r for r in self.linears[active[position]] if self.shaper.running(r)], assigned):
                     if cancel is not None and cancel():
                         raise Cancelled()
                     touched.extend(r.name for r in group)
@@ -92,9 +92,8 @@ class Pruner:
         """Re-prune from the cached statistics only the linears whose assignment changed, one unit at a
         time (each linear is replaced in one step); how many were re-pruned."""
         assigned = self.planner.assignments(checked)
-        dropped = self.shaper.depth.dropped
         todo = [ref for block in self.linears for ref in block
-                if ref.block not in dropped and self.bank.assignment(ref.name) != assigned[ref.name]]
+                if self.shaper.running(ref) and self.bank.assignment(ref.name) != assigned[ref.name]]
         done = 0
         for group in prune_units(todo, assigned):
             if cancel is not None and cancel():

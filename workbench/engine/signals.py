@@ -90,6 +90,7 @@ class BlockSignals:
             if block_stats is None:  # a dropped block
                 per_block.append(None)
                 continue
+            block = [r for r in block if r.group in block_stats]  # not a dropped expert (it has no statistics)
             dense = {r.name: weight(r.name).to(torch.float32) for r in block}
             linear = {r.name: self.cache.channel_norms(r, stats) for r in block}
             total = sum(wanda_score_sum(dense[r.name], linear[r.name]) for r in block)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from workbench.domain.plan import Plan, weighted_mean
 from workbench.engine.calibration import CalibrationCache
@@ -58,6 +58,7 @@ class BlockState(WeightStatistics):
     block_influence: float | None = None
     angular_distance: float | None = None
     expert_tokens: list[int] | None = None  # calibration tokens the router sent each expert (MoE blocks, calibrated)
+    dropped_experts: list[int] = field(default_factory=list)  # routed experts removed (original numbers)
 
 
 @dataclass
@@ -77,7 +78,7 @@ class EngineState:
 def _linear_state(ref: LinearRef, bank: WeightBank, cache: CalibrationCache, outlier_ratio: float | None) -> LinearState:
     s = bank.summary(ref.name)
     a = bank.assignment(ref.name)
-    measured = cache.committed is not None and cache.committed[ref.block] is not None
+    measured = cache.committed is not None and cache.committed[ref.block] is not None and ref.group in cache.committed[ref.block]
     act = activation_norm(cache.channel_norms(ref)) if measured else (None, None)
     recon = bank.reconstruction(ref.name)
     return LinearState(
@@ -93,7 +94,7 @@ def expert_tokens(block: list[LinearRef], stats) -> list[int] | None:
     experts = sorted({r.expert for r in block if r.expert is not None})
     if not experts or stats is None:
         return None
-    return [stats[f"experts.{e}.gate"].tokens for e in experts]
+    return [stats[f"experts.{e}.gate"].tokens if f"experts.{e}.gate" in stats else 0 for e in experts]
 
 
 def read_state(spec: str, plan: Plan | None, linears: list[list[LinearRef]], bank: WeightBank,
@@ -111,24 +112,27 @@ def read_state(spec: str, plan: Plan | None, linears: list[list[LinearRef]], ban
     blocks = []
     for i, block in enumerate(linears):
         states = [_linear_state(ref, bank, cache, linear_ratios.get(ref.name)) for ref in block]
-        numels = [x.numel for x in states]
+        running = [x for x in states if shaper.experts.running(i, x.expert)]  # a block's figures leave dropped experts out
+        numels = [x.numel for x in running]
         pooled = pool_weight_summaries([bank.summary(r.name) for r in block])
         recons = [bank.reconstruction(r.name) for r in block]
         blocks.append(BlockState(
             index=i, numel=sum(numels),
-            target=weighted_mean((x.target for x in states), numels),
-            achieved=weighted_mean((x.achieved for x in states), numels),
+            target=weighted_mean((x.target for x in running), numels),
+            achieved=weighted_mean((x.achieved for x in running), numels),
             w_mean_abs=pooled.mean_abs, w_std=pooled.std, w_max_abs=pooled.max_abs, kurtosis=pooled.kurtosis,
             outlier_ratio=block_ratios[i] if block_ratios else None,
-            act_norm=sum(x.act_norm for x in states) / len(states) if states[0].act_norm is not None else None,
+            act_norm=sum(x.act_norm for x in running) / len(running) if running[0].act_norm is not None else None,
             recon_error=relative_error(sum(r[0] for r in recons), sum(r[1] for r in recons)) if all(recons) else None,
             linears=states, influence=influence[i] if influence else None,
             dropped=i in shaper.depth.dropped, width=shaper.kept(i), intermediate=shaper.intermediate(i),
             block_influence=bi[i] if bi else None, angular_distance=angular[i] if angular and i < len(angular) else None,
             expert_tokens=expert_tokens(block, cache.committed[i] if calibrated else None),
+            dropped_experts=list(shaper.experts.dropped.get(i, ())),
         ))
     total = sum(bank.original(r.name).numel() for block in linears for r in block)
-    nonzero = sum(round(x.numel * (1 - x.achieved)) for b in blocks if not b.dropped for x in b.linears)
+    nonzero = sum(round(x.numel * (1 - x.achieved)) for b in blocks if not b.dropped for x in b.linears
+                  if x.expert is None or x.expert not in b.dropped_experts)
     return EngineState(
         model=spec, plan=plan,
         target=weighted_mean((b.target for b in blocks if not b.dropped), (b.numel for b in blocks if not b.dropped)),

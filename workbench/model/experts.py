@@ -51,10 +51,19 @@ class RoutedExperts(nn.ModuleList):
     def __init__(self, experts: list[Expert], act_fn, fused: nn.Module):
         super().__init__(experts)
         self.ids = list(range(len(experts)))
-        # Not submodules (a ModuleList counts its modules): the activation, and the fused module's class
-        # and settings for `fuse`.
+        # Not submodules (a ModuleList counts its modules): the activation, the fused module's class and
+        # settings for `fuse`, and an observer `(position, router weights, outputs)` of each expert's
+        # tokens (`workbench.structured.experts` scores experts with it).
         object.__setattr__(self, "act_fn", act_fn)
         object.__setattr__(self, "template", fused)
+        object.__setattr__(self, "observer", None)
+
+    def set_experts(self, experts: list[Expert], ids: list[int]) -> None:
+        """Run these experts (original indices `ids`) in this order; the router must route to them."""
+        self._modules.clear()
+        for position, expert in enumerate(experts):
+            self.add_module(str(position), expert)
+        self.ids = list(ids)
 
     @property
     def num_experts(self) -> int:
@@ -71,6 +80,8 @@ class RoutedExperts(nn.ModuleList):
             expert = self[e]
             x = hidden_states[token]
             y = expert.down_proj(self.act_fn(expert.gate_proj(x)) * expert.up_proj(x))
+            if self.observer is not None:
+                self.observer(e, top_k_weights[token, slot], y)
             out.index_add_(0, token, (y * top_k_weights[token, slot, None]).to(out.dtype))
         return out
 

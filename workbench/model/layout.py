@@ -79,8 +79,8 @@ def block_paths(block: torch.nn.Module) -> list[tuple[str, str, str, int | None]
         raise WorkbenchError(f"{moe.path}.experts", "fused experts: call workbench.model.experts.unfuse after loading")
     if moe.shared:
         paths += [(kind, f"{moe.shared}.{kind}_proj", f"shared.{LEADER[kind]}", None) for kind in GLU]
-    for e in range(experts.num_experts):
-        paths += [(kind, f"{moe.path}.experts.{e}.{kind}_proj", f"experts.{e}.{LEADER[kind]}", e) for kind in GLU]
+    for position, e in enumerate(experts.ids):  # the module path by position, the name by original index
+        paths += [(kind, f"{moe.path}.experts.{position}.{kind}_proj", f"experts.{e}.{LEADER[kind]}", e) for kind in GLU]
     return paths
 
 

@@ -15,6 +15,7 @@ from workbench.engine.weights import WeightBank
 from workbench.infra.errors import WorkbenchError
 from workbench.model.layout import GLU, LEADER, LinearRef
 from workbench.structured.depth import DepthStatistics
+from workbench.structured.experts import ExpertDrops
 from workbench.structured.shrink import Depth
 from workbench.structured.width import NEURON_SCORES, kept_count, kept_neurons, neuron_scores
 
@@ -25,10 +26,12 @@ class Shaper:
         self.linears = linears
         self.bank = bank
         self.depth = Depth(model)
+        self.experts = ExpertDrops(model)
         self.hidden = int(model.config.hidden_size)
         self.current = Structure()
         self._kept: dict[int, torch.Tensor] = {}  # block -> kept neuron indices, for shrunk blocks
         self.depth_statistics: DepthStatistics | None = None
+        self.expert_scores: dict | None = None  # workbench.structured.experts.expert_scores of the dense model
 
     def _glu(self, block: int) -> dict[str, LinearRef]:
         """The block's dense GLU MLP (empty for a mixture-of-experts block)."""
@@ -50,6 +53,7 @@ class Shaper:
         if problem:
             raise WorkbenchError(f"{where}.drop_blocks", problem)
         NEURON_SCORES.get(structure.width_score, where=f"{where}.width_score")
+        self.experts.check(structure.drop_experts, f"{where}.drop_experts")
         moe = [b for b in range(blocks) if not self._glu(b)]
         asked = [b for b in structure.width_overrides if b in moe] or (moe if structure.width_ratio is not None else [])
         if asked:
@@ -99,8 +103,22 @@ class Shaper:
             else:
                 self._kept[block] = index
         self.depth.drop(structure.drop_blocks)
+        self.experts.drop(structure.drop_experts)
         self.current = structure
         return changed
+
+    def running(self, ref: LinearRef, structure: Structure | None = None) -> bool:
+        """Whether a linear runs under `structure` (default: the current one): its block is not dropped and
+        neither is its expert."""
+        structure = self.current if structure is None else structure
+        return ref.block not in structure.drop_blocks and (
+            ref.expert is None or ref.expert not in structure.drop_experts.get(ref.block, ()))
+
+    @contextlib.contextmanager
+    def full(self) -> Iterator[None]:
+        """Temporarily run every block and every expert (the dense reference)."""
+        with self.depth.full(), self.experts.full():
+            yield
 
     @contextlib.contextmanager
     def loadable(self, config) -> Iterator[str | None]:
