@@ -322,3 +322,11 @@ def test_expert_drop_options_refuse_bad_input_in_one_line(flags, message, tmp_pa
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # the random-weights notice aside
     assert len(errors) == 1 and errors[0].startswith("workbench: error: ") and message in errors[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_layerif_scores_attention_on_expert_models_and_refuses_scope_all():
+    engine = engine_of("qwen3_moe")
+    engine.prune(Plan(allocator="layerif", sparsity=0.5))
+    assert all(b.influence is not None for b in engine.state().blocks)
+    with pytest.raises(WorkbenchError, match="allocator_params.scope: scope all on a mixture of experts"):
+        engine.prune(Plan(allocator="layerif", sparsity=0.5, allocator_params={"scope": "all"}))

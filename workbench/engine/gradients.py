@@ -28,6 +28,7 @@ import torch
 
 from workbench.engine.capture import MICRO_BATCH, block0_inputs
 from workbench.infra.errors import Cancelled, WorkbenchError
+from workbench.model.experts import moe_block
 from workbench.model.layout import blocks_of, LINEAR_PATHS
 
 Progress = Callable[[str, float], None]
@@ -59,6 +60,9 @@ class _WeightGradients:
     """Hooks on a block's chosen linears that record each example's weight gradient in a backward."""
 
     def __init__(self, block: torch.nn.Module, kinds: tuple[str, ...]):
+        if moe_block(block) is not None and set(kinds) - set(SCOPES["attention"]):
+            raise WorkbenchError("allocator_params.scope", "scope all on a mixture of experts: an example's tokens spread "
+                                                           "over the experts, so per-example gradients cover attention only")
         self.linears = [block.get_submodule(LINEAR_PATHS[k]) for k in kinds]
         self.inputs: dict[int, torch.Tensor] = {}
         self.deltas: dict[int, torch.Tensor] = {}
