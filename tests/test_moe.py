@@ -330,3 +330,35 @@ def test_layerif_scores_attention_on_expert_models_and_refuses_scope_all():
     assert all(b.influence is not None for b in engine.state().blocks)
     with pytest.raises(WorkbenchError, match="allocator_params.scope: scope all on a mixture of experts"):
         engine.prune(Plan(allocator="layerif", sparsity=0.5, allocator_params={"scope": "all"}))
+
+
+def test_usage_rule_spreads_a_block_target_over_its_experts_and_keeps_the_mean():
+    from workbench.allocators._usage import usage_targets
+
+    targets = usage_targets(0.5, [10, 30, 20, 20], 0.1)
+    assert targets == pytest.approx([0.6, 0.4, 0.5, 0.5])  # least used +span, most used -span
+    assert sum(targets) / 4 == pytest.approx(0.5)
+    clipped = usage_targets(0.95, [0, 100, 100, 100], 0.2)
+    assert max(clipped) <= 0.99 and sum(clipped) / 4 == pytest.approx(0.95)
+    assert usage_targets(0.5, [7, 7], 0.3) == [0.5, 0.5]
+
+
+def test_expert_span_prunes_the_least_used_experts_more_with_the_block_target_kept():
+    from workbench.allocators._usage import usage_targets
+
+    engine = engine_of("qwen3_moe")
+    engine.prune(Plan(method="wanda", sparsity=0.5, expert_span=0.2))
+    usage = engine.signals.expert_usage()
+    state = engine.state()
+    for block in state.blocks:
+        per_expert = {x.expert: x.achieved for x in block.linears if x.expert is not None and x.kind == "down"}
+        experts = sorted(per_expert)
+        expected = usage_targets(0.5, [usage[block.index][e] for e in experts], 0.2)
+        assert [per_expert[e] for e in experts] == pytest.approx(expected, abs=1 / 32)  # down has 32 inputs per row
+        least = min(experts, key=usage[block.index].get)
+        assert per_expert[least] == max(per_expert.values()) and max(expected) - min(expected) > 0.2
+        assert block.achieved == pytest.approx(0.5, abs=0.01)
+    with pytest.raises(WorkbenchError, match="expert_span: the model has no routed experts"):
+        from tests.conftest import make_engine
+
+        make_engine().check_plan(Plan(expert_span=0.1))

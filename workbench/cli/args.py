@@ -108,6 +108,9 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pattern", default=None, help="N:M semi-structured pattern, e.g. 2:4")
     p.add_argument("--block-sparsity", action="append", metavar="BLOCK=VALUE", help="manual block target, e.g. 3=0.6")
     p.add_argument("--linear-sparsity", action="append", metavar="NAME=VALUE", help="e.g. layers.3.mlp.down_proj=0.7; a module sets every linear inside it: layers.3.self_attn=0.3, layers.3.mlp.experts=0.6 (a block's experts), layers.3.mlp.experts.5=0.8 (one expert); the most specific name wins")
+    p.add_argument("--expert-span", type=float, default=Plan.expert_span, metavar="SPAN",
+                   help="mixture of experts: spread each block's target over its experts by router usage, the least "
+                        "used pruned up to SPAN more and the most used up to SPAN less (0: one target per block)")
     add_structure_args(p)
 
 
@@ -149,6 +152,7 @@ def plan_of(args) -> Plan:
         linear_overrides=key_values(args.linear_sparsity, "--linear-sparsity"),
         structure=Structure(width_ratio=args.width_ratio, width_score=args.width_score, width_divisor=args.width_divisor,
                             width_overrides=key_values(args.width_block, "--width-block", int)),
+        expert_span=args.expert_span,
     )
 
 

@@ -67,6 +67,7 @@ class Plan:
     block_overrides: dict[int, float] = field(default_factory=dict)
     linear_overrides: dict[str, float] = field(default_factory=dict)
     structure: Structure = field(default_factory=Structure)
+    expert_span: float = 0.0  # mixture of experts: per-expert targets follow router usage (workbench.allocators._usage)
 
 
 def check_fraction(value, where: str) -> float:
@@ -156,6 +157,8 @@ def plan_to_dict(plan: Plan) -> dict:
     }
     if not plan.structure.is_dense():
         data["structure"] = structure_to_dict(plan.structure)
+    if plan.expert_span:
+        data["expert_span"] = plan.expert_span
     return data
 
 
@@ -173,6 +176,7 @@ def plan_from_dict(data: dict) -> Plan:
         block_overrides={int(k): float(v) for k, v in overrides.get("blocks", {}).items()},
         linear_overrides={str(k): float(v) for k, v in overrides.get("linears", {}).items()},
         structure=structure_from_dict(data.get("structure", {})),
+        expert_span=float(data.get("expert_span", 0.0)),
     )
 
 

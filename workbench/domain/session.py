@@ -312,7 +312,7 @@ class Reader:
         from workbench.methods import METHODS, parse_pattern
 
         self.known(data, prefix, {"method", "allocator", "sparsity", "pattern", "method_params", "allocator_params", "overrides",
-                                  "structure"})
+                                  "structure", "expert_span"})
         method = self.get(data, "method", prefix, str, required=True)
         allocator = self.get(data, "allocator", prefix, str, default="uniform")
         for key, name, registry in (("method", method, METHODS), ("allocator", allocator, ALLOCATORS)):
@@ -345,6 +345,7 @@ class Reader:
             sparsity=self.fraction(self.get(data, "sparsity", prefix, (int, float), required=True), f"{prefix}sparsity"),
             pattern=pattern or None, block_overrides=blocks, linear_overrides=linears,
             structure=self.structure(self.table(data, "structure", prefix), f"{prefix}structure."),
+            expert_span=self.fraction(self.get(data, "expert_span", prefix, (int, float), default=0.0), f"{prefix}expert_span"),
         )
 
     def structure(self, data: dict, prefix: str) -> Structure:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from workbench.allocators import ALLOCATORS, DEFAULT_M, DENSE_STATISTICS, AllocationContext, Allocator, InfluenceSpec
+from workbench.allocators._usage import usage_targets
 from workbench.domain.plan import CalibrationSpec, Plan, check_fraction, weighted_mean
 from workbench.engine.signals import BlockSignals
 from workbench.engine.weights import Assignment
@@ -64,6 +65,9 @@ class Planner:
                                                                   "layers.3.mlp.down_proj, or layers.3.mlp.experts.5 for an expert's linears)")
             check_fraction(value, f"overrides.linears.{name}")
         self.shaper.check(plan.structure)
+        check_fraction(plan.expert_span, "expert_span")
+        if plan.expert_span and not self.shaper.experts.blocks:
+            raise WorkbenchError("expert_span", "the model has no routed experts")
         if self.calibration.hessian is False and method.needs_hessian:
             raise WorkbenchError("calibration.hessian", f"method {method.name} needs the Hessian; set hessian = true or leave it unset")
         return CheckedPlan(plan, method, method_params, allocator, allocator_params, pattern)
@@ -84,9 +88,20 @@ class Planner:
         for block, value in plan.block_overrides.items():
             per_block[block] = value
         targets = {ref.name: per_block[ref.block] for ref in self.refs.values()}
+        if plan.expert_span:
+            self._follow_usage(plan, per_block, targets)
         for name in sorted(plan.linear_overrides, key=lambda n: n.count(".")):  # a module first, then what is inside it
             targets.update(dict.fromkeys(self.covered(name), plan.linear_overrides[name]))
         return targets
+
+    def _follow_usage(self, plan: Plan, per_block: list[float], targets: dict[str, float]) -> None:
+        """Spread each MoE block's target over its running experts by router usage (`usage_targets`)."""
+        usage = self.signals.expert_usage()
+        for i, block in enumerate(self.linears):
+            experts = sorted({r.expert for r in block if r.expert is not None and self.shaper.running(r, plan.structure)})
+            if experts:
+                spread = dict(zip(experts, usage_targets(per_block[i], [usage[i][e] for e in experts], plan.expert_span)))
+                targets.update({r.name: spread[r.expert] for r in block if r.expert in spread})
 
     def covered(self, name: str) -> list[str]:
         """The linears an override name sets: the linear of that name, or every linear inside the module of that
@@ -104,7 +119,7 @@ class Planner:
     def needs_dense_statistics(self, checked: CheckedPlan) -> bool:
         """Whether the plan reads the dense model's statistics: its allocator, or a data-aware width score."""
         structure = checked.plan.structure
-        return DENSE_STATISTICS in self.needs(checked) or (
+        return DENSE_STATISTICS in self.needs(checked) or bool(checked.plan.expert_span) or (
             structure.width_score == "data" and bool(self.shaper.widths(structure)))
 
     def assignments(self, checked: CheckedPlan) -> dict[str, Assignment]:

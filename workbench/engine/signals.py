@@ -60,6 +60,12 @@ class BlockSignals:
         self._influence: dict[InfluenceSpec, list[float]] = {}
         self._last_influence: InfluenceSpec | None = None
 
+    def expert_usage(self, progress: Progress | None = None, cancel: Cancel | None = None) -> dict[int, dict[int, int]]:
+        """Per MoE block, the calibration tokens the router sends each expert on the dense model."""
+        stats = self._statistics(True, progress, cancel)
+        return {i: {int(g.split(".")[1]): s.tokens for g, s in block.items() if g.startswith("experts.") and g.endswith(".gate")}
+                for i, block in enumerate(stats) if block is not None}
+
     def _statistics(self, dense: bool, progress: Progress | None, cancel: Cancel | None) -> list[BlockStats]:
         stats = self.cache.dense_statistics(progress, cancel) if dense else self.cache.committed
         if stats is None:
