@@ -362,3 +362,18 @@ def test_expert_span_prunes_the_least_used_experts_more_with_the_block_target_ke
         from tests.conftest import make_engine
 
         make_engine().check_plan(Plan(expert_span=0.1))
+
+
+def test_the_state_reports_every_expert_pooled_over_its_linears():
+    engine = engine_of("mixtral")
+    engine.prune(Plan(method="wanda", sparsity=0.5, linear_overrides={"layers.0.mlp.experts.3": 0.7},
+                      structure=Structure(drop_experts={1: [2]})))
+    block0, block1 = engine.state().blocks[:2]
+    assert [x.expert for x in block0.experts] == list(range(8))
+    three = block0.experts[3]
+    linears = [x for x in block0.linears if x.expert == 3]
+    assert three.numel == sum(x.numel for x in linears) and three.target == pytest.approx(0.7)
+    assert three.achieved == pytest.approx(0.7, abs=0.02) and three.tokens == block0.expert_tokens[3]
+    assert three.w_mean_abs == pytest.approx(sum(x.w_mean_abs * x.numel for x in linears) / three.numel)
+    assert 0 <= three.outlier_ratio < 1
+    assert block1.experts[2].dropped and not block1.experts[1].dropped

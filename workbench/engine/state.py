@@ -44,6 +44,40 @@ class LinearState(WeightStatistics):
 
 
 @dataclass
+class ExpertState:
+    """One routed expert of a block, pooled over its gate, up and down: calibration tokens the router sent it,
+    |W| of its dense weights, its outlier ratio (the share of its weights whose Wanda score exceeds M times
+    their own linear's mean, weighted by size; None before calibration) and whether it is dropped."""
+
+    expert: int
+    tokens: int | None
+    numel: int
+    target: float
+    achieved: float
+    w_mean_abs: float
+    outlier_ratio: float | None
+    dropped: bool
+
+
+def expert_states(states: list["LinearState"], tokens: list[int] | None, dropped: list[int]) -> list[ExpertState]:
+    """The routed experts of one block from its linears' states, in expert order (empty for a dense block)."""
+    by_expert: dict[int, list[LinearState]] = {}
+    for x in states:
+        if x.expert is not None:
+            by_expert.setdefault(x.expert, []).append(x)
+    out = []
+    for position, (e, parts) in enumerate(sorted(by_expert.items())):
+        numels = [x.numel for x in parts]
+        ratios = [x.outlier_ratio for x in parts]
+        out.append(ExpertState(
+            expert=e, tokens=tokens[position] if tokens else None, numel=sum(numels),
+            target=weighted_mean((x.target for x in parts), numels), achieved=weighted_mean((x.achieved for x in parts), numels),
+            w_mean_abs=weighted_mean((x.w_mean_abs for x in parts), numels),
+            outlier_ratio=weighted_mean(ratios, numels) if None not in ratios else None, dropped=e in dropped))
+    return out
+
+
+@dataclass
 class BlockState(WeightStatistics):
     """One block: pooled statistics of its seven linears, its influence score when computed (LayerIF), its
     structure (dropped from the forward pass; GLU neurons kept of `intermediate`, None at full width) and
@@ -59,6 +93,7 @@ class BlockState(WeightStatistics):
     angular_distance: float | None = None
     expert_tokens: list[int] | None = None  # calibration tokens the router sent each expert (MoE blocks, calibrated)
     dropped_experts: list[int] = field(default_factory=list)  # routed experts removed (original numbers)
+    experts: list[ExpertState] = field(default_factory=list)  # its routed experts (MoE blocks)
 
 
 @dataclass
@@ -113,6 +148,7 @@ def read_state(spec: str, plan: Plan | None, linears: list[list[LinearRef]], ban
     for i, block in enumerate(linears):
         states = [_linear_state(ref, bank, cache, linear_ratios.get(ref.name)) for ref in block]
         running = [x for x in states if shaper.experts.running(i, x.expert)]  # a block's figures leave dropped experts out
+        tokens, dropped = expert_tokens(block, cache.committed[i] if calibrated else None), list(shaper.experts.dropped.get(i, ()))
         numels = [x.numel for x in running]
         pooled = pool_weight_summaries([bank.summary(r.name) for r in block])
         recons = [bank.reconstruction(r.name) for r in block]
@@ -127,8 +163,7 @@ def read_state(spec: str, plan: Plan | None, linears: list[list[LinearRef]], ban
             linears=states, influence=influence[i] if influence else None,
             dropped=i in shaper.depth.dropped, width=shaper.kept(i), intermediate=shaper.intermediate(i),
             block_influence=bi[i] if bi else None, angular_distance=angular[i] if angular and i < len(angular) else None,
-            expert_tokens=expert_tokens(block, cache.committed[i] if calibrated else None),
-            dropped_experts=list(shaper.experts.dropped.get(i, ())),
+            expert_tokens=tokens, dropped_experts=dropped, experts=expert_states(states, tokens, dropped),
         ))
     total = sum(bank.original(r.name).numel() for block in linears for r in block)
     nonzero = sum(round(x.numel * (1 - x.achieved)) for b in blocks if not b.dropped for x in b.linears
