@@ -392,3 +392,13 @@ async def test_an_expert_model_opens_and_a_block_lists_its_experts_linears(make_
         assert labels[:4] == ["q", "k", "v", "o"] and labels[4:7] == ["sg", "su", "sd"] and labels[7:10] == ["0g", "0u", "0d"]
         assert len(labels) == 4 + 3 + 8 * 3
         assert app.controller.state.blocks[1].achieved == pytest.approx(0.5, abs=0.01)
+        await pilot.press(*["down"] * 11)  # q k v o, the shared expert's three, expert 0's three, then 1g
+        assert app.focused.key == LinearKey("layers.1.mlp.experts.1.gate_proj")
+        await pilot.press("x")
+        await settle(pilot)
+        assert app.controller.plan.structure.drop_experts == {1: [1]}
+        assert app.controller.state.blocks[1].dropped_experts == [1]
+        assert pane.query(".linear-row")[10].has_class("-dropped")
+        await pilot.press("x")
+        await settle(pilot)
+        assert app.controller.plan.structure.drop_experts == {} and app.controller.state.blocks[1].dropped_experts == []

@@ -443,3 +443,16 @@ def test_linear_labels_name_experts_by_number_and_kind():
     assert linear_label(linear("layers.0.mlp.gate_proj", "gate")) == "gate"
     assert linear_label(linear("layers.0.mlp.experts.12.down_proj", "down", 12)) == "12d"
     assert linear_label(linear("layers.0.mlp.shared_expert.up_proj", "up")) == "su"
+
+
+def test_toggle_expert_drop_adds_and_removes_one_expert_and_leaves_the_old_plan_alone():
+    from workbench.app.edits import toggle_expert_drop
+    from workbench.domain.plan import Plan, Structure
+
+    plan = Plan(structure=Structure(drop_blocks=[2], drop_experts={0: [3]}))
+    dropped, label = toggle_expert_drop(plan, 0, 1)
+    assert dropped.structure.drop_experts == {0: [1, 3]} and label == "drop expert 1 of block 0"
+    assert plan.structure.drop_experts == {0: [3]} and dropped.structure.drop_blocks == [2]
+    kept, label = toggle_expert_drop(dropped, 0, 3)
+    assert kept.structure.drop_experts == {0: [1]} and label == "keep expert 3 of block 0"
+    assert toggle_expert_drop(kept, 0, 1)[0].structure.drop_experts == {}

@@ -191,7 +191,8 @@ def width_score_options() -> list[tuple[str, str]]:
 def _structure(plan: Plan, **changes) -> Plan:
     """`plan` with a copy of its structure changed (the old plan and structure are left alone)."""
     old = plan.structure
-    fresh = {"width_overrides": dict(old.width_overrides), "drop_blocks": list(old.drop_blocks)}
+    fresh = {"width_overrides": dict(old.width_overrides), "drop_blocks": list(old.drop_blocks),
+             "drop_experts": {b: list(e) for b, e in old.drop_experts.items()}}
     fresh.update(changes)
     return _replace(plan, structure=dataclasses.replace(old, **fresh))
 
@@ -245,6 +246,19 @@ DROP_RULES = [("bi", "the N blocks of lowest block influence (ShortGPT)"),
               ("angular", "the run of N blocks of lowest angular distance"),
               ("none", "clear every drop: all blocks run")]
 NO_DROPS = "none"
+
+
+def toggle_expert_drop(plan: Plan, block: int, expert: int) -> tuple[Plan, str]:
+    """Drop a routed expert of a block, or bring it back (the engine refuses a drop below top-k)."""
+    drops = {b: list(e) for b, e in plan.structure.drop_experts.items()}
+    experts = drops.setdefault(block, [])
+    if expert in experts:
+        experts.remove(expert)
+        label = f"keep expert {expert} of block {block}"
+    else:
+        experts.append(expert)
+        label = f"drop expert {expert} of block {block}"
+    return _structure(plan, drop_experts={b: sorted(e) for b, e in drops.items() if e}), label
 
 
 def check_drop_count(count: int, blocks: int) -> None:

@@ -190,6 +190,16 @@ class BlocksScreen(Screen):
                 return next(b.index for b in self.controller.state.blocks if any(x.name == name for x in b.linears))
         return None
 
+    def _focused_expert(self) -> tuple[int, int] | None:
+        """(block, expert) of the focused linear when it belongs to a routed expert."""
+        slider = self.focused
+        if isinstance(slider, Slider) and isinstance(slider.key, LinearKey):
+            for block in self.controller.state.blocks:
+                for x in block.linears:
+                    if x.name == slider.key.name and x.expert is not None:
+                        return block.index, x.expert
+        return None
+
     def _step_width(self, steps: int) -> None:
         """Move the focused block's expansion ratio (on the global row, the global one) by `steps` steps."""
         if not self._ready():
@@ -218,8 +228,13 @@ class BlocksScreen(Screen):
             self.app.pruning.edit(*(edits.set_width(plan, None) if block is None else edits.reset_block_width(plan, block)))
 
     def action_drop(self) -> None:
-        """Drop the focused block from the forward pass, or bring it back (never every block)."""
+        """Drop the focused block from the forward pass, or bring it back (never every block); on an expert's
+        linear, drop or keep that expert."""
         if not self._ready():
+            return
+        expert = self._focused_expert()
+        if expert is not None:
+            self.app.pruning.edit(*edits.toggle_expert_drop(self.controller.plan, *expert))
             return
         block = self._focused_block()
         if block is None:

@@ -27,6 +27,9 @@ class BlockPane(Vertical):
     BlockPane.-expanded > .linears { display: block; }
     BlockPane.-expanded > .block-row { background: $boost; }
     BlockPane .linear-row > .row-label { color: $foreground 60%; }
+    BlockPane .linear-row.-dropped > .row-label, BlockPane .linear-row.-dropped > .stats {
+        color: $foreground 40%; text-style: strike;
+    }
     BlockPane.-dropped > .block-row > .row-label, BlockPane.-dropped > .block-row > .stats {
         color: $foreground 40%; text-style: strike;
     }
@@ -114,5 +117,6 @@ class BlockPane(Vertical):
         scale = Scale.of(block.linears)
         for row, linear in zip(rows, block.linears):
             row.show(linear, scale)
+            row.set_class(linear.expert in block.dropped_experts, "-dropped")
             if move and linear.name in targets:
                 row.show_target(targets[linear.name], linear.name in overridden, locked)
