@@ -1,7 +1,7 @@
 """The shaper: applies a plan's structure to the model for real and undoes it from dense. Widths shrink
 each block's gate, up and down projections to the kept neurons (through the weight bank, which keeps the
-full dense weights); depth drops blocks from the forward pass (`Depth`). Block numbers stay the original
-ones everywhere."""
+full dense weights); depth drops blocks from the forward pass (`Depth`); expert drops take routed experts
+out of their blocks and routers (`ExpertDrops`). Block and expert numbers stay the original ones everywhere."""
 
 from __future__ import annotations
 
