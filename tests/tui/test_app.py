@@ -372,7 +372,7 @@ async def test_plots_is_a_feature_with_its_command_help_and_screen(make_app):
         assert "Plots screen (v)" in [str(w.render()) for w in app.screen.query(".section")]
 
 
-async def test_an_expert_model_opens_and_a_block_lists_its_experts_linears(make_app):
+async def test_an_expert_model_lists_experts_as_a_group_that_opens_into_one_row_each(make_app):
     from tests.tiny import tiny_moe
     from workbench.domain.plan import CalibrationSpec
     from workbench.engine.facade import Engine
@@ -387,18 +387,26 @@ async def test_an_expert_model_opens_and_a_block_lists_its_experts_linears(make_
         await pilot.press("down", "enter")
         await pilot.pause()
         pane = app.query_one("#block-1", BlockPane)
-        assert pane.expanded
         labels = [row.label_text.strip() for row in pane.query(".linear-row")]
-        assert labels[:4] == ["q", "k", "v", "o"] and labels[4:7] == ["sg", "su", "sd"] and labels[7:10] == ["0g", "0u", "0d"]
-        assert len(labels) == 4 + 3 + 8 * 3
-        assert app.controller.state.blocks[1].achieved == pytest.approx(0.5, abs=0.01)
-        await pilot.press(*["down"] * 11)  # q k v o, the shared expert's three, expert 0's three, then 1g
-        assert app.focused.key == LinearKey("layers.1.mlp.experts.1.gate_proj")
-        await pilot.press("x")
+        assert labels == ["q", "k", "v", "o", "sg", "su", "sd", "E8"]  # the routed experts as one group row
+        await pilot.press(*["down"] * 8, "enter")  # onto the group row, and open it
+        await settle(pilot)
+        rows = list(pane.query(".expert-row"))
+        assert len(rows) == 8 and rows[0].label_text.startswith(" 0")
+        tokens = app.controller.state.blocks[1].expert_tokens
+        busiest = tokens.index(max(tokens))
+        assert rows[busiest].label_text.strip().endswith("█")  # the usage bar of the busiest expert is full
+        await pilot.press("down", "down", "x")  # expert 1: drop it
         await settle(pilot)
         assert app.controller.plan.structure.drop_experts == {1: [1]}
-        assert app.controller.state.blocks[1].dropped_experts == [1]
-        assert pane.query(".linear-row")[10].has_class("-dropped")
+        assert app.controller.state.blocks[1].dropped_experts == [1] and pane.query(".expert-row")[1].has_class("-dropped")
         await pilot.press("x")
         await settle(pilot)
-        assert app.controller.plan.structure.drop_experts == {} and app.controller.state.blocks[1].dropped_experts == []
+        assert app.controller.plan.structure.drop_experts == {}
+        await pilot.press("e", *"70", "enter")  # a manual target for expert 1 sets its three linears
+        await settle(pilot)
+        assert app.controller.plan.linear_overrides == {"layers.1.mlp.experts.1": pytest.approx(0.7)}
+        assert app.controller.state.blocks[1].experts[1].achieved == pytest.approx(0.7, abs=0.02)
+        await pilot.press("up", "up", "enter")  # the group row again: close it
+        await settle(pilot)
+        assert not pane.query(".expert-row")

@@ -36,6 +36,22 @@ def cells_markup(cells: Sequence[Cell]) -> str:
     return " ".join(f"[{_TONES[c.tone]}]{escape(c.text)}[/]" if c.tone else escape(c.text) for c in cells)
 
 
+USAGE_BARS = "▁▂▃▄▅▆▇█"
+
+
+def row_label(row, block) -> str:
+    """The short name of a row of an expanded block (4 wide): a linear's (`linear_label`), "E32" for the
+    group of a block's 32 routed experts, or an expert's number and a bar of the calibration tokens the
+    router sent it, relative to the block's busiest expert ("17▅")."""
+    if not hasattr(row, "tokens"):
+        return linear_label(row)
+    if row.expert is None:
+        return f"E{len(block.experts)}"
+    busiest = max((x.tokens or 0 for x in block.experts), default=0)
+    bar = USAGE_BARS[round((len(USAGE_BARS) - 1) * (row.tokens or 0) / busiest)] if busiest else " "
+    return f"{row.expert}{bar}"
+
+
 def linear_label(linear) -> str:
     """A linear's short name in a pane (4 wide for up to 100 experts): its kind ("gate"), or an expert's
     number and the kind's initial ("12g", "12u", "12d"); "sg" for a shared expert's gate."""

@@ -44,37 +44,54 @@ class LinearState(WeightStatistics):
 
 
 @dataclass
-class ExpertState:
-    """One routed expert of a block, pooled over its gate, up and down: calibration tokens the router sent it,
-    |W| of its dense weights, its outlier ratio (the share of its weights whose Wanda score exceeds M times
-    their own linear's mean, weighted by size; None before calibration) and whether it is dropped."""
+class ExpertState(WeightStatistics):
+    """Several linears pooled as one row: a routed expert (gate, up, down; `expert` its number) or a block's
+    routed experts together (`expert` None). `name` is the module (`layers.3.mlp.experts.17`), which a manual
+    target may name; `tokens` are the calibration tokens the router sent it. Its outlier ratio is the share of
+    its weights whose Wanda score exceeds M times their own linear's mean (weighted by size)."""
 
-    expert: int
+    name: str
+    expert: int | None
     tokens: int | None
-    numel: int
-    target: float
-    achieved: float
-    w_mean_abs: float
-    outlier_ratio: float | None
     dropped: bool
 
 
-def expert_states(states: list["LinearState"], tokens: list[int] | None, dropped: list[int]) -> list[ExpertState]:
+def pooled_state(name: str, parts: list[LinearState], summaries: list, expert: int | None, tokens: int | None,
+                 dropped: bool) -> ExpertState:
+    """One row for several linears' states (`summaries`: their |W| summaries, to pool the moments)."""
+    numels = [x.numel for x in parts]
+    pooled = pool_weight_summaries(summaries)
+    ratios = [x.outlier_ratio for x in parts]
+    acts = [x.act_norm for x in parts]
+    return ExpertState(
+        numel=sum(numels), target=weighted_mean((x.target for x in parts), numels),
+        achieved=weighted_mean((x.achieved for x in parts), numels), w_mean_abs=pooled.mean_abs, w_std=pooled.std,
+        w_max_abs=pooled.max_abs, kurtosis=pooled.kurtosis,
+        outlier_ratio=weighted_mean(ratios, numels) if None not in ratios else None,
+        act_norm=sum(acts) / len(acts) if None not in acts else None, recon_error=None,
+        name=name, expert=expert, tokens=tokens, dropped=dropped)
+
+
+def expert_states(states: list[LinearState], bank: WeightBank, tokens: list[int] | None,
+                  dropped: list[int]) -> list[ExpertState]:
     """The routed experts of one block from its linears' states, in expert order (empty for a dense block)."""
     by_expert: dict[int, list[LinearState]] = {}
     for x in states:
         if x.expert is not None:
             by_expert.setdefault(x.expert, []).append(x)
-    out = []
-    for position, (e, parts) in enumerate(sorted(by_expert.items())):
-        numels = [x.numel for x in parts]
-        ratios = [x.outlier_ratio for x in parts]
-        out.append(ExpertState(
-            expert=e, tokens=tokens[position] if tokens else None, numel=sum(numels),
-            target=weighted_mean((x.target for x in parts), numels), achieved=weighted_mean((x.achieved for x in parts), numels),
-            w_mean_abs=weighted_mean((x.w_mean_abs for x in parts), numels),
-            outlier_ratio=weighted_mean(ratios, numels) if None not in ratios else None, dropped=e in dropped))
-    return out
+    return [pooled_state(parts[0].name.rsplit(".", 1)[0], parts, [bank.summary(x.name) for x in parts], e,
+                         tokens[position] if tokens else None, e in dropped)
+            for position, (e, parts) in enumerate(sorted(by_expert.items()))]
+
+
+def expert_group(states: list[LinearState], bank: WeightBank, tokens: list[int] | None,
+                 dropped: list[int]) -> ExpertState | None:
+    """A block's running routed experts pooled as one row (`layers.3.mlp.experts`), or None for a dense block."""
+    parts = [x for x in states if x.expert is not None and x.expert not in dropped]
+    if not parts:
+        return None
+    return pooled_state(parts[0].name.rsplit(".", 2)[0], parts, [bank.summary(x.name) for x in parts], None,
+                        sum(tokens) if tokens else None, False)
 
 
 @dataclass
@@ -94,6 +111,7 @@ class BlockState(WeightStatistics):
     expert_tokens: list[int] | None = None  # calibration tokens the router sent each expert (MoE blocks, calibrated)
     dropped_experts: list[int] = field(default_factory=list)  # routed experts removed (original numbers)
     experts: list[ExpertState] = field(default_factory=list)  # its routed experts (MoE blocks)
+    expert_group: ExpertState | None = None  # its running routed experts as one row (MoE blocks)
 
 
 @dataclass
@@ -163,7 +181,8 @@ def read_state(spec: str, plan: Plan | None, linears: list[list[LinearRef]], ban
             linears=states, influence=influence[i] if influence else None,
             dropped=i in shaper.depth.dropped, width=shaper.kept(i), intermediate=shaper.intermediate(i),
             block_influence=bi[i] if bi else None, angular_distance=angular[i] if angular and i < len(angular) else None,
-            expert_tokens=tokens, dropped_experts=dropped, experts=expert_states(states, tokens, dropped),
+            expert_tokens=tokens, dropped_experts=dropped, experts=expert_states(states, bank, tokens, dropped),
+            expert_group=expert_group(states, bank, tokens, dropped),
         ))
     total = sum(bank.original(r.name).numel() for block in linears for r in block)
     nonzero = sum(round(x.numel * (1 - x.achieved)) for b in blocks if not b.dropped for x in b.linears

@@ -168,8 +168,9 @@ class BlocksScreen(Screen):
         if not isinstance(slider, Slider) or self.controller.state is None:
             return
         match slider.key:
-            case LinearKey(name):
-                self.selected_linear = name
+            case LinearKey(name):  # a module's row (an expert): its first linear
+                self.selected_linear = next(x.name for b in self.controller.state.blocks for x in b.linears
+                                            if x.name == name or x.name.startswith(f"{name}."))
             case BlockKey(index):
                 self.selected_linear = self.controller.default_linear(index)
 
@@ -187,7 +188,8 @@ class BlocksScreen(Screen):
             case BlockKey(index):
                 return index
             case LinearKey(name):
-                return next(b.index for b in self.controller.state.blocks if any(x.name == name for x in b.linears))
+                return next(b.index for b in self.controller.state.blocks
+                            if any(x.name == name or x.name.startswith(f"{name}.") for x in b.linears))
         return None
 
     def _focused_expert(self) -> tuple[int, int] | None:
@@ -195,7 +197,7 @@ class BlocksScreen(Screen):
         slider = self.focused
         if isinstance(slider, Slider) and isinstance(slider.key, LinearKey):
             for block in self.controller.state.blocks:
-                for x in block.linears:
+                for x in [*block.linears, *block.experts]:
                     if x.name == slider.key.name and x.expert is not None:
                         return block.index, x.expert
         return None

@@ -1,4 +1,5 @@
-"""One transformer block: its row, and its seven linears underneath when expanded."""
+"""One transformer block: its row, and its linears underneath when expanded (a mixture-of-experts block's
+routed experts as one group row, opened into one row per expert)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from textual.containers import Vertical
 from textual.reactive import reactive
 
 from workbench.app.edits import BlockKey, LinearKey
-from workbench.app.format import Cell, Scale, linear_label
+from workbench.app.format import Cell, Scale, row_label
 from workbench.domain.plan import weighted_mean
 from workbench.tui.widgets.stat_row import StatRow
 
@@ -36,6 +37,7 @@ class BlockPane(Vertical):
     """
 
     expanded: reactive[bool] = reactive(False)
+    experts_open: reactive[bool] = reactive(False)
 
     def __init__(self, index: int, value: float = 0.0):
         super().__init__(id=f"block-{index}")
@@ -62,15 +64,57 @@ class BlockPane(Vertical):
         self.row.set_label(self._label())
         holder = self.query_one(".linears", Vertical)
         if expanded and not holder.children and self._last is not None:
-            block, _, targets, overridden, locked = self._last
-            rows = [StatRow(LinearKey(x.name), f" {linear_label(x):<4}", x.name, targets.get(x.name, x.target),
-                            classes="linear-row") for x in block.linears]
-            holder.mount_all(rows)
+            holder.mount_all(self._new_rows(self._rows(self._last[0], experts=False)))
+            if self.experts_open:
+                self.watch_experts_open(True)
             self.call_after_refresh(self._show_linears)
 
+    def _rows(self, block, experts: bool | None = None) -> list:
+        """The rows an expanded block lists: its linears outside the routed experts, the experts' group row, and
+        when the group is open (or `experts`), one row per expert."""
+        rows = [x for x in block.linears if x.expert is None]
+        if block.expert_group is not None:
+            rows.append(block.expert_group)
+            if self.experts_open if experts is None else experts:
+                rows += block.experts
+        return rows
+
+    def _new_rows(self, rows: list) -> list[StatRow]:
+        block, _, targets, _, _ = self._last
+        return [StatRow(LinearKey(x.name), f" {row_label(x, block):<4}", x.name, self._target(x, targets),
+                        classes="linear-row expert-row" if getattr(x, "expert", None) is not None and hasattr(x, "tokens")
+                        else "linear-row") for x in rows]
+
+    def _target(self, row, targets: dict[str, float]) -> float:
+        """The plan's target of a row: a linear's, or the size-weighted one of the linears inside a module."""
+        if row.name in targets:
+            return targets[row.name]
+        inside = [x for x in self._last[0].linears if x.name.startswith(f"{row.name}.") and x.name in targets]
+        return weighted_mean((targets[x.name] for x in inside), (x.numel for x in inside)) if inside else row.target
+
+    def watch_experts_open(self, opened: bool) -> None:
+        """Build the expert rows under the group row when it opens (only then), remove them when it closes."""
+        if not self.is_mounted or self._last is None or self._last[0].expert_group is None:
+            return
+        holder = self.query_one(".linears", Vertical)
+        group = next((r for r in holder.query(StatRow) if r.key == LinearKey(self._last[0].expert_group.name)), None)
+        if group is None:
+            return
+        if opened:
+            holder.mount_all(self._new_rows(self._last[0].experts), after=group)
+            self.call_after_refresh(self._show_linears)
+        else:
+            for row in holder.query(".expert-row"):
+                row.remove()
+
     def action_toggle(self) -> None:
-        """Show or hide the linears; focus goes back to the block slider when they hide."""
+        """Show or hide the linears (on the experts' group row: its experts); focus goes back to the block slider
+        when they hide."""
         focused = self.screen.focused
+        group = self._last[0].expert_group if self._last else None
+        if group is not None and getattr(focused, "key", None) == LinearKey(group.name):
+            self.experts_open = not self.experts_open
+            return
         self.expanded = not self.expanded
         if not self.expanded and focused is not None and focused in self.query(".linears Slider"):
             self.screen.set_focus(self.row.slider)
@@ -114,9 +158,11 @@ class BlockPane(Vertical):
         rows = list(self.query(".linear-row").results(StatRow))
         if not rows:
             return
-        scale = Scale.of(block.linears)
-        for row, linear in zip(rows, block.linears):
+        shown = self._rows(block, experts=len(rows) > len(self._rows(block, experts=False)))
+        scale = Scale.of(shown)
+        for row, linear in zip(rows, shown):
             row.show(linear, scale)
-            row.set_class(linear.expert in block.dropped_experts, "-dropped")
-            if move and linear.name in targets:
-                row.show_target(targets[linear.name], linear.name in overridden, locked)
+            row.set_label(f" {row_label(linear, block):<4}")
+            row.set_class(getattr(linear, "dropped", False), "-dropped")
+            if move and targets:
+                row.show_target(self._target(linear, targets), linear.name in overridden, locked)
