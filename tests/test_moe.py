@@ -377,3 +377,52 @@ def test_the_state_reports_every_expert_pooled_over_its_linears():
     assert three.w_mean_abs == pytest.approx(sum(x.w_mean_abs * x.numel for x in linears) / three.numel)
     assert 0 <= three.outlier_ratio < 1
     assert block1.experts[2].dropped and not block1.experts[1].dropped
+
+
+class ListedExperts(nn.ModuleList):
+    """Experts as a checkpoint's own list of GLU MLPs (as older transformers and remote code keep them),
+    called as transformers 5 calls its experts module."""
+
+    def __init__(self, experts, act_fn):
+        super().__init__(experts)
+        object.__setattr__(self, "act_fn", act_fn)
+
+    def forward(self, hidden, index, weights):
+        out = torch.zeros_like(hidden)
+        for e, expert in enumerate(self):
+            token, slot = torch.where(index == e)
+            if len(token):
+                x = hidden[token]
+                y = expert.down_proj(self.act_fn(expert.gate_proj(x)) * expert.up_proj(x)) * weights[token, slot, None]
+                out.index_add_(0, token, y)
+        return out
+
+
+def test_fused_and_per_expert_layouts_give_the_same_masks_for_the_same_weights():
+    import copy
+
+    from workbench.model.experts import Expert
+
+    fused_model, tokenizer = tiny_moe("olmoe")
+    listed_model = copy.deepcopy(fused_model)
+    for layer in listed_model.model.layers:
+        fused_experts = layer.mlp.experts
+        inter = fused_experts.gate_up_proj.shape[1] // 2
+
+        def linear(weight):
+            module = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+            module.weight = nn.Parameter(weight.clone(), requires_grad=False)
+            return module
+
+        layer.mlp.experts = ListedExperts([Expert(linear(fused_experts.gate_up_proj[e, :inter]), linear(fused_experts.gate_up_proj[e, inter:]),
+                                                  linear(fused_experts.down_proj[e])) for e in range(8)], fused_experts.act_fn)
+    engines = [Engine.from_model(m, tokenizer, CALIBRATION, spec="tiny-moe") for m in (fused_model, listed_model)]
+    assert not isinstance(listed_model.model.layers[0].mlp.experts, RoutedExperts)  # taken as it is, not unfused
+    for engine in engines:
+        engine.prune(Plan(method="sparsegpt", sparsity=0.5))
+    fused, listed = ({r.name: r.module.weight == 0 for refs in e.linears for r in refs} for e in engines)
+    assert fused.keys() == listed.keys() and len(fused) == 3 * (4 + 3 * 8)
+    differing = [name for name in fused if not torch.equal(fused[name], listed[name])]
+    assert differing == []
+    with pytest.raises(WorkbenchError, match="keeps its experts as ListedExperts: dropping experts needs"):
+        engines[1].check_plan(Plan(structure=Structure(drop_experts={0: [1]})))

@@ -102,7 +102,7 @@ def moe_block(block: nn.Module) -> MoeBlock | None:
     for path in MOE_PATHS:
         moe = getattr(block, path, None)
         experts = getattr(moe, "experts", None)
-        if experts is None or not (isinstance(experts, RoutedExperts) or _is_fused(experts)):
+        if experts is None or not (is_per_expert(experts) or _is_fused(experts)):
             continue
         router = next((name for name in ROUTER_NAMES if isinstance(getattr(moe, name, None), nn.Module)), None)
         if router is None:
@@ -113,6 +113,13 @@ def moe_block(block: nn.Module) -> MoeBlock | None:
         shared = f"{path}.{SHARED}" if isinstance(getattr(moe, SHARED, None), nn.Module) else None
         return MoeBlock(path, f"{path}.{router}", shared, top_k)
     return None
+
+
+def is_per_expert(experts: nn.Module) -> bool:
+    """Experts held one module each (`RoutedExperts`, or a checkpoint's own list of GLU MLPs, as older
+    transformers and remote code keep them): a ModuleList whose items have gate, up and down projections."""
+    return isinstance(experts, nn.ModuleList) and len(experts) > 0 and all(
+        all(isinstance(getattr(x, f"{k}_proj", None), nn.Linear) for k in ("gate", "up", "down")) for x in experts)
 
 
 def _is_fused(experts: nn.Module) -> bool:
@@ -157,7 +164,7 @@ def unfuse(model: nn.Module) -> int:
             continue
         moe = block.get_submodule(layout.path)
         fused = moe.experts
-        if isinstance(fused, RoutedExperts):
+        if is_per_expert(fused):  # already one module per expert
             continue
         check_fused(fused, f"block {i}, {layout.path}.experts")
         inter = fused.gate_up_proj.shape[1] // 2

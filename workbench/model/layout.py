@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from workbench.infra.errors import WorkbenchError
-from workbench.model.experts import RoutedExperts, moe_block
+from workbench.model.experts import is_per_expert, moe_block
 
 # Short name of each linear -> its path inside a Llama-family decoder layer.
 LINEAR_PATHS: dict[str, str] = {
@@ -75,11 +75,11 @@ def block_paths(block: torch.nn.Module) -> list[tuple[str, str, str, int | None]
     if moe is None:
         return paths + [(kind, LINEAR_PATHS[kind], LEADER[kind], None) for kind in GLU]
     experts = block.get_submodule(f"{moe.path}.experts")
-    if not isinstance(experts, RoutedExperts):
+    if not is_per_expert(experts):
         raise WorkbenchError(f"{moe.path}.experts", "fused experts: call workbench.model.experts.unfuse after loading")
     if moe.shared:
         paths += [(kind, f"{moe.shared}.{kind}_proj", f"shared.{LEADER[kind]}", None) for kind in GLU]
-    for position, e in enumerate(experts.ids):  # the module path by position, the name by original index
+    for position, e in enumerate(getattr(experts, "ids", range(len(experts)))):  # path by position, name by original index
         paths += [(kind, f"{moe.path}.experts.{position}.{kind}_proj", f"experts.{e}.{LEADER[kind]}", e) for kind in GLU]
     return paths
 

@@ -43,11 +43,15 @@ class ExpertDrops:
     def __init__(self, model: torch.nn.Module):
         self.model = model
         self.blocks: dict[int, _Block] = {}
+        self.refused: dict[int, str] = {}  # MoE blocks whose experts cannot be dropped: block -> experts class
         for i, block in enumerate(model.model.layers):
             layout = moe_block(block)
             if layout is None:
                 continue
             routed, router = block.get_submodule(f"{layout.path}.experts"), block.get_submodule(layout.router)
+            if not isinstance(routed, RoutedExperts):  # a checkpoint's own expert list: its forward is not ours to shrink
+                self.refused[i] = type(routed).__name__
+                continue
             count = len(routed)
             rows = {name: t for name, t in [*router.named_parameters(recurse=False), *router.named_buffers(recurse=False)]
                     if t.dim() >= 1 and t.shape[0] == count}
@@ -63,6 +67,9 @@ class ExpertDrops:
         fewer than top-k kept."""
         for block, experts in drops.items():
             key = f"{where}.{block}"
+            if block in self.refused:
+                raise WorkbenchError(key, f"block {block} keeps its experts as {self.refused[block]}: dropping experts "
+                                          "needs transformers' fused experts")
             if block not in self.blocks:
                 moe = ", ".join(map(str, self.blocks)) or "none"
                 raise WorkbenchError(key, f"block {block} has no routed experts (mixture-of-experts blocks: {moe})")
@@ -143,6 +150,7 @@ def expert_scores(model: torch.nn.Module, batches: list[torch.Tensor], device: t
     the dense weights)."""
     routed = {i: block.get_submodule(f"{moe_block(block).path}.experts") for i, block in enumerate(model.model.layers)
               if moe_block(block) is not None}
+    routed = {i: r for i, r in routed.items() if isinstance(r, RoutedExperts)}  # the experts this module runs
     tokens = {i: torch.zeros(len(r), dtype=torch.float64) for i, r in routed.items()}
     saliency = {i: torch.zeros(len(r), dtype=torch.float64) for i, r in routed.items()}
 
