@@ -14,7 +14,7 @@ from workbench.domain.plan import CalibrationSpec, Plan
 from workbench.engine.capture import dense_forward
 from workbench.engine.facade import Engine
 from workbench.infra.errors import WorkbenchError
-from workbench.model.layout import blocks_of
+from workbench.model.layout import blocks_of, find_linears
 from workbench.model.loader import load_model, resolve_source, spread_blocks
 from workbench.model.shapes import VocabFit, _meta_model, parse, random_weights_of
 from workbench.probes import timing_only
@@ -232,3 +232,24 @@ def test_multi_gpu_device_map_prunes_block_by_block(cache):
     engine = Engine(loaded, CALIBRATION)
     engine.prune(Plan(method="wanda", sparsity=0.5))
     assert engine.probe(["efficiency"])[0].score > 0
+
+
+def test_2to4_swap_feeds_the_sparse_weights_a_matrix_and_puts_everything_back(cache, monkeypatch):
+    """The sparse kernels take a matrix product only (a 3-D input made an H200 refuse with expand.default):
+    inside the swap every block linear runs `linear_2d`, with the model's outputs unchanged; after it, the
+    very weights and the class's own forward are back."""
+    from workbench.probes import efficiency
+
+    monkeypatch.setattr(torch.sparse, "to_sparse_semi_structured", lambda w: w.clone())
+    model, ids = load_model(write_config(cache / "tiny"), "cpu", "float32").model, torch.arange(24).view(2, 12)
+    linears = [ref.module for block in find_linears(model) for ref in block]
+    weights = [m.weight for m in linears]
+    expected = model(ids).logits
+    with efficiency.semi_structured_linears(model):
+        assert all(vars(m)["forward"].func is efficiency.linear_2d for m in linears)
+        inside = model(ids).logits
+    assert torch.allclose(inside, expected, atol=1e-5)
+    assert all(a is b for a, b in zip((m.weight for m in linears), weights))
+    assert all("forward" not in vars(m) for m in linears)
+    x = torch.randn(2, 3, linears[0].in_features)
+    assert torch.allclose(efficiency.linear_2d(linears[0], x), linears[0](x))

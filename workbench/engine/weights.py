@@ -32,6 +32,17 @@ class Assignment:
     pattern: str | None
 
 
+def host_copy(tensor: torch.Tensor) -> torch.Tensor:
+    """A CPU copy of a device tensor, page-locked where the system allows it: re-pruning copies a dense
+    weight back to the GPU on every edit, and from pinned memory that runs at the bus's speed (measured
+    on an H200: one 8B `down_proj` edit took 0.22 s from pageable memory)."""
+    try:
+        out = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    except RuntimeError:  # no CUDA runtime, or the locked-memory limit reached
+        return tensor.to("cpu")
+    return out.copy_(tensor)
+
+
 class WeightBank:
     """Dense weights and the current pruning of every linear (`refs`: name -> linear)."""
 
@@ -48,7 +59,7 @@ class WeightBank:
                 self._dense[name] = param.detach()
                 param.data = param.detach().clone()
             else:
-                self._dense[name] = param.detach().to("cpu")
+                self._dense[name] = host_copy(param.detach())
         self._views: dict[str, torch.Tensor] = {}  # shrunk linears: the kept rows or columns of the dense weight
         self._assigned: dict[str, Assignment] = {}
         self._achieved: dict[str, float] = {}
@@ -131,7 +142,8 @@ class WeightBank:
         first = assigned[refs[0].name]
         method, params, pattern = METHODS.get(first.method), dict(first.params), parse_pattern(first.pattern)
         targets = {r.name: assigned[r.name].target for r in refs}
-        denses = [self.dense(r.name).to(self.device, torch.float32) for r in refs]
+        # Moved in the kept dtype, then widened on the device: half the bytes over the bus.
+        denses = [self.dense(r.name).to(self.device, non_blocking=True).to(torch.float32) for r in refs]
         results = [Pruned(dense, 0.0) for dense in denses]  # a linear with no target stays dense
         todo = [n for n, r in enumerate(refs) if pattern is not None or targets[r.name] > 0]
         if todo and method.prune_group is not None:

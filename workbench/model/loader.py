@@ -96,6 +96,8 @@ def resolve_device(device: str) -> torch.device:
             raise WorkbenchError("--device", f"{device} asked for but CUDA is not available on this machine")
         if (dev.index or 0) >= torch.cuda.device_count():
             raise WorkbenchError("--device", f"{device} asked for but only {torch.cuda.device_count()} GPU(s) exist")
+        if dev.index is None:  # plain `cuda`: the current GPU, named, so reports and memory queries agree
+            dev = torch.device("cuda", torch.cuda.current_device())
     elif dev.type != "cpu":
         raise WorkbenchError("--device", f"unsupported device {device!r} (use auto, cpu, cuda:N or multi)")
     return dev

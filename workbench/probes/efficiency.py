@@ -25,6 +25,7 @@ Dense matrix kernels do not skip zeros, so unstructured sparsity leaves the spee
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 
 import torch
@@ -116,10 +117,20 @@ def semi_structured_linears(model: torch.nn.Module):
                 kept.append((ref.module, ref.module.weight))
                 ref.module.weight = torch.nn.Parameter(to_sparse_semi_structured(ref.module.weight.detach()),
                                                        requires_grad=False)
+                ref.module.forward = functools.partial(linear_2d, ref.module)
         yield
     finally:
         for module, weight in kept:
             module.weight = weight
+            vars(module).pop("forward", None)
+
+
+def linear_2d(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """`module(x)` with the input flattened to rows: the sparse tensor takes a matrix product, while a
+    bias-free linear of a 3-D input becomes a broadcast batched product, which it refuses ("can't perform
+    requested op (expand.default)", seen on an H200 with torch 2.11)."""
+    out = torch.nn.functional.linear(x.reshape(-1, x.shape[-1]), module.weight, module.bias)
+    return out.view(*x.shape[:-1], out.shape[-1])
 
 
 def _synchronize(device: torch.device) -> None:
