@@ -1,5 +1,5 @@
 """The `workbench` command: the app (no arguments, or `tui`) and the headless commands
-`stats`, `prune`, `replay`, `probe`, `eval`, `compare`, `sensitivity` and `bench`. Never imports textual at module level.
+`stats`, `prune`, `replay`, `probe`, `eval`, `compare`, `sensitivity`, `agent`, `heal` and `bench`. Never imports textual at module level.
 
 Every user error is one line on stderr (`workbench: error: WHERE: WHAT`) with exit code 2.
 """
@@ -81,9 +81,10 @@ def _interrupts_held():
         signal.signal(signal.SIGINT, previous)
 
 
-def _write_outputs(args, engine, pruned) -> str | None:
-    """Write the export, then the session (and its masks): all of them, or none when a write fails or
-    Ctrl-C comes during the export. Ctrl-C during the (quick) session write is held until it is done."""
+def _write_outputs(args, engine, pruned, attach=None) -> str | None:
+    """Write the export, then the session (and its masks; `attach(session)` writes any other file beside it
+    and returns its path): all of them, or none when a write fails or Ctrl-C comes during the export. Ctrl-C
+    during the (quick) session write is held until it is done."""
     from workbench.engine.masks import mask_file_for
     from workbench.domain.session import attach_mask_file, save_session, session_from_engine
 
@@ -93,12 +94,15 @@ def _write_outputs(args, engine, pruned) -> str | None:
     export = Path(args.export).expanduser().resolve() if args.export else None
     export_was_empty_dir = export is not None and export.is_dir() and not any(export.iterdir())
     export_is_ours = export is not None and (export_was_empty_dir or not os.path.lexists(export))
+    attached = None
     try:
         exported = str(engine.export(export, notice=lambda note: print(f"workbench: {note}", file=sys.stderr))) if export is not None else None
         if session is not None:
             with _interrupts_held() as held:
                 if masks is not None:
                     attach_mask_file(session, engine, args.save_session)
+                if attach is not None:
+                    attached = attach(session)
                 save_session(session, args.save_session)
             if held:
                 print("workbench: Ctrl-C came while the session was being written; every output was written in full",
@@ -106,6 +110,8 @@ def _write_outputs(args, engine, pruned) -> str | None:
     except BaseException:
         if masks is not None and not masks_existed:
             masks.unlink(missing_ok=True)
+        if attached is not None:
+            attached.unlink(missing_ok=True)
         if export_is_ours:
             shutil.rmtree(export, ignore_errors=True)
             if export_was_empty_dir:
@@ -199,7 +205,7 @@ def cmd_replay(args) -> int:
     report = ReplayReport(replayed.masks, replayed.restored, check_probes(session.probes, now), engine.weights_digest())
     if args.json:
         _print({"file": str(args.file), "achieved": state.achieved, "target": state.target,
-                "recomputed_agreement": replayed.recomputed_agreement, **report.to_dict()})
+                "recomputed_agreement": replayed.recomputed_agreement, "healed": replayed.healed, **report.to_dict()})
     else:
         plan = session.plan
         print(f"{args.file}: {session.model}, {plan.method} / {plan.allocator} / {plan.pattern or 'unstructured'}, "
@@ -211,6 +217,10 @@ def cmd_replay(args) -> int:
         if replayed.restored:
             print(f"  restored from {session.masks.file}; this machine's recomputation agreed on "
                   f"{replayed.recomputed_agreement:.4%} of the decisions")
+        if replayed.healed:
+            heal = session.sections["heal"]
+            how = f"restored from {heal.file} (SHA-256 and digest ok)" if replayed.healed == "restored" else "retrained"
+            print(f"  healing ({heal.spec.form}, {heal.spec.steps} steps): {how}")
         for row in report.probes:
             print(f"  {row.name:<12} recorded {row.recorded:>10.4f}   now {row.now:>10.4f}   "
                   f"(allowed +-{row.allowed:.4g}) {'ok' if row.ok else 'DIFFERS'}")
@@ -237,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     from workbench.cli.agent import add_agent_parser
     from workbench.cli.bench import add_bench_parser
     from workbench.cli.compare import add_compare_parser, add_sensitivity_parser
+    from workbench.cli.heal import add_heal_parser
     from workbench.cli.probe import add_eval_parser, add_probe_parser
 
     parser = argparse.ArgumentParser(prog="workbench", description="A terminal workbench for pruning LLMs.")
@@ -276,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_compare_parser(sub)
     add_sensitivity_parser(sub)
     add_agent_parser(sub)
+    add_heal_parser(sub)
 
     add_bench_parser(sub)
     for name, command in sub.choices.items():

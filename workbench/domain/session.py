@@ -607,6 +607,7 @@ class Replayed:
     masks: MaskAgreement | None
     restored: bool
     recomputed_agreement: float | None = None
+    healed: str | None = None  # how the session's healing came back: "restored" from its file, or "retrained"
 
 
 def replay_engine(session: Session, progress=None, cancel=None, path: str | os.PathLike = "session",
@@ -629,4 +630,24 @@ def replay_engine(session: Session, progress=None, cancel=None, path: str | os.P
     if session.masks is not None:
         numels = {name: ref.numel for name, ref in engine.refs.items()}
         agreement = compare_fingerprints(session.masks.fingerprints, engine.mask_fingerprints(), numels)
-    return Replayed(engine, agreement, stored is not None, recomputed)
+    healed = replay_healing(engine, session.sections.get("heal"), path, use_mask_file, progress, cancel)
+    return Replayed(engine, agreement, stored is not None, recomputed, healed)
+
+
+def replay_healing(engine: Engine, record, path, use_file: bool, progress, cancel) -> str | None:
+    """Put the session's healing back: its trained tensors from the file beside it (checked against the
+    recorded SHA-256 and digest), or trained again (no file, or `use_file` off)."""
+    if record is None:
+        return None
+    from workbench.engine.healing import Saved
+    from workbench.recovery.record import load_trained
+
+    if use_file and record.file:
+        where = f"{path}: heal.file"
+        tensors = load_trained(Path(path).parent / record.file, record.sha256, where)
+        healed = engine.heal(record.spec, saved=Saved(tensors, record.curve, where))
+        if healed.digest != record.digest:
+            raise WorkbenchError(where, "the restored tensors do not match the recorded digest")
+        return "restored"
+    engine.heal(record.spec, progress=progress, cancel=cancel)
+    return "retrained"

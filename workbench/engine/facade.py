@@ -39,6 +39,7 @@ from workbench.allocators import DENSE_STATISTICS, GRADIENTS, SEARCH
 from workbench.domain.plan import DROP_BY, MODES, CalibrationSpec, Plan
 from workbench.engine.calibration import CalibrationCache
 from workbench.engine.capture import MICRO_BATCH
+from workbench.engine.export import export as export_model
 from workbench.engine.masks import MaskFingerprint, StoredMask
 from workbench.engine.planner import CheckedPlan, Planner
 from workbench.engine.pruning import Cancel, Progress, Pruner
@@ -98,6 +99,7 @@ class Engine:
         self.calibrated: CheckedPlan | None = None  # the plan of the last full prune (the committed statistics)
         self.dense_probes: dict[str, ProbeResult] = {}
         self.dense_topks: list[DenseTopK] = []  # the kl probe's dense reference, one per window set (quick, full)
+        self.healing = None  # a finished healing run on the model (workbench.engine.healing.Healing)
 
     @property
     def plan(self) -> Plan | None:
@@ -228,6 +230,7 @@ class Engine:
         """Full calibration-aware prune: capture statistics block by block (sequential: from the blocks
         before, as pruned; one-pass: from the dense model) and prune each block as its statistics land."""
         start = time.perf_counter()
+        self._unheal()
         checked = self.prepare(plan, progress, cancel)
         self.pruner.full(checked, checked.method.needs_hessian or bool(self.calibration.hessian), progress, cancel)
         self.held = self.calibrated = checked
@@ -251,6 +254,7 @@ class Engine:
         if self.needs_full_prune(checked):
             return self.prune(checked, progress, cancel)
         start = time.perf_counter()
+        self._unheal()
         checked = self.prepare(checked, progress, cancel)
         pruned = self.pruner.incremental(checked, progress, cancel)
         self.held = checked
@@ -260,6 +264,7 @@ class Engine:
     def restore_dense(self) -> None:
         """Every linear back to its dense weight, every block at full width and in the forward pass
         (statistics stay cached)."""
+        self._unheal()
         self.pruner.restore_dense()
         self.held = None
 
@@ -267,7 +272,8 @@ class Engine:
     def dense_weights(self) -> Iterator[None]:
         """Temporarily run the dense model at full width and depth with every expert (for dense reference probes and dense
         statistics); the pruning and the structure come back after. The engine stays locked meanwhile."""
-        with self._lock, self.shaper.full(), self.bank.dense_weights():
+        unhealed = self.healing.suspended() if self.healing is not None else contextlib.nullcontext()
+        with self._lock, unhealed, self.shaper.full(), self.bank.dense_weights():
             yield
 
     # ----- reading --------------------------------------------------------------------------------
@@ -303,6 +309,7 @@ class Engine:
         """Put every linear's weight back exactly as stored: dense weights under the stored keep masks, or
         the stored kept values. Everything is checked before any weight changes. Returns how many
         linears changed. Their assignments stay as the plan made them, so later edits re-prune them."""
+        self._unheal()
         return self.bank.restore_masks(stored, where)
 
     @_locked
@@ -326,7 +333,7 @@ class Engine:
               cancel: Cancel | None = None) -> list[ProbeResult]:
         """Run probes on the current model; dense reference results are measured once and kept."""
         dense = self.dense_reference(names, size, cancel)
-        if not self.bank.assignments():
+        if not self.bank.assignments() and self.healing is None:
             return dense
         return run_probes(self._probe_context(cancel), names, size, progress, dense=self.dense_probes)
 
@@ -351,23 +358,21 @@ class Engine:
         return stored
 
     def export(self, directory: str | os.PathLike, notice: Callable[[str], None] | None = None) -> Path:
-        """Save the pruned model and tokenizer with save_pretrained (safetensors), atomically: a failed
-        export (disk full...) is one WorkbenchError and leaves neither the directory nor a temporary. A
-        shrunk model is saved as the smaller architecture (fewer layers, smaller intermediate_size);
-        `notice` hears when the layout had to be padded to be loadable."""
-        from workbench.infra.atomic import atomic_directory
-        from workbench.model.experts import fused
-
+        """Save the model as it runs now (see `workbench.engine.export.export`), atomically."""
         with self._lock:
-            target = Path(directory).expanduser().resolve()
-            if target.exists() and (not target.is_dir() or any(target.iterdir())):
-                raise WorkbenchError(f"--export {target}", "exists and is not an empty directory")
-            config = self.loaded.model.config
-            with (atomic_directory(target, f"--export {target}") as tmp, self.shaper.loadable(config) as note,
-                  self.shaper.experts.exported(config)):
-                if note and notice:
-                    notice(note)
-                with fused(self.loaded.model):  # experts saved in the model's own (fused) layout
-                    self.loaded.model.save_pretrained(tmp)
-                self.loaded.tokenizer.save_pretrained(tmp)
-            return target
+            return export_model(self, directory, notice)
+
+    @_locked
+    def heal(self, spec, progress: Progress | None = None, cancel: Cancel | None = None,
+             checkpoint: Path | None = None, resume: Path | None = None, saved=None):
+        """Heal the model as pruned now, keeping its cut (`workbench.engine.healing.heal`); any later edit undoes it."""
+        from workbench.engine.healing import heal
+
+        self.healing = heal(self.loaded, self.linears, self.bank, self.shaper.running, spec,
+                            spec.data or self.calibration.source, progress, cancel, checkpoint, resume, saved, self._unheal)
+        return self.healing.healed
+
+    def _unheal(self) -> None:
+        if self.healing is not None:
+            self.healing.undo()
+            self.healing = None

@@ -1,0 +1,1 @@
+"""Healing after pruning: the session's [heal] table (section.py); the app's job and screen come with it."""

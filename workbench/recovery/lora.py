@@ -1,0 +1,125 @@
+"""LoRA for healing, through peft: a masked layer whose delta keeps the cut, and the adapter kept apart.
+
+peft's own `lora.Linear` adds B(A(x)) and never forms B A, so its merge would add a dense delta and undo
+unstructured sparsity. `MaskedLoraLinear` (registered with peft as a custom layer) trains the delta
+(B A) * scaling multiplied by the linear's keep mask, and merges exactly that: the merged weight has the
+same zeros and computes what was trained. Its forward pass multiplies by W + (B A) * scaling * mask, formed
+for the step (as much memory as the weight, per linear, while it runs): one product, as the merged
+model's.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, get_peft_model
+from peft.tuners.lora import Linear as LoraLinear
+
+from workbench.model.layout import LinearRef
+
+ADAPTER = "default"
+
+
+class MaskedLoraLinear(LoraLinear):
+    """A peft LoRA linear whose delta is multiplied by `keep` (None: no mask) before it is used or merged."""
+
+    keep: torch.Tensor | None = None
+
+    def masked_delta(self, adapter: str) -> torch.Tensor:
+        delta = (self.lora_B[adapter].weight @ self.lora_A[adapter].weight) * self.scaling[adapter]
+        return delta if self.keep is None else delta * self.keep
+
+    def get_delta_weight(self, adapter: str) -> torch.Tensor:
+        return self.masked_delta(adapter).to(self.get_base_layer().weight.dtype)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        active = [a for a in self.active_adapters if a in self.lora_A]
+        if self.disable_adapters or self.merged or not active:
+            return self.base_layer(x, *args, **kwargs)
+        base = self.get_base_layer()
+        weight = base.weight + sum(self.masked_delta(a) for a in active)  # one product, as the merged weight
+        return F.linear(x.to(weight.dtype), weight, base.bias).to(x.dtype)
+
+
+def lora_config(model: torch.nn.Module, refs: list[LinearRef], rank: int, alpha: float, masked: bool) -> LoraConfig:
+    """peft's config for LoRA on exactly `refs`, by their full names in the model as it runs now (dropped
+    blocks renumber the ones after them)."""
+    names = {id(module): name for name, module in model.named_modules()}
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, bias="none",
+                        target_modules=[names[id(ref.module)] for ref in refs])
+    if masked:
+        config._register_custom_module({torch.nn.Linear: MaskedLoraLinear})
+    return config
+
+
+def attach(model: torch.nn.Module, refs: list[LinearRef], rank: int, alpha: float, seed: int,
+           keep: dict[str, torch.Tensor | None] | None = None):
+    """Wrap `refs` in LoRA layers (masked by `keep` when given); the peft model. A starts from a
+    generator seeded with `seed`, B at zero (peft's default): the model is unchanged until it trains."""
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # transformers' renamed checkpointing flag, read by peft
+        torch.manual_seed(seed)
+        peft_model = get_peft_model(model, lora_config(model, refs, rank, alpha, masked=keep is not None))
+    if keep is not None:
+        for ref in refs:
+            wrapper = wrapper_of(model, ref)
+            mask = keep.get(ref.name)
+            wrapper.keep = None if mask is None else mask.to(ref.module.weight.device)
+    return peft_model
+
+
+def wrapper_of(model: torch.nn.Module, ref: LinearRef) -> LoraLinear:
+    """The LoRA layer peft put around `ref`'s linear."""
+    for module in model.modules():
+        if isinstance(module, LoraLinear) and module.get_base_layer() is ref.module:
+            return module
+    raise LookupError(ref.name)
+
+
+@dataclass
+class LoraFactors:
+    """One linear's trained adapter: A (rank x in), B (out x rank) and the scaling alpha / rank."""
+
+    A: torch.Tensor
+    B: torch.Tensor
+    scaling: float
+
+
+def factors(model: torch.nn.Module, refs: list[LinearRef]) -> dict[str, LoraFactors]:
+    """Every wrapped linear's adapter, copied out (detached, on the CPU)."""
+    out = {}
+    for ref in refs:
+        w = wrapper_of(model, ref)
+        out[ref.name] = LoraFactors(w.lora_A[ADAPTER].weight.detach().cpu().clone(),
+                                    w.lora_B[ADAPTER].weight.detach().cpu().clone(), float(w.scaling[ADAPTER]))
+    return out
+
+
+class AdapterHooks:
+    """The adapter kept apart from the base: each linear's output plus scaling * B(A(x)), as forward hooks
+    on the unchanged (sparse) linears. `enabled` off runs the base alone (the dense reference's probes)."""
+
+    def __init__(self, refs: list[LinearRef], adapters: dict[str, LoraFactors]):
+        self.enabled = True
+        self._handles = []
+        for ref in refs:
+            factors_ = adapters[ref.name]
+            device = ref.module.weight.device
+            A, B = factors_.A.to(device), factors_.B.to(device)
+            self._handles.append(ref.module.register_forward_hook(self._hook(A, B, factors_.scaling)))
+
+    def _hook(self, A: torch.Tensor, B: torch.Tensor, scaling: float):
+        def add_adapter(module, args, output):
+            if not self.enabled:
+                return output
+            x = args[0]
+            return output + (F.linear(F.linear(x.to(A.dtype), A), B) * scaling).to(output.dtype)
+        return add_adapter
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
