@@ -195,3 +195,15 @@ def test_exported_adapter_loads_with_peft_and_gives_the_healed_logits(tiny_model
     assert all(((p == 0).sum() > 0) for n, p in base.named_parameters() if n.endswith("mlp.down_proj.weight"))
     loaded = PeftModel.from_pretrained(base, tmp_path / "out" / "adapter").eval()
     assert torch.allclose(loaded(ids).logits, healed_logits, atol=1e-4)
+
+
+def test_gradient_checkpointing_trains_the_same_run():
+    """Checkpointing recomputes each block's forward pass in the backward pass: the same arithmetic, so the
+    same losses (to float rounding of the recomputation) and the model is left as it was, not in training."""
+    runs = []
+    for checkpointing in ("off", "on"):
+        engine = make_engine()
+        engine.prune(Plan(method="wanda", sparsity=0.5))
+        runs.append(engine.heal(spec(steps=4, checkpointing=checkpointing)).curve.loss)
+        assert not engine.loaded.model.training and not getattr(engine.loaded.model, "is_activation_checkpointing", False)
+    assert runs[1] == pytest.approx(runs[0], rel=1e-5)

@@ -7,7 +7,8 @@ median of 5 edits, back and forth), the dense reference probes (the pruned weigh
 ones), the perplexity probe, the kl probe (against the dense top-k kept once per engine), the quick
 probe suite, the efficiency probe alone (generation speed; 2:4 sparse kernels on a GPU), a sensitivity scan of every block, LayerIF's influence scores, and a
 comparison of every allocator with Wanda at 70% (quick probes and the dense reference included) and the
-paired bootstrap of all its intervals.
+paired bootstrap of all its intervals; healing (LoRA, with checkpointing, sparse fine-tuning; see
+`workbench.cli.bench_heal`).
 Targets are ratios to the run's own dense forward pass (`x fwd`) or to another stage of the same run,
 so a slower machine of the same kind does not fail them; the load, re-prune and influence targets stay
 absolute. The comparison's target is the issue's 4 x (one sequential prune + one quick probe suite) + one dense suite
@@ -48,6 +49,7 @@ from dataclasses import dataclass
 import torch
 
 from workbench.allocators import ALLOCATORS
+from workbench.cli.bench_heal import STAGES as HEAL_STAGES, run_heal_stages
 from workbench.domain.plan import ONE_PASS, SEQUENTIAL, CalibrationSpec, Plan
 from workbench.domain.signals import DEFAULT_SIGNAL
 from workbench.engine.capture import capture, dense_forward
@@ -64,7 +66,7 @@ from workbench.studies.sensitivity import scan
 
 STAGES = ("load-first", "load-cached", "forward", "capture", "wanda", "wanda-one-pass", "sparsegpt", "magnitude",
           "reprune-linear", "reprune-block", "probe-dense", "perplexity", "kl", "probe-suite", "efficiency", "sensitivity",
-          "influence", "compare", "bootstrap")
+          "influence", "compare", "bootstrap", *HEAL_STAGES)
 
 
 def add_bench_parser(sub) -> None:
@@ -287,6 +289,7 @@ def _bench(args) -> int:
         efficiency = measure("efficiency", lambda: engine.probe(["efficiency"]), "generation speed, Wanda 50%",
                              memory_budget_mib=probe_budget)[0].details
 
+    run_heal_stages(engine, measure, wanted, weight_mib + linear_mib)
     if wanted("sensitivity"):
         engine.apply(half)
         measure("sensitivity", lambda: scan(engine, half, step=0.1), f"<= 2.0x, {len(engine.linears)} blocks +10%, quick {DEFAULT_SIGNAL}",

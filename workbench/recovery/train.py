@@ -171,7 +171,7 @@ class Trainer:
                 curve.heldout_steps.append(0)
                 curve.heldout.append(self.heldout_loss())
             if spec.checkpointing == "on":
-                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                checkpointing(self.model, True)
             self.model.train()
             start, tokens = time.perf_counter(), 0
             for step in range(first, spec.steps):
@@ -204,7 +204,7 @@ class Trainer:
             finished = True
         finally:
             if spec.checkpointing == "on":
-                self.model.gradient_checkpointing_disable()
+                checkpointing(self.model, False)
             self.model.eval()
             adapters = self.detach(finished)
         return Healed(spec, curve, seconds, tokens / seconds if seconds else 0.0,
@@ -227,6 +227,18 @@ class Trainer:
             adapters = self.detach(finished)
         return Healed(self.spec, curve, 0.0, 0.0, sum(t.numel() for t in trained.values()), digest_of(trained),
                       adapters, trained)
+
+
+def checkpointing(model: torch.nn.Module, on: bool) -> None:
+    """Gradient (activation) checkpointing on or off, by transformers' current name or its older one."""
+    if on:
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
 
 
 def snapshot(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
