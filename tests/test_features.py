@@ -22,7 +22,7 @@ def test_every_feature_folder_registers_its_feature_and_the_app_takes_them_in_or
 
     folders = sorted(p.parent.name for p in FOLDERS.glob("*/feature.py"))
     assert sorted(f.name for f in FEATURES) == folders
-    assert [f.name for f in FEATURES] == ["plots", "compare", "sensitivity", "agent"]
+    assert [f.name for f in FEATURES] == ["plots", "compare", "sensitivity", "agent", "heal"]
 
 
 def test_every_section_file_registers_one_session_table():

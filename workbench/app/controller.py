@@ -149,7 +149,7 @@ class Controller:
         plan = applied or Plan()
         self._begin(plan, applied, EditHistory(plan))
         self.probes, self.probes_plan, self.dense_probes = [], None, {}
-        self.variants, self.sensitivity, self.agent = CompareVariants(), None, None
+        self.variants, self.sensitivity, self.agent, self.healing = CompareVariants(), None, None, None
         return None if applied is not None else plan
 
     def open(self, session: Session, path: Path, restored: bool, applied: Plan | None) -> Plan:
@@ -161,6 +161,7 @@ class Controller:
         self.dense_probes = {p.name: p for p in session.dense_probes}
         self.variants = CompareVariants(session.sections.get("comparison"))
         self.sensitivity, self.agent = session.sections.get("sensitivity"), session.sections.get("agent")
+        self.healing = None  # the app does not put a session's healing back (replay does): h heals again
         self.session_path = None if restored else path
         self.dirty = restored
         return session.calibrated_with or plan
@@ -375,7 +376,8 @@ class Controller:
 
     def sections(self) -> dict:
         """The features' session tables (workbench.domain.sections): comparison, sensitivity scan, agent log."""
-        return {"comparison": self.variants.comparison, "sensitivity": self.sensitivity, "agent": self.agent}
+        return {"comparison": self.variants.comparison, "sensitivity": self.sensitivity, "agent": self.agent,
+                "heal": self.healing}
 
     # ----- what the screens show ----------------------------------------------------------------------
     def block_targets(self) -> list[float]:

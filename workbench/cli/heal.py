@@ -7,6 +7,7 @@ FILE` the run so far is saved there for `--resume FILE`."""
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import time
 from dataclasses import asdict
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from workbench.cli.args import add_model_command, add_plan_args, calibration_of, plan_of, resolve_drops
 from workbench.cli.console import progress_line
+from workbench.cli.outputs import write_outputs
 from workbench.infra.errors import WorkbenchError
 from workbench.infra.params import parse_typed
 from workbench.recovery.spec import HEAL_PARAMS, HealSpec
@@ -62,7 +64,6 @@ def stop_on_interrupt():
 
 
 def cmd_heal(args) -> int:
-    from workbench.cli.main import _print, _write_outputs
     from workbench.domain.session import load_session, replay_engine
     from workbench.engine.facade import Engine
     from workbench.recovery.record import attach_heal_file
@@ -91,7 +92,7 @@ def cmd_heal(args) -> int:
                              resume=Path(args.resume) if args.resume else None)
     after = engine.probe(names, size) if names else []
     attach = (lambda session: attach_heal_file(session, healed, before, args.save_session)) if args.save_session else None
-    exported = _write_outputs(args, engine, after, attach)
+    exported = write_outputs(args, engine, after, attach)
     rows = []
     for d, b, a in zip(dense, before, after):
         interval = paired_interval(b, a)
@@ -103,7 +104,7 @@ def cmd_heal(args) -> int:
                "probes": rows, "seconds": {"load_prune_probes": t_prune, "heal": healed.seconds},
                "session": args.save_session, "export": exported, "weights_sha256": engine.weights_digest()}
     if args.json:
-        _print(summary)
+        print(json.dumps(summary, indent=2, default=str))
         return 0
     print_summary(summary, healed)
     return 0

@@ -7,18 +7,14 @@ Every user error is one line on stderr (`workbench: error: WHERE: WHAT`) with ex
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
-import shutil
-import signal
 import sys
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 from workbench.cli.args import add_model_args, add_model_command, add_plan_args, calibration_of, plan_of, resolve_drops
 from workbench.cli.console import PROGRESS_MODES, progress_line, set_progress_mode
+from workbench.cli.outputs import write_outputs
 from workbench.domain.plan import DTYPES
 from workbench.infra.errors import Cancelled, WorkbenchError, out_of_memory
 
@@ -69,57 +65,6 @@ def _probe_pairs(dense: list, pruned: list) -> list[dict]:
             for d, p in zip(dense, pruned)]
 
 
-@contextlib.contextmanager
-def _interrupts_held():
-    """Hold Ctrl-C (SIGINT) until the block ends, so that writes it has begun finish; yields a list that
-    is non-empty when one came."""
-    held: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
-    try:
-        yield held
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def _write_outputs(args, engine, pruned, attach=None) -> str | None:
-    """Write the export, then the session (and its masks; `attach(session)` writes any other file beside it
-    and returns its path): all of them, or none when a write fails or Ctrl-C comes during the export. Ctrl-C
-    during the (quick) session write is held until it is done."""
-    from workbench.engine.masks import mask_file_for
-    from workbench.domain.session import attach_mask_file, save_session, session_from_engine
-
-    session = session_from_engine(engine, probes=pruned, device=args.device, dtype=args.dtype) if args.save_session else None
-    masks = mask_file_for(args.save_session) if args.save_masks else None
-    masks_existed = masks is not None and masks.exists()
-    export = Path(args.export).expanduser().resolve() if args.export else None
-    export_was_empty_dir = export is not None and export.is_dir() and not any(export.iterdir())
-    export_is_ours = export is not None and (export_was_empty_dir or not os.path.lexists(export))
-    attached = None
-    try:
-        exported = str(engine.export(export, notice=lambda note: print(f"workbench: {note}", file=sys.stderr))) if export is not None else None
-        if session is not None:
-            with _interrupts_held() as held:
-                if masks is not None:
-                    attach_mask_file(session, engine, args.save_session)
-                if attach is not None:
-                    attached = attach(session)
-                save_session(session, args.save_session)
-            if held:
-                print("workbench: Ctrl-C came while the session was being written; every output was written in full",
-                      file=sys.stderr)
-    except BaseException:
-        if masks is not None and not masks_existed:
-            masks.unlink(missing_ok=True)
-        if attached is not None:
-            attached.unlink(missing_ok=True)
-        if export_is_ours:
-            shutil.rmtree(export, ignore_errors=True)
-            if export_was_empty_dir:
-                export.mkdir(exist_ok=True)
-        raise
-    return exported
-
-
 def underused_experts(state, calibration) -> list[tuple[int, int, int]]:
     """(block, expert, tokens) of the routed experts that saw fewer calibration tokens than the spec's minimum."""
     return [(b.index, e, t) for b in state.blocks for e, t in enumerate(b.expert_tokens or ())
@@ -152,7 +97,7 @@ def cmd_prune(args) -> int:
     pruned = engine.probe(names, size) if names else []
     t_probe += time.perf_counter() - t1
     state = engine.state()
-    exported = _write_outputs(args, engine, pruned)
+    exported = write_outputs(args, engine, pruned)
     summary = {
         "model": state.model, "plan": asdict(plan), "target": state.target, "achieved": state.achieved,
         "params_total": state.params_total, "params_nonzero": state.params_nonzero,

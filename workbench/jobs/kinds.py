@@ -90,7 +90,12 @@ def save(job: Job, path, history: list[dict], probes: list, theme: str, device: 
     from workbench.domain.session import save_session, session_from_engine
 
     session = session_from_engine(job.engine, history=history, probes=probes, theme=theme, device=device, dtype=dtype)
-    session.sections = sections
+    session.sections = {**sections, "heal": None}
+    healing = job.engine.healing
+    if sections.get("heal") is not None and healing is not None:  # still on the model: its tensors go beside
+        from workbench.recovery.record import attach_heal_file
+
+        attach_heal_file(session, healing.healed, sections["heal"].before, path)
     save_session(session, path)
     return Saved(path)
 

@@ -36,15 +36,12 @@ class HealRecord:
                    healed.digest, before=list(before or []))
 
     def to_dict(self) -> dict:
-        from workbench.domain.session import probe_to_dict
-
+        """The run without its probes before healing (the session's table adds them)."""
         data = {"spec": self.spec.to_dict(), "curve": asdict(self.curve), "seconds": self.seconds,
                 "tokens_per_second": self.tokens_per_second, "trained_params": self.trained_params,
                 "digest": self.digest}
         if self.file:
             data.update(file=self.file, sha256=self.sha256)
-        if self.before:
-            data["before"] = [probe_to_dict(p) for p in self.before]
         return data
 
 

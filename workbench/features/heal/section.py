@@ -4,6 +4,7 @@ file beside the session, and the probes before healing (see `workbench.recovery.
 from __future__ import annotations
 
 from workbench.domain.sections import SECTIONS, Section
+from workbench.domain.session import probe_to_dict
 from workbench.recovery.record import HealRecord
 from workbench.recovery.spec import HEAL_PARAMS, HealSpec
 from workbench.recovery.train import Curve
@@ -34,4 +35,11 @@ def read(r, table: dict, prefix: str) -> HealRecord:
                       r.probes(table, "before", prefix) if "before" in table else [])
 
 
-SECTIONS.add(Section("heal", HealRecord.to_dict, read))
+def write(record: HealRecord) -> dict:
+    data = record.to_dict()
+    if record.before:
+        data["before"] = [probe_to_dict(p) for p in record.before]
+    return data
+
+
+SECTIONS.add(Section("heal", write, read))
