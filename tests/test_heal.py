@@ -207,3 +207,20 @@ def test_gradient_checkpointing_trains_the_same_run():
         runs.append(engine.heal(spec(steps=4, checkpointing=checkpointing)).curve.loss)
         assert not engine.loaded.model.training and not getattr(engine.loaded.model, "is_activation_checkpointing", False)
     assert runs[1] == pytest.approx(runs[0], rel=1e-5)
+
+
+def test_cli_compare_heals_each_variant_saves_and_replays_it(tiny_model_dir, tmp_path, capsys):
+    args = ["compare", "--model", str(tiny_model_dir), *TINY, "--allocators", "uniform", "--sparsity", "0.6",
+            "--probes", "perplexity", "--heal", "6"]
+    assert main([*args, "--save", str(tmp_path / "cmp"), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [v["name"] for v in data["variants"]] == ["uniform", "uniform+heal"]
+    pair = data["intervals"]["rows"]["perplexity"]["pairwise"][0]
+    assert (pair["a"], pair["b"]) == ("uniform", "uniform+heal") and pair["low"] <= pair["delta"] <= pair["high"]
+    healed = load_session(tmp_path / "cmp" / "uniform-heal.toml").sections["heal"]
+    assert healed.spec.steps == 6 and (tmp_path / "cmp" / healed.file).is_file()
+    assert main(["replay", str(tmp_path / "cmp" / "comparison.toml"), "--check"]) == 0
+    assert "DIFFERS" not in capsys.readouterr().out
+    assert main(["replay", str(tmp_path / "cmp" / "uniform-heal.toml"), "--check", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["healed"] == "restored" and report["ok"]

@@ -69,3 +69,20 @@ async def test_escape_cancels_healing_and_h_resumes_from_the_checkpoint(make_app
         await settle(pilot)
         assert isinstance(app.screen, HealScreen) and not checkpoint.exists()
         assert len(app.controller.healing.curve.loss) == app.controller.healing.spec.steps
+
+
+async def test_compare_screen_heals_each_variant_run_as_its_own_column(make_app):
+    from workbench.features.compare.screen import CompareScreen, CompareTable
+
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("c", "p", "h")
+        assert "healed too (h)" in str(app.screen.query_one("#compare-status").render())
+        await pilot.press("r")
+        await settle(pilot)
+        comparison = app.controller.variants.comparison
+        assert [(r.name, r.healed) for r in comparison.results] == [("current", False), ("current+heal", True)]
+        assert comparison.heal["steps"] == 100 and isinstance(app.screen, CompareScreen)
+        assert len(app.screen.query_one(CompareTable).columns) == 4  # label, dense, current, current+heal
+        assert consistent(app)

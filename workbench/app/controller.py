@@ -105,7 +105,7 @@ class CompareVariants:
             comparison = dataclasses.replace(
                 comparison, probes=old.probes + [p for p in comparison.probes if p not in old.probes],
                 dense=list(dense.values()), results=[r for r in old.results if r.name not in names] + comparison.results,
-                outlier_ratios=comparison.outlier_ratios or old.outlier_ratios)
+                outlier_ratios=comparison.outlier_ratios or old.outlier_ratios, heal=comparison.heal or old.heal)
         self.comparison = comparison
 
     def variant(self, name: str) -> tuple[Plan, str] | None:

@@ -195,6 +195,8 @@ def _bench(args) -> int:
             target = f"{target}: {counted:.0f} s"
         if limit_ratio is not None and ratio is not None:
             checks.append(ratio <= limit_ratio)
+        if callable(memory_budget_mib):  # a budget on top of what is alive when the stage starts
+            memory_budget_mib = memory_budget_mib(start_mib)
         if memory_budget_mib is not None:
             checks.append(peak <= memory_budget_mib)
             target = f"{target}, <= {memory_budget_mib:.0f} MiB".lstrip(", ")
@@ -289,7 +291,7 @@ def _bench(args) -> int:
         efficiency = measure("efficiency", lambda: engine.probe(["efficiency"]), "generation speed, Wanda 50%",
                              memory_budget_mib=probe_budget)[0].details
 
-    run_heal_stages(engine, measure, wanted, weight_mib + linear_mib)
+    run_heal_stages(engine, measure, wanted)
     if wanted("sensitivity"):
         engine.apply(half)
         measure("sensitivity", lambda: scan(engine, half, step=0.1), f"<= 2.0x, {len(engine.linears)} blocks +10%, quick {DEFAULT_SIGNAL}",

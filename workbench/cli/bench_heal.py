@@ -2,8 +2,9 @@
 the default masked form), the same with gradient checkpointing, and sparse fine-tuning of the kept
 weights, each after a Wanda 50% prune, as ratios to the run's dense forward pass.
 
-Memory budget (peak over the run's baseline): the weights as the engine holds them (the model plus the
-private copy of every linear) plus:
+Memory budget (peak over the run's baseline): what is alive when the stage starts (the weights as the
+engine holds them, the model plus the private copy of every linear, and its cached calibration
+statistics) plus:
 
 - a copy of what trains, to undo the run (the masked and sparse forms);
 - float32 trained parameters with their gradient and two AdamW moments (4 x; for LoRA, small);
@@ -26,8 +27,8 @@ RUN = dict(steps=100, batch=4, seqlen=128, rank=8, heldout_every=100)
 F32 = 4
 
 
-def heal_budget_mib(engine, stage: str, weights_mib: float) -> float:
-    """The stage's memory budget (see the module docstring)."""
+def heal_budget_mib(engine, stage: str, alive_mib: float) -> float:
+    """The stage's memory budget over `alive_mib`, what is resident when it starts (see the module docstring)."""
     config = engine.loaded.model.config
     spec = HealSpec.of({**RUN, **SPECS[stage]})
     linears = [r for block in engine.linears for r in block]
@@ -43,10 +44,10 @@ def heal_budget_mib(engine, stage: str, weights_mib: float) -> float:
         extra += linear_values * engine.loaded.dtype.itemsize  # the copy to undo the run
     if spec.form == "masked":
         extra += linear_values * F32
-    return weights_mib + extra / 2**20
+    return alive_mib + extra / 2**20
 
 
-def run_heal_stages(engine, measure, wanted, weights_mib: float) -> None:
+def run_heal_stages(engine, measure, wanted) -> None:
     """Measure each wanted healing stage (Wanda 50% first; the model is put back after each)."""
     half = Plan(method="wanda", sparsity=0.5)
     for stage in STAGES:
@@ -54,5 +55,6 @@ def run_heal_stages(engine, measure, wanted, weights_mib: float) -> None:
             engine.apply(half)
             spec = HealSpec.of({**RUN, **SPECS[stage]})
             measure(stage, lambda: engine.heal(spec), f"<= {LIMITS[stage]:g}x, {spec.steps} steps of {spec.batch} x {spec.seqlen}",
-                    limit_ratio=LIMITS[stage], memory_budget_mib=heal_budget_mib(engine, stage, weights_mib))
+                    limit_ratio=LIMITS[stage],
+                    memory_budget_mib=lambda alive, stage=stage: heal_budget_mib(engine, stage, alive))
             engine.apply(half)

@@ -56,6 +56,8 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--drop-by", default="bi", help="how --drops chooses blocks: bi (default) or angular")
     p.add_argument("--session", action="append", default=[], metavar="FILE",
                    help="also compare this session's plan (e.g. a hand-tuned one); repeatable")
+    p.add_argument("--heal", type=int, default=None, metavar="STEPS",
+                   help="also heal each variant (masked LoRA, the other healing defaults) and probe it again, as NAME+heal")
     p.add_argument("--save", metavar="DIR", help="write each variant as a session and DIR/comparison.toml")
     p.add_argument("--plot", metavar="FILE", help="write a picture of allocations and scores (.png or .svg)")
     p.add_argument("--json", action="store_true")
@@ -231,25 +233,33 @@ def cmd_compare(args) -> int:
     variants = _variants(args, engine)
     if not variants:
         raise WorkbenchError("--allocators", "no variant to compare (give allocators, --width-ratios, --drops or --session)")
-    sessions: dict[str, object] = {}
+    sessions: dict[str, tuple] = {}  # name -> (session, the healing to write beside it or None)
     finished = []
+    heal = None
+    if args.heal is not None:
+        from workbench.recovery.spec import HealSpec
+
+        heal = HealSpec.of({"steps": args.heal}, "--heal")
 
     def keep(result) -> None:
         finished.append(result)
         if args.save:
             from workbench.domain.session import session_from_engine
 
-            sessions[result.name] = session_from_engine(engine, probes=result.probes, device=args.device, dtype=args.dtype)
+            session = session_from_engine(engine, probes=result.probes, device=args.device, dtype=args.dtype)
+            healing = (engine.healing.healed, finished[-2].probes) if result.healed else None
+            sessions[result.name] = (session, healing)
 
     try:
         comparison = run_comparison(engine, variants, probes, "full" if args.full else "quick", progress=progress,
-                                    on_result=keep)
+                                    on_result=keep, heal=heal)
     except (KeyboardInterrupt, Cancelled):
         if finished:
             from workbench.studies.compare import Comparison
 
             partial = Comparison(probes=probes, size="full" if args.full else "quick",
-                                 dense=[engine.dense_probes[n] for n in probes if n in engine.dense_probes], results=finished)
+                                 dense=[engine.dense_probes[n] for n in probes if n in engine.dense_probes], results=finished,
+                                 heal=heal.to_dict() if heal is not None else None)
             print(comparison_table(partial))
         print(f"workbench: comparison cancelled after {len(finished)} of {len(variants)} variants; nothing was written",
               file=sys.stderr)
@@ -276,11 +286,15 @@ def cmd_compare(args) -> int:
 def _save(args, engine, comparison, sessions) -> None:
     """Each variant's session, then the comparison file naming them."""
     from workbench.domain.session import ComparisonFile, save_comparison, save_session
+    from workbench.recovery.record import attach_heal_file
 
     directory = Path(args.save)
     for result in comparison.results:
         result.session = f"{_file_name(result.name)}.toml"
-        save_session(sessions[result.name], directory / result.session)
+        session, healing = sessions[result.name]
+        if healing is not None:  # the trained tensors beside it, so that replay puts the healing back
+            attach_heal_file(session, *healing, directory / result.session)
+        save_session(session, directory / result.session)
     save_comparison(directory / "comparison.toml",
                     ComparisonFile(engine.loaded.spec, args.device, args.dtype, engine.calibration, comparison))
 
@@ -296,6 +310,7 @@ def replay_comparison(path: str, file: ComparisonFile, args) -> int:
     from workbench.studies.compare import Variant, run_comparison
     from workbench.engine.facade import Engine
     from workbench.domain.replaycheck import check_probes
+    from workbench.recovery.spec import HealSpec
 
     recorded = file.comparison
     if not args.json:
@@ -303,8 +318,9 @@ def replay_comparison(path: str, file: ComparisonFile, args) -> int:
         print(comparison_table(recorded), flush=True)
     progress = progress_line(args.json)
     engine = Engine.load(file.model, args.device or file.device, args.dtype or file.dtype, file.calibration, progress=progress)
-    now = run_comparison(engine, [Variant(r.name, r.plan) for r in recorded.results], recorded.probes, recorded.size,
-                         progress=progress)
+    heal = HealSpec.of(recorded.heal) if recorded.heal is not None else None
+    now = run_comparison(engine, [Variant(r.name, r.plan) for r in recorded.results if not r.healed], recorded.probes,
+                         recorded.size, progress=progress, heal=heal)
     checks = {"dense": check_probes(recorded.dense, now.dense)}
     for r in recorded.results:
         checks[r.name] = check_probes(r.probes, now.result(r.name).probes)

@@ -6,17 +6,14 @@ FILE` the run so far is saved there for `--resume FILE`."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import signal
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 from workbench.cli.args import add_model_command, add_plan_args, calibration_of, plan_of, resolve_drops
 from workbench.cli.console import progress_line
-from workbench.cli.outputs import write_outputs
-from workbench.infra.errors import WorkbenchError
+from workbench.cli.outputs import check_outputs, interrupts_held, write_outputs
 from workbench.infra.params import parse_typed
 from workbench.recovery.spec import HEAL_PARAMS, HealSpec
 
@@ -52,17 +49,6 @@ def spec_of(args) -> HealSpec:
     return HealSpec.of(parse_typed(HEAL_PARAMS, given, "heal"), "heal")
 
 
-@contextlib.contextmanager
-def stop_on_interrupt():
-    """Ctrl-C asks the run to stop at its next step (where it can save a checkpoint); yields the check."""
-    asked: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: asked.append(signum))
-    try:
-        yield lambda: bool(asked)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def cmd_heal(args) -> int:
     from workbench.domain.session import load_session, replay_engine
     from workbench.engine.facade import Engine
@@ -70,8 +56,7 @@ def cmd_heal(args) -> int:
     from workbench.studies.intervals import paired_interval
 
     spec = spec_of(args)
-    if args.save_masks and not args.save_session:
-        raise WorkbenchError("--save-masks", "needs --save-session FILE (the masks are written beside it)")
+    check_outputs(args)
     progress = progress_line(args.json)
     t0 = time.perf_counter()
     if args.session:
@@ -86,8 +71,8 @@ def cmd_heal(args) -> int:
     dense = engine.dense_reference(names, size) if names else []
     before = engine.probe(names, size) if names else []
     t_prune = time.perf_counter() - t0
-    with stop_on_interrupt() as stop:
-        healed = engine.heal(spec, progress=progress, cancel=stop,
+    with interrupts_held() as asked:  # Ctrl-C stops the run at its next step (where it can checkpoint)
+        healed = engine.heal(spec, progress=progress, cancel=lambda: bool(asked),
                              checkpoint=Path(args.checkpoint) if args.checkpoint else None,
                              resume=Path(args.resume) if args.resume else None)
     after = engine.probe(names, size) if names else []

@@ -14,7 +14,7 @@ from dataclasses import asdict
 
 from workbench.cli.args import add_model_args, add_model_command, add_plan_args, calibration_of, plan_of, resolve_drops
 from workbench.cli.console import PROGRESS_MODES, progress_line, set_progress_mode
-from workbench.cli.outputs import write_outputs
+from workbench.cli.outputs import check_outputs, write_outputs
 from workbench.domain.plan import DTYPES
 from workbench.infra.errors import Cancelled, WorkbenchError, out_of_memory
 
@@ -75,8 +75,7 @@ def cmd_prune(args) -> int:
     from workbench.engine.facade import Engine
 
     plan = plan_of(args)
-    if args.save_masks and not args.save_session:
-        raise WorkbenchError("--save-masks", "needs --save-session FILE (the masks are written beside it)")
+    check_outputs(args)
     progress = progress_line(args.json)
     t0 = time.perf_counter()
     engine = Engine.load(args.model, args.device, args.dtype, calibration_of(args), progress=progress)

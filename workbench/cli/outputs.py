@@ -9,6 +9,14 @@ import signal
 import sys
 from pathlib import Path
 
+from workbench.infra.errors import WorkbenchError
+
+
+def check_outputs(args) -> None:
+    """Refuse output options that cannot go together, before any work."""
+    if args.save_masks and not args.save_session:
+        raise WorkbenchError("--save-masks", "needs --save-session FILE (the masks are written beside it)")
+
 
 @contextlib.contextmanager
 def interrupts_held():

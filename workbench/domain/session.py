@@ -93,7 +93,7 @@ VERSION = 3
 READS = (1, 2, 3)
 COMPARISON_VERSION = 2
 COMPARISON_READS = (1, 2)
-COMPARISON_KEYS = {"probes", "size", "dense_probes", "outlier_ratios", "variants"}
+COMPARISON_KEYS = {"probes", "size", "dense_probes", "outlier_ratios", "variants", "heal"}
 
 
 @dataclass
@@ -222,12 +222,16 @@ def comparison_to_dict(c: Comparison) -> dict:
     data: dict[str, Any] = {"probes": list(c.probes), "size": c.size, "dense_probes": [probe_to_dict(p) for p in c.dense]}
     if c.outlier_ratios is not None:
         data["outlier_ratios"] = list(c.outlier_ratios)
+    if c.heal is not None:
+        data["heal"] = dict(c.heal)
     data["variants"] = []
     for r in c.results:
         variant = {"name": r.name, "seconds": r.seconds, "prepare_seconds": r.prepare_seconds, "achieved": r.achieved, "params_nonzero": r.params_nonzero,
                    "block_targets": list(r.block_targets), "plan": plan_to_dict(r.plan), "probes": [probe_to_dict(p) for p in r.probes]}
         if r.session:
             variant["session"] = r.session
+        if r.healed:
+            variant["healed"] = True
         data["variants"].append(variant)
     return data
 
@@ -424,7 +428,7 @@ class Reader:
             where = f"{prefix}variants[{i}]."
             if not isinstance(item, dict):
                 raise self.fail(where[:-1], "expected a table")
-            self.known(item, where, {"name", "session", "seconds", "prepare_seconds", "achieved", "params_nonzero", "block_targets", "plan", "probes"})
+            self.known(item, where, {"name", "session", "seconds", "prepare_seconds", "achieved", "params_nonzero", "block_targets", "plan", "probes", "healed"})
             results.append(VariantResult(
                 name=self.get(item, "name", where, str, required=True),
                 plan=self.plan(self.table(item, "plan", where, required=True), f"{where}plan."),
@@ -435,12 +439,20 @@ class Reader:
                 seconds=float(self.get(item, "seconds", where, (int, float), default=0.0)),
                 prepare_seconds=float(self.get(item, "prepare_seconds", where, (int, float), default=0.0)),
                 session=self.get(item, "session", where, str, default=None),
+                healed=self.get(item, "healed", where, bool, default=False),
             ))
         names = [r.name for r in results]
         if len(set(names)) != len(names):
             raise self.fail(f"{prefix}variants", "two variants have the same name")
+        heal = self.table(data, "heal", prefix) or None
+        if heal is not None:
+            from workbench.recovery.spec import HealSpec
+
+            heal = HealSpec.of(heal, f"{self.path}: {prefix}heal").to_dict()
+        if any(r.healed for r in results) and heal is None:
+            raise self.fail(f"{prefix}heal", "missing: the comparison has healed variants")
         return Comparison(probes=probes, size=size, dense=self.probes(data, "dense_probes", prefix), results=results,
-                          outlier_ratios=[float(x) for x in ratios] if ratios is not None else None)
+                          outlier_ratios=[float(x) for x in ratios] if ratios is not None else None, heal=heal)
 
     def masks(self, data: dict) -> MaskRecord | None:
         if "masks" not in data:

@@ -15,6 +15,7 @@ tolerances.
     size = "quick"                          # quick | full
     [model]      spec, device, dtype        # as in a session
     [calibration]  source, samples, seqlen, seed, mode, hessian
+    [heal]  ...                             # optional: the healing spec of the NAME+heal variants (compare --heal)
     [[dense_probes]]  ...                   # each a probe result with its [dense_probes.units], as in a session
     [[variants]]
     name = "owl"                            # unique within the comparison
@@ -24,6 +25,7 @@ tolerances.
     achieved = 0.7001
     params_nonzero = 31734000
     block_targets = [0.66, 0.7, ...]        # parameter-weighted target of each block
+    healed = true                           # optional: the variant before it, healed ([heal]); seconds: healing's
     [variants.plan]  ...                    # a plan, as in a session
     [[variants.probes]] ...                 # its probe results, with their [variants.probes.units]
 """
@@ -67,6 +69,7 @@ class VariantResult:
     seconds: float
     session: str | None = None
     prepare_seconds: float = 0.0
+    healed: bool = False  # the variant before it, healed with the comparison's `heal` spec (`seconds`: healing's)
 
     def probe(self, name: str) -> ProbeResult | None:
         """This variant's result for one probe."""
@@ -82,6 +85,7 @@ class Comparison:
     dense: list[ProbeResult] = field(default_factory=list)
     results: list[VariantResult] = field(default_factory=list)
     outlier_ratios: list[float] | None = None  # per block, of the dense model (for the allocation plot)
+    heal: dict | None = None  # the healing spec of the "NAME+heal" variants (HealSpec.to_dict), when healed
 
     def dense_probe(self, name: str) -> ProbeResult | None:
         """The dense reference for one probe."""
@@ -138,13 +142,14 @@ def grid(methods: list[str], allocators: list[str], sparsity: float, pattern: st
 
 def run_comparison(engine: Engine, variants: list[Variant], probes: list[str], size: str = "quick",
                    progress: Progress | None = None, cancel: Cancel | None = None,
-                   on_result: Callable[[VariantResult], None] | None = None) -> Comparison:
+                   on_result: Callable[[VariantResult], None] | None = None, heal=None) -> Comparison:
     """Evaluate `variants` one after another, each a full prune from dense then `probes`; the dense
-    reference is measured first, once. Cancelling raises `Cancelled` (the engine is left in a consistent
-    state, the last variant that finished or the state before); `on_result` sees each finished variant,
-    so a caller keeps what finished."""
+    reference is measured first, once. With `heal` (a `workbench.recovery.spec.HealSpec`) each variant is
+    then healed and probed again, as the variant "NAME+heal". Cancelling raises `Cancelled` (the engine is
+    left in a consistent state, the last variant that finished or the state before); `on_result` sees each
+    finished variant, so a caller keeps what finished."""
     check_variants(engine, variants)
-    comparison = Comparison(probes=list(probes), size=size)
+    comparison = Comparison(probes=list(probes), size=size, heal=heal.to_dict() if heal is not None else None)
     say = progress or (lambda message, fraction: None)
     total = len(variants)
 
@@ -168,9 +173,18 @@ def run_comparison(engine: Engine, variants: list[Variant], probes: list[str], s
             achieved=state.achieved, params_nonzero=state.params_nonzero, seconds=seconds,
             prepare_seconds=prepared - start,
         )
-        comparison.results.append(result)
-        if on_result is not None:
-            on_result(result)
+        finished = [result]
+        if heal is not None:
+            healed = engine.heal(heal, stage(n, f"{variant.name} healing"), cancel)
+            results = engine.probe(probes, size, progress=stage(n, f"{variant.name}+heal probes"), cancel=cancel)
+            finished.append(VariantResult(
+                name=f"{variant.name}+heal", plan=variant.plan, probes=results, block_targets=result.block_targets,
+                achieved=engine.state().achieved, params_nonzero=engine.state().params_nonzero,
+                seconds=healed.seconds, healed=True))
+        for result in finished:
+            comparison.results.append(result)
+            if on_result is not None:
+                on_result(result)
     comparison.outlier_ratios = engine.outlier_ratios(DEFAULT_M, dense=True)[0]
     say("comparison done", 1.0)
     return comparison

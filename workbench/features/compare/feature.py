@@ -23,6 +23,7 @@ class CompareFeature(Feature):
     help = ("Compare screen (c)", [*CompareScreen.BINDINGS, *CompareTable.BINDINGS])
     screens = (CompareScreen,)
     jobs = (KIND,)
+    heal = False  # the variants run are also healed (toggled on the Compare screen)
 
     @property
     def results(self) -> dict[type, Callable]:
@@ -45,7 +46,12 @@ class CompareFeature(Feature):
         if not variants or app.jobs.holder is not None:
             return
         app.pruning.lend("comparing variants", app.engine.calibrated_with or app.controller.plan)
-        app.jobs.submit("compare", variants=variants, probes=app.pruning.probe_list())
+        heal = None
+        if self.heal:
+            from workbench.recovery.spec import HealSpec
+
+            heal = HealSpec()
+        app.jobs.submit("compare", variants=variants, probes=app.pruning.probe_list(), heal=heal)
         self._refresh_screens()
 
     @property

@@ -22,18 +22,19 @@ class Compared:
     holds: Plan | None
 
 
-def compare(job: Job, variants: list, probes: list[str]) -> None:
-    """Run the comparison; what finished is reported also after a cancel or a failure."""
+def compare(job: Job, variants: list, probes: list[str], heal=None) -> None:
+    """Run the comparison (each variant also healed with `heal`, a HealSpec, when given); what finished is
+    reported also after a cancel or a failure."""
     from workbench.studies.compare import Comparison, run_comparison
 
     engine, finished, comparison = job.engine, [], None
     try:
         comparison = run_comparison(engine, variants, probes, progress=job.progress, cancel=job.cancelled,
-                                    on_result=finished.append)
+                                    on_result=finished.append, heal=heal)
     finally:
         if comparison is None:
             dense = [engine.dense_probes[n] for n in probes if n in engine.dense_probes]
-            comparison = Comparison(probes, dense=dense, results=finished)
+            comparison = Comparison(probes, dense=dense, results=finished, heal=heal.to_dict() if heal else None)
         job.state(Compared(comparison, engine.plan), always=True)
 
 

@@ -34,7 +34,8 @@ class CompareTable(DataTable):
 
 class CompareScreen(Screen):
     """p adds the current plan, a adds a variant (allocator, method, target), delete removes the column,
-    r runs the variants not measured yet (escape cancels), enter on a column uses it; c or escape goes back."""
+    r runs the variants not measured yet (escape cancels), h has each run variant also healed (a NAME+heal
+    column), enter on a column uses it; c or escape goes back."""
 
     BINDINGS = [
         Binding("escape", "back", "Back / cancel", id="compare.back"),
@@ -43,6 +44,7 @@ class CompareScreen(Screen):
         Binding("a", "add_variant", "Add variant", id="compare.add_variant"),
         Binding("delete,backspace", "remove", "Remove", id="compare.remove"),
         Binding("r", "run", "Run", id="compare.run"),
+        Binding("h", "heal", "Heal on/off", id="compare.heal"),
     ]
 
     DEFAULT_CSS = """
@@ -117,8 +119,9 @@ class CompareScreen(Screen):
         else:
             waiting = f"{queued} to run (r) · " if queued else ""
         hint = "p adds the plan · a adds a variant" if not self.controller.variants.columns else "enter uses a column"
+        healing = " · healed too (h)" if self.feature.heal else ""
         self.query_one("#compare-status", Static).update(
-            f"Compare · {waiting}probes: {', '.join(self.shown_probes)} (quick) · {hint}")
+            f"Compare · {waiting}probes: {', '.join(self.shown_probes)} (quick){healing} · {hint}")
 
     # ----- editing the variants -----------------------------------------------------------------------
     def action_add_plan(self) -> None:
@@ -174,6 +177,11 @@ class CompareScreen(Screen):
             self.notify("the comparison is running; escape cancels it")
         else:
             self.feature.run()
+
+    def action_heal(self) -> None:
+        """Have each variant run from now on also healed (masked LoRA, the default spec), or not."""
+        self.feature.heal = not self.feature.heal
+        self._show_status()
 
     def action_back(self) -> None:
         """Cancel the running comparison, else go back to the blocks."""
