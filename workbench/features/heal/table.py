@@ -3,8 +3,11 @@ the change with its paired 95% interval; a line on the run."""
 
 from __future__ import annotations
 
-from workbench.probes import ProbeResult
-from workbench.recovery.record import HealRecord
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch stays unloaded until the model loads
+    from workbench.probes import ProbeResult
+    from workbench.recovery.record import HealRecord
 
 COLUMNS = ("probe", "dense", "before", "after", "change [95%]")
 
