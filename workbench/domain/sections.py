@@ -5,22 +5,20 @@ schema without touching the session code, and headless commands read it without 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from workbench.infra.registry import Registry
-
-if TYPE_CHECKING:
-    from workbench.domain.session import Reader
 
 
 @dataclass(frozen=True)
 class Section:
     """A session table: `write(value)` gives its TOML-ready data, `read(reader, table, prefix)` the value back,
-    checked, every error naming the file and the key (`prefix` is the table's name and a dot)."""
+    checked, every error naming the file and the key (`reader` a `workbench.domain.session.Reader`; `prefix`
+    is the table's name and a dot)."""
 
     name: str
     write: Callable[[Any], dict]
-    read: Callable[["Reader", dict, str], Any]
+    read: Callable[[Any, dict, str], Any]
 
 
 SECTIONS: Registry[Section] = Registry("session section", "workbench.features", module="section")

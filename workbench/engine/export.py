@@ -41,16 +41,17 @@ def export(engine, directory: str | os.PathLike, notice: Callable[[str], None] |
 
 def save_adapter(model: torch.nn.Module, healing, directory: Path) -> None:
     """The adapter form's LoRA in peft's own format (`PeftModel.from_pretrained(base, directory)` loads it)."""
-    from workbench.recovery.lora import ADAPTER, attach, wrapper_of
+    from workbench.recovery.lora import ADAPTER, attach, wrappers
 
     spec, refs = healing.healed.spec, healing.refs
     healing.hooks.enabled = False
     try:
         peft_model = attach(model, refs, spec.rank, spec.alpha, spec.seed)
         try:
+            wrapped = wrappers(model)
             with torch.no_grad():
                 for ref in refs:
-                    wrapper, factors = wrapper_of(model, ref), healing.healed.adapters[ref.name]
+                    wrapper, factors = wrapped[id(ref.module)], healing.healed.adapters[ref.name]
                     wrapper.lora_A[ADAPTER].weight.copy_(factors.A)
                     wrapper.lora_B[ADAPTER].weight.copy_(factors.B)
             peft_model.save_pretrained(str(directory))

@@ -64,19 +64,16 @@ def attach(model: torch.nn.Module, refs: list[LinearRef], rank: int, alpha: floa
         torch.manual_seed(seed)
         peft_model = get_peft_model(model, lora_config(model, refs, rank, alpha, masked=keep is not None))
     if keep is not None:
+        wrapped = wrappers(model)
         for ref in refs:
-            wrapper = wrapper_of(model, ref)
             mask = keep.get(ref.name)
-            wrapper.keep = None if mask is None else mask.to(ref.module.weight.device)
+            wrapped[id(ref.module)].keep = None if mask is None else mask.to(ref.module.weight.device)
     return peft_model
 
 
-def wrapper_of(model: torch.nn.Module, ref: LinearRef) -> LoraLinear:
-    """The LoRA layer peft put around `ref`'s linear."""
-    for module in model.modules():
-        if isinstance(module, LoraLinear) and module.get_base_layer() is ref.module:
-            return module
-    raise LookupError(ref.name)
+def wrappers(model: torch.nn.Module) -> dict[int, LoraLinear]:
+    """The LoRA layers peft put around linears, by the id of the linear each wraps (one pass over the model)."""
+    return {id(m.get_base_layer()): m for m in model.modules() if isinstance(m, LoraLinear)}
 
 
 @dataclass
@@ -90,9 +87,9 @@ class LoraFactors:
 
 def factors(model: torch.nn.Module, refs: list[LinearRef]) -> dict[str, LoraFactors]:
     """Every wrapped linear's adapter, copied out (detached, on the CPU)."""
-    out = {}
+    out, wrapped = {}, wrappers(model)
     for ref in refs:
-        w = wrapper_of(model, ref)
+        w = wrapped[id(ref.module)]
         out[ref.name] = LoraFactors(w.lora_A[ADAPTER].weight.detach().cpu().clone(),
                                     w.lora_B[ADAPTER].weight.detach().cpu().clone(), float(w.scaling[ADAPTER]))
     return out

@@ -64,13 +64,14 @@ def save_trained(path: Path, trained: dict[str, torch.Tensor]) -> str:
 
 def load_trained(path: Path, sha256: str, where: str) -> dict[str, torch.Tensor]:
     """The trained tensors of a heal file, refused in one line when missing or changed."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     if not path.is_file():
         raise WorkbenchError(where, f"{path} not found (replay --recompute retrains instead)")
-    if hashlib.sha256(path.read_bytes()).hexdigest() != sha256:
+    data = path.read_bytes()  # read once: hashed, then parsed
+    if hashlib.sha256(data).hexdigest() != sha256:
         raise WorkbenchError(where, f"{path} does not match the recorded SHA-256 (changed since it was saved)")
-    return load_file(str(path))
+    return load(data)
 
 
 def attach_heal_file(session, healed: Healed, before: list[ProbeResult], session_path: str | os.PathLike) -> Path:

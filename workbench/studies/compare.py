@@ -32,6 +32,7 @@ tolerances.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -177,10 +178,8 @@ def run_comparison(engine: Engine, variants: list[Variant], probes: list[str], s
         if heal is not None:
             healed = engine.heal(heal, stage(n, f"{variant.name} healing"), cancel)
             results = engine.probe(probes, size, progress=stage(n, f"{variant.name}+heal probes"), cancel=cancel)
-            finished.append(VariantResult(
-                name=f"{variant.name}+heal", plan=variant.plan, probes=results, block_targets=result.block_targets,
-                achieved=engine.state().achieved, params_nonzero=engine.state().params_nonzero,
-                seconds=healed.seconds, healed=True))
+            finished.append(dataclasses.replace(result, name=f"{variant.name}+heal", probes=results,
+                                                seconds=healed.seconds, prepare_seconds=0.0, healed=True))
         for result in finished:
             comparison.results.append(result)
             if on_result is not None:
