@@ -19,7 +19,7 @@ def probed():
     """An engine's kl (and perplexity) results: dense, then Wanda 50%; the store after each."""
     engine = make_engine()
     dense = {r.name: r for r in engine.probe(["kl", "perplexity"])}
-    stores = list(engine.dense_topks)
+    stores = list(engine.prober.topks)
     engine.prune(Plan(method="wanda", sparsity=0.5))
     pruned = {r.name: r for r in engine.probe(["kl", "perplexity"])}
     return engine, dense, stores, pruned
@@ -41,7 +41,7 @@ def test_pruning_raises_kl_and_reuses_the_store(probed):
     assert result.score > 0 and result.details["top1"] < 1.0
     d = result.details
     assert 0 <= d["median"] <= d["p90"] <= d["p95"] <= d["p99"] <= d["p99.9"] <= d["max"]
-    assert engine.dense_topks == stores and engine.dense_topks[0] is stores[0]  # computed once per engine
+    assert engine.prober.topks == stores and engine.prober.topks[0] is stores[0]  # computed once per engine
     assert result.tolerance == pytest.approx(0.066) and result.relative
 
 
@@ -52,9 +52,9 @@ def test_store_built_mid_run_equals_the_dense_references(probed):
     engine = make_engine()
     engine.prune(Plan(method="wanda", sparsity=0.5))
     engine.dense_probes["kl"] = pruned["kl"]  # a dense reference known, its store not: built on demand
-    assert engine.dense_topks == []
+    assert engine.prober.topks == []
     now = {r.name: r for r in engine.probe(["kl", "perplexity"])}
-    assert len(engine.dense_topks) == 1
+    assert len(engine.prober.topks) == 1
     assert now["kl"].score == pruned["kl"].score
     assert now["perplexity"].score == pruned["perplexity"].score
 

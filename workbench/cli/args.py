@@ -186,3 +186,32 @@ def resolve_expert_drops(args, engine, plan: Plan) -> Plan:
     else:
         return plan
     return dataclasses.replace(plan, structure=dataclasses.replace(plan.structure, drop_experts=drops))
+
+
+def _probe_option_flags():
+    """(probe name, its declared option, the flag's dest) for every probe option."""
+    from workbench.probes import PROBES
+
+    return [(probe.name, param, f"probe_{probe.name}_{param.name}") for probe in PROBES.entries() for param in probe.options]
+
+
+def add_probe_option_args(p: argparse.ArgumentParser) -> None:
+    """One flag per declared probe option (`--thinking`, `--budgets`, ... of the reasoning probe)."""
+    for name, param, dest in _probe_option_flags():
+        p.add_argument(f"--{param.name.replace('_', '-')}", dest=dest, default=None, metavar=param.name.upper(),
+                       help=f"{name} probe: {param.hint}")
+
+
+def probe_options_of(args) -> dict[str, dict]:
+    """The probe options given on the command line, typed and checked, by probe name."""
+    from workbench.probes import option_values
+
+    typed: dict[str, dict] = {}
+    for name, param, dest in _probe_option_flags():
+        if getattr(args, dest, None) is not None:
+            typed.setdefault(name, {})[param.name] = getattr(args, dest)
+    given = {}
+    for name, values in typed.items():
+        given[name] = parse_typed(tuple(p for n, p, _ in _probe_option_flags() if n == name), values, name)
+        option_values(name, given[name])  # checked now, before any model loads
+    return given

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from workbench.cli.args import add_model_command, add_plan_args, calibration_of, plan_of, resolve_drops
+from workbench.cli.args import add_model_command, add_plan_args, add_probe_option_args, calibration_of, plan_of, probe_options_of, resolve_drops
 from workbench.cli.console import progress_line
 from workbench.domain.plan import Structure
 from workbench.domain.signals import DEFAULT_SIGNAL
@@ -48,6 +48,7 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--pattern", default=None, help="N:M pattern for every variant, e.g. 2:4")
     p.add_argument("--probes", default=",".join(SUITE), help=f"comma-separated probes (default: {','.join(SUITE)})")
     p.add_argument("--full", action="store_true", help="full-size probes instead of quick ones")
+    add_probe_option_args(p)
     p.add_argument("--width-ratios", default="", help="also compare GLU width pruning alone at these expansion ratios, e.g. 2.4,2.0")
     p.add_argument("--width-score", default=Structure.width_score,
                    help="neuron importance for --width-ratios: ppm (default), vow, pon, data; comma-separated for one variant each")
@@ -228,8 +229,10 @@ def cmd_compare(args) -> int:
 
         check_format(Path(args.plot))  # a wrong extension fails before minutes of work
     probes = _names(args.probes, "--probes")
+    options = probe_options_of(args)
     progress = progress_line(args.json)
     engine = Engine.load(args.model, args.device, args.dtype, calibration_of(args), progress=progress)
+    engine.prober.options = options
     variants = _variants(args, engine)
     if not variants:
         raise WorkbenchError("--allocators", "no variant to compare (give allocators, --width-ratios, --drops or --session)")
@@ -310,6 +313,7 @@ def replay_comparison(path: str, file: ComparisonFile, args) -> int:
     from workbench.studies.compare import Variant, run_comparison
     from workbench.engine.facade import Engine
     from workbench.domain.replaycheck import check_probes
+    from workbench.probes import recorded_options
     from workbench.recovery.spec import HealSpec
 
     recorded = file.comparison
@@ -318,6 +322,7 @@ def replay_comparison(path: str, file: ComparisonFile, args) -> int:
         print(comparison_table(recorded), flush=True)
     progress = progress_line(args.json)
     engine = Engine.load(file.model, args.device or file.device, args.dtype or file.dtype, file.calibration, progress=progress)
+    engine.prober.options = recorded_options(recorded.dense)
     heal = HealSpec.of(recorded.heal) if recorded.heal is not None else None
     now = run_comparison(engine, [Variant(r.name, r.plan) for r in recorded.results if not r.healed], recorded.probes,
                          recorded.size, progress=progress, heal=heal)

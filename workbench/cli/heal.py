@@ -11,7 +11,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from workbench.cli.args import add_model_command, add_plan_args, calibration_of, plan_of, resolve_drops
+from workbench.cli.args import add_model_command, add_plan_args, add_probe_option_args, calibration_of, plan_of, probe_options_of, resolve_drops
 from workbench.cli.console import progress_line
 from workbench.cli.outputs import check_outputs, interrupts_held, write_outputs
 from workbench.infra.params import parse_typed
@@ -34,6 +34,7 @@ def add_heal_parser(sub) -> None:
                        help=f"{param.hint} [default: {param.default}]")
     p.add_argument("--probes", default="perplexity,kl", help="comma-separated probes before and after healing")
     p.add_argument("--full", action="store_true", help="full-size probes instead of quick ones")
+    add_probe_option_args(p)
     p.add_argument("--checkpoint", metavar="FILE", help="save the run at every held-out loss and on Ctrl-C, to resume from")
     p.add_argument("--resume", metavar="FILE", help="continue a run saved with --checkpoint (the same plan and spec)")
     p.add_argument("--export", metavar="DIR", help="save the healed model (adapter form: the sparse base plus adapter/)")
@@ -57,6 +58,7 @@ def cmd_heal(args) -> int:
 
     spec = spec_of(args)
     check_outputs(args)
+    options = probe_options_of(args)
     progress = progress_line(args.json)
     t0 = time.perf_counter()
     if args.session:
@@ -66,6 +68,7 @@ def cmd_heal(args) -> int:
         engine = Engine.load(args.model, args.device, args.dtype, calibration_of(args), progress=progress)
         plan = resolve_drops(args, engine, plan_of(args), progress)
         engine.prune(engine.check_plan(plan), progress=progress)
+    engine.prober.options = options
     names = [n for n in args.probes.split(",") if n]
     size = "full" if args.full else "quick"
     dense = engine.dense_reference(names, size) if names else []

@@ -12,7 +12,8 @@ import sys
 import time
 from dataclasses import asdict
 
-from workbench.cli.args import add_model_args, add_model_command, add_plan_args, calibration_of, plan_of, resolve_drops
+from workbench.cli.args import (add_model_args, add_model_command, add_plan_args, add_probe_option_args, calibration_of, plan_of,
+                                probe_options_of, resolve_drops)
 from workbench.cli.console import PROGRESS_MODES, progress_line, set_progress_mode
 from workbench.cli.outputs import check_outputs, write_outputs
 from workbench.domain.plan import DTYPES
@@ -76,9 +77,11 @@ def cmd_prune(args) -> int:
 
     plan = plan_of(args)
     check_outputs(args)
+    options = probe_options_of(args)
     progress = progress_line(args.json)
     t0 = time.perf_counter()
     engine = Engine.load(args.model, args.device, args.dtype, calibration_of(args), progress=progress)
+    engine.prober.options = options
     plan = resolve_drops(args, engine, plan, progress)
     checked = engine.check_plan(plan)  # refused before any work; the prune below takes it checked
     problem = engine.shaper.experts.export_problem(plan.structure.drop_experts) if args.export else None
@@ -135,6 +138,7 @@ def cmd_replay(args) -> int:
     from workbench.cli.compare import replay_comparison
     from workbench.domain.replaycheck import ReplayReport, check_probes
     from workbench.domain.session import ComparisonFile, load_replayable, replay_engine
+    from workbench.probes import recorded_options
 
     session = load_replayable(args.file)
     if isinstance(session, ComparisonFile):
@@ -142,6 +146,7 @@ def cmd_replay(args) -> int:
     replayed = replay_engine(session, progress=progress_line(args.json), path=args.file, device=args.device,
                              dtype=args.dtype, use_mask_file=not args.recompute)
     engine = replayed.engine
+    engine.prober.options = recorded_options(session.probes)
     state = engine.state()
     now = []
     for size in sorted({p.size for p in session.probes}):
@@ -208,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_plan_args(p)
     p.add_argument("--probes", default="perplexity", help="comma-separated probes to run dense and pruned ('' for none)")
     p.add_argument("--full", action="store_true", help="full-size probes instead of quick ones")
+    add_probe_option_args(p)
     p.add_argument("--save-session", metavar="FILE")
     p.add_argument("--save-masks", action="store_true",
                    help="with --save-session: also write the exact masks beside it (NAME.masks.safetensors), "

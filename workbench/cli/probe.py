@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from workbench.cli.args import add_probe_option_args, probe_options_of
 from workbench.cli.console import progress_line
 from workbench.domain.plan import DTYPES, CalibrationSpec
 from workbench.infra.errors import WorkbenchError
@@ -31,6 +32,7 @@ def add_probe_parser(subparsers) -> argparse.ArgumentParser:
     _add_source_args(p)
     p.add_argument("--probes", default=",".join(SUITE), help=f"comma-separated probes (default: {','.join(SUITE)})")
     p.add_argument("--full", action="store_true", help="full-size probes instead of quick ones")
+    add_probe_option_args(p)
     p.add_argument("--data", default=None, help="evaluation text for perplexity: embedded (default), hf:NAME[:CONFIG[:SPLIT]], "
                                                 "or a .txt/.jsonl file; a session uses its calibration source")
     p.add_argument("--seed", type=int, default=None, help="seed of the generated probe items (default 0; a session uses its own)")
@@ -102,15 +104,17 @@ def cmd_probe(args) -> int:
     names = _names(args.probes)
     for name in names:
         PROBES.get(name, where="--probes")
+    options = probe_options_of(args)
     loaded, session, source, seed, engine = _source(args)
     size = "full" if args.full else "quick"
     if engine is not None and (source, seed) == (session.calibration.source, session.calibration.seed):
+        engine.prober.options = options
         results = engine.probe(names, size, progress_line(args.json))  # kl against the dense model, flips
     else:
         if engine is not None and "kl" in names:
             raise WorkbenchError("--probes", "kl compares with the dense model on the session's own held-out data: "
                                              "run it without --data and --seed")
-        ctx = ProbeContext(loaded.model, loaded.tokenizer, loaded.device, eval_source=source, seed=seed)
+        ctx = ProbeContext(loaded.model, loaded.tokenizer, loaded.device, eval_source=source, seed=seed, options=options)
         results = run_probes(ctx, names, size, progress=progress_line(args.json))
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))

@@ -50,8 +50,8 @@ from workbench.infra.errors import WorkbenchError
 from workbench.infra.memory import configure_allocator
 from workbench.model.layout import find_linears, LinearRef
 from workbench.model.loader import load_model, Loaded
-from workbench.probes import DenseTopK, ProbeContext, ProbeResult, run_probes
-from workbench.probes.kl import TOP_K, dense_topk
+from workbench.engine.probing import Prober
+from workbench.probes import DenseTopK, ProbeResult
 from workbench.structured.depth import DepthStatistics, drop_by_angular, drop_by_influence, parse_drop
 from workbench.structured.depth import collect as collect_depth
 from workbench.structured.experts import choose_expert_drops, expert_scores
@@ -97,8 +97,7 @@ class Engine:
         self._lock = threading.RLock()
         self.held: CheckedPlan | None = None  # the plan the model is pruned to now
         self.calibrated: CheckedPlan | None = None  # the plan of the last full prune (the committed statistics)
-        self.dense_probes: dict[str, ProbeResult] = {}
-        self.dense_topks: list[DenseTopK] = []  # the kl probe's dense reference, one per window set (quick, full)
+        self.prober = Prober(loaded, self.calibration, self.dense_weights)
         self.healing = None  # a finished healing run on the model (workbench.engine.healing.Healing)
 
     @property
@@ -318,44 +317,27 @@ class Engine:
         return self.bank.digest()
 
     # ----- probes and export ----------------------------------------------------------------------
+    @property
+    def dense_probes(self) -> dict[str, ProbeResult]:
+        """The dense model's probe results, by name (measured once, see `Prober`)."""
+        return self.prober.dense
+
     @_locked
     def dense_reference(self, names, size: str = "quick", cancel: Cancel | None = None) -> list[ProbeResult]:
         """The dense model's results for probes `names`, measured once (dense weights swapped in) and kept."""
-        missing = [n for n in names if n not in self.dense_probes or self.dense_probes[n].size != size]
-        if missing:
-            with self.dense_weights():
-                for result in run_probes(self._probe_context(cancel, dense_now=True), missing, size):
-                    self.dense_probes[result.name] = result
-        return [self.dense_probes[n] for n in names]
+        return self.prober.dense_reference(names, size, cancel)
 
     @_locked
     def probe(self, names=("perplexity",), size: str = "quick", progress: Progress | None = None,
               cancel: Cancel | None = None) -> list[ProbeResult]:
         """Run probes on the current model; dense reference results are measured once and kept."""
-        dense = self.dense_reference(names, size, cancel)
-        if not self.bank.assignments() and self.healing is None:
-            return dense
-        return run_probes(self._probe_context(cancel), names, size, progress, dense=self.dense_probes)
-
-    def _probe_context(self, cancel: Cancel | None, dense_now: bool = False) -> ProbeContext:
-        """The context probes run in; `dense_now` when the dense weights are already in (dense_reference)."""
-        ctx = ProbeContext(self.loaded.model, self.loaded.tokenizer, self.loaded.device,
-                           eval_source=self.calibration.source, seed=self.calibration.seed, cancel=cancel)
-        ctx.dense_topk = functools.partial(self.dense_topk, check_cancel=ctx.check_cancel, swap=not dense_now)
-        return ctx
+        changed = bool(self.bank.assignments()) or self.healing is not None
+        return self.prober.run(names, size, changed, progress, cancel)
 
     @_locked
-    def dense_topk(self, windows: torch.Tensor, check_cancel: Callable[[], None] | None = None,
-                   swap: bool = True) -> DenseTopK:
-        """The kl probe's dense reference: the dense model's top-k log-probabilities at `windows`, computed
-        once per window set and kept on the CPU; `swap` puts the dense weights in for it."""
-        for stored in self.dense_topks:
-            if stored.covers(windows, TOP_K):
-                return stored
-        with self.dense_weights() if swap else contextlib.nullcontext():
-            stored = dense_topk(self.loaded.model, windows, self.loaded.device, TOP_K, check_cancel)
-        self.dense_topks.append(stored)
-        return stored
+    def dense_topk(self, windows: torch.Tensor) -> DenseTopK:
+        """The kl probe's dense reference at `windows` (see `Prober.dense_topk`)."""
+        return self.prober.dense_topk(windows)
 
     def export(self, directory: str | os.PathLike, notice: Callable[[str], None] | None = None) -> Path:
         """Save the model as it runs now (see `workbench.engine.export.export`), atomically."""

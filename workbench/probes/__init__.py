@@ -20,6 +20,7 @@ from typing import Callable, ClassVar
 import torch
 
 from workbench.infra.errors import Cancelled, WorkbenchError
+from workbench.infra.params import Param, complete
 from workbench.infra.registry import Registry
 
 
@@ -163,6 +164,7 @@ class ProbeContext:
     dense_topk: Callable[[torch.Tensor], DenseTopK] | None = None
     planned: tuple[str, ...] = ()  # the probes of this run (probes that share a forward pass read it)
     shared: dict = field(default_factory=dict)  # what one probe computed for another of this run
+    options: dict[str, dict] = field(default_factory=dict)  # probe name -> its declared options' values
 
     def check_cancel(self) -> None:
         if self.cancel is not None and self.cancel():
@@ -179,6 +181,15 @@ class Probe(ABC):
     relative: ClassVar[bool] = False
     tolerance_items: ClassVar[int] = 0
     floor: ClassVar[float] = 0.0
+    options: ClassVar[tuple[Param, ...]] = ()  # declared once: CLI flags, checks and the recorded values
+
+    def settings(self, ctx: ProbeContext) -> dict:
+        """This probe's option values in `ctx`, completed with the defaults and checked."""
+        return option_values(self.name, ctx.options.get(self.name, {}))
+
+    @classmethod
+    def check_options(cls, values: dict) -> None:
+        """Checks of option values beyond their declared ranges (one-line errors naming the option)."""
 
     @abstractmethod
     def measure(self, ctx: ProbeContext, size: str) -> tuple[float, int, dict, dict[str, Units]]:
@@ -212,6 +223,8 @@ class Probe(ABC):
             relative=self.relative,
             units=units,
         )
+        if self.options:
+            result.details["options"] = self.settings(ctx)
         changed = flips(dense, result) if dense is not None else None
         if changed is not None:
             result.details["flips"] = changed
@@ -221,6 +234,23 @@ class Probe(ABC):
 PROBES: Registry[type[Probe]] = Registry("probe", __name__)
 WEIGHT_FREE = ("efficiency",)  # probes that mean something on random weights
 _timing_only = contextvars.ContextVar("timing_only", default=False)
+
+
+def option_values(name: str, given: dict) -> dict:
+    """The option values of probe `name` (declared in its `options`; {} for a probe without any): `given`
+    completed with the defaults and checked, one-line errors naming `NAME.OPTION`."""
+    probe = PROBES.get(name, where="--probes")
+    if not probe.options:
+        return {}
+    values = complete("probe", name, probe.options, given, name)
+    probe.check_options(values)
+    return values
+
+
+def recorded_options(results: list[ProbeResult]) -> dict[str, dict]:
+    """The option values recorded in probe results (details["options"]), by probe name: what a replay
+    runs them with."""
+    return {r.name: dict(r.details["options"]) for r in results if r.details.get("options")}
 
 
 @contextlib.contextmanager
