@@ -28,7 +28,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 def add_calibration_args(p: argparse.ArgumentParser) -> None:
     """--calibration, --samples, --seqlen, --seed, --mode, --hessian, --expert-fallback, --expert-min-tokens."""
-    p.add_argument("--calibration", default=CalibrationSpec.source, help="embedded, hf:NAME[:CONFIG[:SPLIT]], or a .txt/.jsonl file")
+    p.add_argument("--calibration", default=CalibrationSpec.source, help="embedded, hf:NAME[:CONFIG[:SPLIT]], a .txt/.jsonl file, or self[:N][:reasoning]: "
+                                                                  "N windows of the dense model's own chat replies (default --samples)")
     p.add_argument("--samples", type=int, default=CalibrationSpec.samples)
     p.add_argument("--seqlen", type=int, default=CalibrationSpec.seqlen)
     p.add_argument("--seed", type=int, default=CalibrationSpec.seed)
@@ -71,10 +72,12 @@ def scalar(text: str):
 
 
 def calibration_of(args) -> CalibrationSpec:
-    """The calibration spec of parsed calibration options."""
-    return CalibrationSpec(source=args.calibration, samples=args.samples, seqlen=args.seqlen, seed=args.seed,
+    """The calibration spec of parsed calibration options (a self-generated source checked now)."""
+    spec = CalibrationSpec(source=args.calibration, samples=args.samples, seqlen=args.seqlen, seed=args.seed,
                            mode=args.mode, hessian=True if args.hessian else None, expert_fallback=args.expert_fallback,
                            expert_min_tokens=args.expert_min_tokens)
+    spec.generated  # noqa: B018 - parses self[:N][:reasoning], one error naming it
+    return spec
 
 
 def params_help(registry) -> str:

@@ -154,7 +154,8 @@ def cmd_replay(args) -> int:
     report = ReplayReport(replayed.masks, replayed.restored, check_probes(session.probes, now), engine.weights_digest())
     if args.json:
         _print({"file": str(args.file), "achieved": state.achieved, "target": state.target,
-                "recomputed_agreement": replayed.recomputed_agreement, "healed": replayed.healed, **report.to_dict()})
+                "recomputed_agreement": replayed.recomputed_agreement, "healed": replayed.healed,
+                "calibration_ids": replayed.calibration_ids, **report.to_dict()})
     else:
         plan = session.plan
         print(f"{args.file}: {session.model}, {plan.method} / {plan.allocator} / {plan.pattern or 'unstructured'}, "
@@ -170,6 +171,8 @@ def cmd_replay(args) -> int:
             heal = session.sections["heal"]
             how = f"restored from {heal.file} (SHA-256 and digest ok)" if replayed.healed == "restored" else "retrained"
             print(f"  healing ({heal.spec.form}, {heal.spec.steps} steps): {how}")
+        if replayed.calibration_ids:
+            print(f"  self-generated calibration ids: {replayed.calibration_ids}")
         for row in report.probes:
             print(f"  {row.name:<12} recorded {row.recorded:>10.4f}   now {row.now:>10.4f}   "
                   f"(allowed +-{row.allowed:.4g}) {'ok' if row.ok else 'DIFFERS'}")

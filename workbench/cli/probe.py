@@ -74,7 +74,7 @@ def _source(args):
         session = load_session(args.session)
         engine = replay_engine(session, progress=progress, path=args.session, device=args.device, dtype=args.dtype).engine
         loaded = engine.loaded
-        source = data or session.calibration.source
+        source = data or session.calibration.text
         seed = session.calibration.seed if seed is None else seed
     else:
         from workbench.model.loader import EMBEDDED, load_model
@@ -107,7 +107,7 @@ def cmd_probe(args) -> int:
     options = probe_options_of(args)
     loaded, session, source, seed, engine = _source(args)
     size = "full" if args.full else "quick"
-    if engine is not None and (source, seed) == (session.calibration.source, session.calibration.seed):
+    if engine is not None and (source, seed) == (session.calibration.text, session.calibration.seed):
         engine.prober.options = options
         results = engine.probe(names, size, progress_line(args.json))  # kl against the dense model, flips
     else:

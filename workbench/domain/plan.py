@@ -34,6 +34,49 @@ class CalibrationSpec:
     expert_fallback: str = "pooled"  # statistics of a routed expert that saw too few tokens: pooled | magnitude
     expert_min_tokens: int = 8  # "too few": below this many calibration tokens
 
+    @property
+    def generated(self) -> "SelfSource | None":
+        """The self-generated source this spec names (`self[:N][:reasoning]`), checked; None for text sources."""
+        return SelfSource.parse(self.source, self.samples)
+
+    @property
+    def text(self) -> str:
+        """The text source of what needs text (held-out evaluation, LayerIF's windows, healing data): the
+        calibration source, or `embedded` when calibration is self-generated."""
+        return "embedded" if self.generated else self.source
+
+
+SELF = "self"
+
+
+@dataclass(frozen=True)
+class SelfSource:
+    """Calibration windows from the dense model's own chat replies: `windows` generated (the first
+    `samples` calibrate), with the reasoning probe's training-side problems among the prompts when
+    `reasoning`."""
+
+    windows: int
+    reasoning: bool
+
+    @classmethod
+    def parse(cls, source: str, samples: int) -> "SelfSource | None":
+        """`self`, `self:N`, `self:reasoning` or `self:N:reasoning`; None for any other source; one error
+        naming the source when N is not a whole number >= 1 or fewer than `samples`."""
+        parts = source.split(":")
+        if parts[0] != SELF:
+            return None
+        reasoning = parts[-1] == "reasoning"
+        count = parts[1:-1] if reasoning else parts[1:]
+        where = f"calibration {source!r}"
+        if len(count) > 1 or (count and not count[0].strip().isdigit()):
+            raise WorkbenchError(where, "expected self, self:N, self:reasoning or self:N:reasoning (N windows, a whole number)")
+        windows = int(count[0]) if count else samples
+        if windows < 1:
+            raise WorkbenchError(where, f"self:{windows}: at least one window must be generated")
+        if windows < samples:
+            raise WorkbenchError(where, f"self:{windows} generates {windows} windows, fewer than the {samples} of --samples")
+        return cls(windows, reasoning)
+
 
 @dataclass
 class Structure:

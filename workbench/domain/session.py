@@ -85,6 +85,7 @@ from workbench.engine.facade import Engine
 from workbench.engine.masks import MaskAgreement, MaskFingerprint, compare_fingerprints, exact_agreement, load_mask_file, mask_file_for
 from workbench.infra.atomic import atomic_write_text
 from workbench.infra.errors import WorkbenchError
+from workbench.infra.tensorfile import beside, load_tensors, save_tensors
 from workbench.probes import LINKS, ProbeResult, Units
 from workbench.studies.compare import Comparison, VariantResult
 
@@ -131,6 +132,22 @@ class Session:
     masks: MaskRecord | None = None
     sections: dict[str, Any] = field(default_factory=dict)  # the features' tables by name (workbench.domain.sections)
     influence: dict = field(default_factory=dict)  # LayerIF's raw per-block scores (InfluenceScores.to_dict)
+    calibration_ids: CalibrationIds | None = None  # self-generated calibration: its token ids beside the session
+
+
+@dataclass
+class CalibrationIds:
+    """Self-generated calibration windows as a session keeps them: the ids' digest (`selfgen.ids_digest`),
+    and the file beside the session that holds them, which `save_session` writes from `ids` (a session
+    read from a file holds no ids)."""
+
+    digest: str
+    file: str = ""
+    sha256: str = ""
+    ids: Any = None  # a torch.Tensor to write beside the session, or None
+
+    def to_dict(self) -> dict:
+        return {"digest": self.digest, **({"file": self.file, "sha256": self.sha256} if self.file else {})}
 
 
 @dataclass
@@ -191,6 +208,8 @@ def session_to_dict(session: Session) -> dict:
         data["influence"] = session.influence
     if session.masks is not None:
         data["masks"] = session.masks.to_dict()
+    if session.calibration_ids is not None:
+        data["calibration_ids"] = session.calibration_ids.to_dict()
     for name, value in session.sections.items():
         if value is not None:
             data[name] = SECTIONS.get(name, where="session section").write(value)
@@ -245,7 +264,14 @@ def save_comparison(path: str | os.PathLike, file: ComparisonFile) -> None:
 
 def save_session(session: Session, path: str | os.PathLike) -> None:
     """Write `session` as TOML, atomically (see workbench.infra.atomic); a failed write is one WorkbenchError
-    naming the file, and the previous file stays as it was."""
+    naming the file, and the previous file stays as it was. Self-generated calibration ids the session holds
+    are written beside it first (`NAME.calib.safetensors`)."""
+    ids = session.calibration_ids
+    if ids is not None and ids.ids is not None:
+        from workbench.engine.selfgen import IDS_FORMAT
+
+        file = beside(path, "calib")
+        ids.sha256, ids.file = save_tensors(file, {"ids": ids.ids}, IDS_FORMAT), file.name
     atomic_write_text(path, tomli_w.dumps(session_to_dict(session)))
 
 
@@ -255,11 +281,13 @@ def session_from_engine(engine: Engine, history: list[dict] | None = None, probe
     if engine.plan is None:
         raise WorkbenchError("session", "nothing to save: the model has not been pruned yet")
     influence = engine.signals.influence_scores()
+    generated = engine.statistics.generated
     return Session(
         model=engine.loaded.spec, device=device, dtype=dtype, calibration=engine.calibration, plan=engine.plan,
         calibrated_with=engine.calibrated_with, history=list(history or []), probes=list(probes or []),
         dense_probes=list(engine.dense_probes.values()), theme=theme, versions=current_versions(),
         masks=MaskRecord(engine.mask_fingerprints()), influence=influence.to_dict() if influence else {},
+        calibration_ids=CalibrationIds(generated.sha256, ids=generated.ids) if generated is not None else None,
     )
 
 
@@ -471,6 +499,17 @@ class Reader:
             raise self.fail("masks.sha256", "missing (needed with masks.file)")
         return MaskRecord(fingerprints, file, sha256)
 
+    def calibration_ids(self, data: dict) -> CalibrationIds | None:
+        if "calibration_ids" not in data:
+            return None
+        table = self.table(data, "calibration_ids", "")
+        self.known(table, "calibration_ids.", {"digest", "file", "sha256"})
+        file = self.get(table, "file", "calibration_ids.", str, default="")
+        sha256 = self.get(table, "sha256", "calibration_ids.", str, default="")
+        if bool(file) != bool(sha256):
+            raise self.fail("calibration_ids.file", "file and sha256 go together")
+        return CalibrationIds(self.get(table, "digest", "calibration_ids.", str, required=True), file, sha256)
+
     def probes(self, data: dict, key: str, prefix: str = "") -> list[ProbeResult]:
         out = []
         for i, item in enumerate(self.get(data, key, prefix, list, default=[])):
@@ -564,7 +603,8 @@ def _session(path: Path, data: dict) -> Session:
     if version not in READS:
         raise r.fail("version", f"unsupported session version {version} (this workbench reads {', '.join(map(str, READS))})")
     r.known(data, "", {"version", "theme", "versions", "model", "calibration", "plan", "calibrated_with",
-                       "history", "probes", "dense_probes", "evaluations", "masks", "influence", *SECTIONS.names()})
+                       "history", "probes", "dense_probes", "evaluations", "masks", "influence", "calibration_ids",
+                       *SECTIONS.names()})
     model, device, dtype, calibration = r.header(data)
     plan = r.plan(r.table(data, "plan", "", required=True), "plan.")
     calibrated_with = r.plan(data["calibrated_with"], "calibrated_with.") if "calibrated_with" in data else None
@@ -579,7 +619,7 @@ def _session(path: Path, data: dict) -> Session:
         versions=r.table(data, "versions", ""), masks=r.masks(data),
         sections={name: SECTIONS.get(name).read(r, r.table(data, name, ""), f"{name}.")
                   for name in SECTIONS.names() if name in data},
-        influence=r.table(data, "influence", ""),
+        influence=r.table(data, "influence", ""), calibration_ids=r.calibration_ids(data),
     )
 
 
@@ -620,6 +660,7 @@ class Replayed:
     restored: bool
     recomputed_agreement: float | None = None
     healed: str | None = None  # how the session's healing came back: "restored" from its file, or "retrained"
+    calibration_ids: str | None = None  # self-generated calibration: "restored" from its file, or how regenerating went
 
 
 def replay_engine(session: Session, progress=None, cancel=None, path: str | os.PathLike = "session",
@@ -632,6 +673,7 @@ def replay_engine(session: Session, progress=None, cancel=None, path: str | os.P
     engine = Engine.load(session.model, device=device or session.device, dtype=dtype or session.dtype,
                          calibration=session.calibration, progress=progress)
     check_against_model(session, engine, path)
+    ids = replay_calibration_ids(engine, session.calibration_ids, path, use_mask_file)
     engine.prune(session.calibrated_with or session.plan, progress=progress, cancel=cancel)
     engine.apply(session.plan, progress=progress, cancel=cancel)
     recomputed = None
@@ -643,7 +685,27 @@ def replay_engine(session: Session, progress=None, cancel=None, path: str | os.P
         numels = {name: ref.numel for name, ref in engine.refs.items()}
         agreement = compare_fingerprints(session.masks.fingerprints, engine.mask_fingerprints(), numels)
     healed = replay_healing(engine, session.sections.get("heal"), path, use_mask_file, progress, cancel)
-    return Replayed(engine, agreement, stored is not None, recomputed, healed)
+    return Replayed(engine, agreement, stored is not None, recomputed, healed, ids)
+
+
+def replay_calibration_ids(engine: Engine, record: CalibrationIds | None, path, use_file: bool) -> str | None:
+    """Calibrate on the session's self-generated windows: read from the file beside it (checked against the
+    recorded SHA-256 and digest), or generated again (no file, or `use_file` off) and compared."""
+    if record is None:
+        return None
+    from workbench.engine.selfgen import Generated, ids_digest
+
+    if use_file and record.file:
+        where = f"{path}: calibration_ids.file"
+        ids = load_tensors(Path(path).parent / record.file, record.sha256, where,
+                           "replay --recompute generates them again")["ids"]
+        if ids_digest(ids) != record.digest:
+            raise WorkbenchError(where, "the token ids do not match the recorded digest")
+        engine.statistics.use_generated(Generated(ids, record.digest, 0.0, cached=True))
+        return "restored"
+    engine.statistics.ids()
+    same = engine.statistics.generated.sha256 == record.digest
+    return "regenerated, identical" if same else "regenerated, different from the recorded ids (greedy generation on this machine)"
 
 
 def replay_healing(engine: Engine, record, path, use_file: bool, progress, cancel) -> str | None:

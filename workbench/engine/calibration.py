@@ -16,6 +16,7 @@ from torch.utils.serialization import config as serialization_config
 
 from workbench.domain.plan import ONE_PASS, CalibrationSpec
 from workbench.engine.capture import BlockStats, capture
+from workbench.infra.errors import WorkbenchError
 from workbench.methods import LinearStats
 from workbench.model.data import calibration_windows
 from workbench.model.layout import LinearRef
@@ -89,13 +90,30 @@ class CalibrationCache:
         self.committed: list[BlockStats] | None = None
         self.dense: list[BlockStats] | None = None
         self._ids: torch.Tensor | None = None
+        self.generated = None  # the self-generated windows (workbench.engine.selfgen.Generated), when calibration is self
 
-    def ids(self) -> torch.Tensor:
-        """The calibration token windows (computed once)."""
+    def ids(self, progress: Progress | None = None, cancel: Cancel | None = None) -> torch.Tensor:
+        """The calibration token windows (computed once): drawn from the text source, or the first `samples`
+        of the dense model's self-generated windows (`workbench.engine.selfgen`)."""
         if self._ids is None:
             c = self.spec
-            self._ids = calibration_windows(self.loaded.tokenizer, c.source, c.samples, c.seqlen, c.seed)
+            if c.generated is not None:
+                from workbench.engine.selfgen import self_generated
+
+                with self.dense_model():
+                    self.use_generated(self_generated(self.loaded, c, progress, cancel))
+            else:
+                self._ids = calibration_windows(self.loaded.tokenizer, c.source, c.samples, c.seqlen, c.seed)
         return self._ids
+
+    def use_generated(self, generated) -> None:
+        """Calibrate on these self-generated windows (`workbench.engine.selfgen.Generated`: new, cached, or a
+        session's read back); they must have the spec's shape."""
+        c = self.spec
+        if generated.ids.shape != (c.generated.windows, c.seqlen):
+            raise WorkbenchError(f"calibration {c.source!r}", f"{tuple(generated.ids.shape)} token ids, expected "
+                                                              f"{c.generated.windows} windows of {c.seqlen}")
+        self.generated, self._ids = generated, generated.ids[: c.samples]
 
     def linear(self, ref: LinearRef, stats: list[BlockStats] | None = None) -> LinearStats:
         """A linear's statistics from `stats` (default: the committed ones)."""
@@ -121,7 +139,7 @@ class CalibrationCache:
             self.hessians.spill(block_stats)
 
         try:
-            return capture(self.loaded.model, self.ids(), self.loaded.device, self.spec.mode, hessian,
+            return capture(self.loaded.model, self.ids(progress, cancel), self.loaded.device, self.spec.mode, hessian,
                            before_block=before_block, on_block=use_then_spill, progress=progress, cancel=cancel,
                            fallback=self.spec.expert_fallback, min_tokens=self.spec.expert_min_tokens)
         except BaseException:

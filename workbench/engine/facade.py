@@ -351,7 +351,7 @@ class Engine:
         from workbench.engine.healing import heal
 
         self.healing = heal(self.loaded, self.linears, self.bank, self.shaper.running, spec,
-                            spec.data or self.calibration.source, progress, cancel, checkpoint, resume, saved, self._unheal)
+                            spec.data or self.calibration.text, progress, cancel, checkpoint, resume, saved, self._unheal)
         return self.healing.healed
 
     def _unheal(self) -> None:

@@ -50,7 +50,7 @@ class Prober:
     def context(self, cancel: Cancel | None, dense_now: bool = False) -> ProbeContext:
         """The context probes run in; `dense_now` when the dense weights are already in (dense_reference)."""
         ctx = ProbeContext(self.loaded.model, self.loaded.tokenizer, self.loaded.device,
-                           eval_source=self.calibration.source, seed=self.calibration.seed, cancel=cancel,
+                           eval_source=self.calibration.text, seed=self.calibration.seed, cancel=cancel,
                            options=self.options)
         ctx.dense_topk = functools.partial(self.dense_topk, check_cancel=ctx.check_cancel, swap=not dense_now)
         return ctx

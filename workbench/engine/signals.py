@@ -140,7 +140,7 @@ class BlockSignals:
         """Training and validation examples: the first `train` and the next `val` of one seeded draw of
         disjoint `seqlen`-token windows of the calibration part (no token position in both)."""
         loaded, c = self.cache.loaded, self.cache.spec
-        ids = disjoint_windows(loaded.tokenizer, c.source, spec.train + spec.val, spec.seqlen, c.seed)
+        ids = disjoint_windows(loaded.tokenizer, c.text, spec.train + spec.val, spec.seqlen, c.seed)
         with self.cache.dense_model():
             return gradient_grams(loaded.model, ids[: spec.train], ids[spec.train :], loaded.device, spec.scope,
                                   progress, cancel)

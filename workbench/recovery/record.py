@@ -3,14 +3,13 @@ trained tensors in a safetensors file beside the session (`NAME.heal.safetensors
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from workbench.infra.errors import WorkbenchError
+from workbench.infra.tensorfile import beside, load_tensors, save_tensors
 from workbench.probes import ProbeResult
 from workbench.recovery.spec import HealSpec
 from workbench.recovery.train import Curve, Healed
@@ -47,38 +46,19 @@ class HealRecord:
 
 def heal_file_for(session_path: str | os.PathLike) -> Path:
     """`NAME.heal.safetensors` beside `NAME.toml`."""
-    path = Path(session_path)
-    return path.with_name(path.stem + ".heal.safetensors")
-
-
-def save_trained(path: Path, trained: dict[str, torch.Tensor]) -> str:
-    """Write the trained tensors atomically; their file's SHA-256."""
-    from safetensors.torch import save
-
-    from workbench.infra.atomic import atomic_write_bytes
-
-    data = save({n: t.contiguous() for n, t in trained.items()}, metadata={"format": "workbench-heal-1"})
-    atomic_write_bytes(path, data)
-    return hashlib.sha256(data).hexdigest()
+    return beside(session_path, "heal")
 
 
 def load_trained(path: Path, sha256: str, where: str) -> dict[str, torch.Tensor]:
     """The trained tensors of a heal file, refused in one line when missing or changed."""
-    from safetensors.torch import load
-
-    if not path.is_file():
-        raise WorkbenchError(where, f"{path} not found (replay --recompute retrains instead)")
-    data = path.read_bytes()  # read once: hashed, then parsed
-    if hashlib.sha256(data).hexdigest() != sha256:
-        raise WorkbenchError(where, f"{path} does not match the recorded SHA-256 (changed since it was saved)")
-    return load(data)
+    return load_tensors(path, sha256, where, "replay --recompute retrains instead")
 
 
 def attach_heal_file(session, healed: Healed, before: list[ProbeResult], session_path: str | os.PathLike) -> Path:
     """Write the trained tensors beside the session file and record the run as its [heal] table."""
     path = heal_file_for(session_path)
     record = HealRecord.of(healed, before)
-    record.sha256 = save_trained(path, healed.trained)
+    record.sha256 = save_tensors(path, healed.trained, "workbench-heal-1")
     record.file = path.name
     session.sections["heal"] = record
     return path

@@ -71,7 +71,7 @@ def suffix_measure(engine: Engine, probe: str) -> Callable[[int], float] | None:
     float summation."""
     if probe not in SIGNALS:
         return None
-    ids = evaluation_windows(engine.loaded.tokenizer, engine.calibration.source, heldout.SEQLEN,
+    ids = evaluation_windows(engine.loaded.tokenizer, engine.calibration.text, heldout.SEQLEN,
                              heldout.WINDOWS["quick"])
     reference = engine.dense_topk(ids) if probe == "kl" else None
     kept = BlockInputs(engine.loaded.model, ids, engine.loaded.device)

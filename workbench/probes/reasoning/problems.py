@@ -13,6 +13,7 @@ either size is dropped, so no evaluation item can reach calibration.
 
 from __future__ import annotations
 
+import itertools
 import random
 import tomllib
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from workbench.infra.errors import WorkbenchError
 LEVELS = (1, 2, 3, 4)
 EVALUATION, TRAIN = "evaluation", "train"
 PER_LEVEL = {"quick": 4, "full": 24}  # generated problems per level
+ATTEMPTS = 20  # draws per problem before a level is taken as exhausted
 SETS = ("standard", "generated", "handwritten")  # standard: generated, plus the hand-written set at full size
 
 NAMES = ("Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Goro", "Hana", "Ivan", "Jo", "Kofi", "Lena")
@@ -94,12 +96,15 @@ GENERATORS = {1: _digits, 2: _up_to_twenty, 3: _one_step, 4: _two_steps}
 
 
 def generated(seed: int, per_level: int, split: str = EVALUATION) -> list[Problem]:
-    """`per_level` problems of every level, level by level, reproducible from `seed`; no two alike."""
+    """`per_level` problems of every level, level by level, reproducible from `seed`; no two alike (a level
+    with fewer distinct problems, such as level 1's 200 or so, gives what `ATTEMPTS` draws per problem find)."""
     problems: list[Problem] = []
     seen: set[str] = set()
     for level in LEVELS:
         rng, drawn = random.Random(f"reasoning:{split}:{seed}:{level}"), 0
-        while drawn < per_level:
+        for _ in range(ATTEMPTS * per_level):
+            if drawn == per_level:
+                break
             problem = GENERATORS[level](rng)
             if problem.question not in seen:
                 seen.add(problem.question)
@@ -125,12 +130,13 @@ def evaluation_problems(problem_set: str, size: str, seed: int) -> list[Problem]
     return generated(seed, PER_LEVEL[size]) + extra
 
 
-def training_problems(seed: int, count: int) -> list[Problem]:
+@lru_cache(maxsize=8)
+def training_problems(seed: int, count: int) -> tuple[Problem, ...]:
     """`count` problems of the train split, levels in turn, none of them an evaluation problem of any size
     or set (the generated ones for `seed`, and the hand-written ones)."""
     held = {p.question for p in generated(seed, max(PER_LEVEL.values()))} | {p.question for p in handwritten()}
     per_level = -(-count // len(LEVELS))
     pool = [p for p in generated(seed, 2 * per_level + 8, TRAIN) if p.question not in held]
     by_level = [[p for p in pool if p.level == level] for level in LEVELS]
-    mixed = [p for group in zip(*by_level) for p in group]
-    return mixed[:count]
+    mixed = [p for group in itertools.zip_longest(*by_level) for p in group if p is not None]
+    return tuple(mixed[:count])
