@@ -40,7 +40,8 @@ def test_every_stage_is_measured_on_a_local_model(tiny_model_dir):
     assert stages["reprune-linear"]["target"] == "<= 0.05 s, median of 5 edits"
     meta = report["meta"]
     for names, budget in ((("wanda", "wanda-one-pass", "sparsegpt", "magnitude"), meta["memory_budget_mib"]),
-                          (("probe-dense", "perplexity", "kl", "probe-suite", "efficiency", "sensitivity", "compare"), meta["probe_memory_budget_mib"])):
+                          (("probe-dense", "perplexity", "kl", "probe-suite", "efficiency", "sensitivity", "compare", "reasoning",
+                            "self-calibration"), meta["probe_memory_budget_mib"])):
         for name in names:
             assert stages[name]["target"].endswith(f"<= {budget:.0f} MiB"), name
             assert stages[name]["ok"] is not None, name

@@ -141,3 +141,27 @@ def test_eval_command_stores_results_in_the_session(tiny_model_dir, tasks, tmp_p
     printed = json.loads(capsys.readouterr().out)
     stored = load_session(session).evaluations
     assert stored == printed and stored["tiny_choice"]["samples"] == 2
+
+
+def test_reasoning_options_reach_lm_eval(tiny, manager, monkeypatch):
+    """The generation budget goes to lm-eval's evaluation and the thinking switches to its model wrapper."""
+    lm_eval, HFLM, manager_class = evalharness._lm_eval()
+    seen = {}
+
+    class Recording(HFLM):
+        def __init__(self, *args, enable_thinking=None, think_end_token=None, **kwargs):
+            seen["model"] = {"enable_thinking": enable_thinking, "think_end_token": think_end_token}
+            super().__init__(*args, enable_thinking=enable_thinking, think_end_token=think_end_token, **kwargs)
+
+    evaluate = lm_eval.simple_evaluate
+
+    def recording_evaluate(**kwargs):
+        seen["gen_kwargs"] = kwargs.get("gen_kwargs")
+        return evaluate(**kwargs)
+
+    monkeypatch.setattr(evalharness, "_lm_eval", lambda: (lm_eval, Recording, manager_class))
+    monkeypatch.setattr(lm_eval, "simple_evaluate", recording_evaluate)
+    results = evalharness.evaluate(tiny.model, tiny.tokenizer, ["tiny_generate"], manager=manager,
+                                   gen_kwargs="max_gen_toks=2", thinking=False, think_end_token="</think>")
+    assert results["tiny_generate"]["samples"] == len(DOCS)
+    assert seen == {"model": {"enable_thinking": False, "think_end_token": "</think>"}, "gen_kwargs": "max_gen_toks=2"}

@@ -190,7 +190,7 @@ def parse_percent(text: str) -> float:
 
 
 PROBE_LABELS = {"perplexity": "ppl", "arithmetic": "arith", "brackets": "brackets", "efficiency": "Mparams",
-                "instructions": "instr"}
+                "instructions": "instr", "reasoning": "reason"}
 
 
 def probe_summary(result, dense) -> Cell:
@@ -200,6 +200,9 @@ def probe_summary(result, dense) -> Cell:
         top1 = result.details.get("top1")
         return Cell(f"KL {short(result.score)}" + (f" top1 {top1:.0%}" if top1 is not None else ""))
     cell = against_dense(f"{PROBE_LABELS.get(result.name, result.name)} {short(result.score)}", result, dense)
+    budgets = result.details.get("budgets")
+    if budgets:  # reasoning: how long it thought at the largest budget
+        cell = Cell(f"{cell.text} think {short(budgets[max(budgets, key=int)]['mean_tokens'])}", cell.tone)
     changed = result.details.get("flips")
     if changed and (changed["lost"] or changed["gained"]):
         return Cell(f"{cell.text} -{changed['lost']}/+{changed['gained']}", cell.tone)

@@ -8,7 +8,8 @@ ones), the perplexity probe, the kl probe (against the dense top-k kept once per
 probe suite, the efficiency probe alone (generation speed; 2:4 sparse kernels on a GPU), a sensitivity scan of every block, LayerIF's influence scores, and a
 comparison of every allocator with Wanda at 70% (quick probes and the dense reference included) and the
 paired bootstrap of all its intervals; healing (LoRA, with checkpointing, sparse fine-tuning; see
-`workbench.cli.bench_heal`).
+`workbench.cli.bench_heal`); the quick reasoning probe and self-generated calibration (see
+`workbench.cli.bench_reasoning`). The probe suite is the app's default one (without the opt-in reasoning).
 Targets are ratios to the run's own dense forward pass (`x fwd`) or to another stage of the same run,
 so a slower machine of the same kind does not fail them; the load, re-prune and influence targets stay
 absolute. The comparison's target is the issue's 4 x (one sequential prune + one quick probe suite) + one dense suite
@@ -50,6 +51,7 @@ import torch
 
 from workbench.allocators import ALLOCATORS
 from workbench.cli.bench_heal import STAGES as HEAL_STAGES, run_heal_stages
+from workbench.cli.bench_reasoning import STAGES as REASONING_STAGES, run_reasoning_stages
 from workbench.domain.plan import ONE_PASS, SEQUENTIAL, CalibrationSpec, Plan
 from workbench.domain.signals import DEFAULT_SIGNAL
 from workbench.engine.capture import capture, dense_forward
@@ -59,14 +61,14 @@ from workbench.infra.memory import settle, status_kib
 from workbench.model.data import calibration_windows
 from workbench.model.loader import EMBEDDED, load_model, load_tokenizer, resolve_device, resolve_dtype, resolve_source
 from workbench.model.shapes import random_weights_of
-from workbench.probes import PROBES, timing_only
+from workbench.probes import default_probes, timing_only
 from workbench.probes import heldout
 from workbench.studies.compare import grid, run_comparison
 from workbench.studies.sensitivity import scan
 
 STAGES = ("load-first", "load-cached", "forward", "capture", "wanda", "wanda-one-pass", "sparsegpt", "magnitude",
           "reprune-linear", "reprune-block", "probe-dense", "perplexity", "kl", "probe-suite", "efficiency", "sensitivity",
-          "influence", "compare", "bootstrap", *HEAL_STAGES)
+          "influence", "compare", "bootstrap", *HEAL_STAGES, *REASONING_STAGES)
 
 
 def add_bench_parser(sub) -> None:
@@ -266,7 +268,7 @@ def _bench(args) -> int:
                     limit_s=0.3, timed=statistics.median)
     if wanted("probe-dense") or wanted("perplexity") or wanted("probe-suite"):
         engine.apply(half)  # probes time the pruned model; its dense references are measured first
-        names = PROBES.names() if wanted("probe-dense") or wanted("probe-suite") else ["perplexity"]
+        names = default_probes() if wanted("probe-dense") or wanted("probe-suite") else ["perplexity"]
         if wanted("probe-dense"):
             measure("probe-dense", lambda: engine.probe(names), f"dense refs + pruned, {len(names)} probes",
                     memory_budget_mib=probe_budget)
@@ -280,7 +282,7 @@ def _bench(args) -> int:
         measure("kl", lambda: engine.probe(["kl"]), f"<= 1.5 x perplexity = {limit:.2f} s", limit_s=limit,
                 memory_budget_mib=probe_budget)
     if wanted("probe-suite"):
-        names = PROBES.names()
+        names = default_probes()
         measure("probe-suite", lambda: engine.probe(names), f"<= 0.6x, {len(names)} probes", limit_ratio=0.6,
                 memory_budget_mib=probe_budget)
 
@@ -292,6 +294,7 @@ def _bench(args) -> int:
                              memory_budget_mib=probe_budget)[0].details
 
     run_heal_stages(engine, measure, wanted)
+    run_reasoning_stages(engine, measure, wanted, probe_budget)
     if wanted("sensitivity"):
         engine.apply(half)
         measure("sensitivity", lambda: scan(engine, half, step=0.1), f"<= 2.0x, {len(engine.linears)} blocks +10%, quick {DEFAULT_SIGNAL}",
@@ -311,7 +314,7 @@ def _bench(args) -> int:
         engine.dense_probes.clear()  # the comparison measures its dense reference itself
         target = (f"<= {len(variants)} x (wanda + suite) + dense suite = {limit:.0f} s, allocators' own work apart" if limit
                   else "limit needs the wanda and probe stages")
-        comparison = measure("compare", lambda: run_comparison(engine, variants, PROBES.names()),
+        comparison = measure("compare", lambda: run_comparison(engine, variants, default_probes()),
                              f"{len(variants)} allocators at 70%, {target}", limit_s=limit,
                              memory_budget_mib=probe_budget, excluded=_prepare_seconds)
         measure("bootstrap", comparison.rows, "<= 1 s, every interval of the comparison", limit_s=1.0)

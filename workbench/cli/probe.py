@@ -50,6 +50,10 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--include-path", metavar="DIR", help="directory of extra lm-eval YAML task configs")
     p.add_argument("--chat-template", action="store_true", help="format prompts with the tokenizer's chat template")
+    p.add_argument("--gen-kwargs", metavar="K=V,...", help="generation settings for every task, e.g. "
+                                                          "max_gen_toks=4096 (a reasoning model's thinking budget plus its answer)")
+    p.add_argument("--thinking", choices=("on", "off"), help="the chat template's thinking mode (enable_thinking; with --chat-template)")
+    p.add_argument("--think-end-token", metavar="TEXT", help="score only what follows this end of thinking, e.g. '</think>'")
     p.set_defaults(func=cmd_eval)
     return p
 
@@ -141,7 +145,9 @@ def cmd_eval(args) -> int:
     evalharness.check_tasks(manager, tasks)  # before the model loads
     loaded, session, _, _, _ = _source(args)
     results = evalharness.evaluate(loaded.model, loaded.tokenizer, tasks, limit=limit, num_fewshot=args.num_fewshot,
-                                   batch_size=args.batch_size, chat_template=args.chat_template, manager=manager)
+                                   batch_size=args.batch_size, chat_template=args.chat_template, manager=manager,
+                                   gen_kwargs=args.gen_kwargs, think_end_token=args.think_end_token,
+                                   thinking=None if args.thinking is None else args.thinking == "on")
     if session is not None:
         from workbench.domain.session import save_session
 

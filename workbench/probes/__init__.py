@@ -182,6 +182,7 @@ class Probe(ABC):
     tolerance_items: ClassVar[int] = 0
     floor: ClassVar[float] = 0.0
     options: ClassVar[tuple[Param, ...]] = ()  # declared once: CLI flags, checks and the recorded values
+    opt_in: ClassVar[bool] = False  # too slow for the app's default probe runs: the user adds it
 
     def settings(self, ctx: ProbeContext) -> dict:
         """This probe's option values in `ctx`, completed with the defaults and checked."""
@@ -232,6 +233,16 @@ class Probe(ABC):
 
 
 PROBES: Registry[type[Probe]] = Registry("probe", __name__)
+
+
+def default_probes() -> list[str]:
+    """The probes the app runs unless the user adds the opt-in ones."""
+    return [name for name in PROBES.names() if not PROBES.get(name).opt_in]
+
+
+def opt_in_probes() -> list[str]:
+    """The probes the user adds to the app's runs (slower ones, such as reasoning)."""
+    return [name for name in PROBES.names() if PROBES.get(name).opt_in]
 WEIGHT_FREE = ("efficiency",)  # probes that mean something on random weights
 _timing_only = contextvars.ContextVar("timing_only", default=False)
 

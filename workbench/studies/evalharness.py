@@ -9,6 +9,7 @@ filter in parentheses when it is not the default one (e.g. `exact_match (strict-
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from pathlib import Path
@@ -76,19 +77,29 @@ def evaluate(
     include_path: str | Path | None = None,
     chat_template: bool = False,
     manager=None,
+    gen_kwargs: str | None = None,
+    thinking: bool | None = None,
+    think_end_token: str | None = None,
 ) -> dict[str, dict[str, float]]:
     """Run lm-eval `tasks` on the in-memory `model`; return task -> metric -> value.
 
     `limit` caps the documents per task (an int, or a fraction below 1); `include_path` adds local
     YAML task configs; `chat_template` formats prompts with the tokenizer's chat template; `manager`
-    reuses a task index from `task_manager` (building one takes seconds).
+    reuses a task index from `task_manager` (building one takes seconds). For reasoning models:
+    `gen_kwargs` ("max_gen_toks=4096,temperature=0") overrides the tasks' generation settings (the budget of
+    thinking plus answer), `thinking` switches the chat template's thinking mode (`enable_thinking`), and
+    `think_end_token` ("</think>") has lm-eval score only what follows the thinking; the last two need
+    lm-eval >= 0.4.10.
     """
     lm_eval, HFLM, _ = _lm_eval()
     if manager is None:
         manager = task_manager(include_path)
     check_tasks(manager, tasks)
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    reasoning = {k: v for k, v in (("enable_thinking", thinking), ("think_end_token", think_end_token)) if v is not None}
+    if reasoning and "enable_thinking" not in inspect.signature(HFLM.__init__).parameters:
+        raise WorkbenchError("--thinking", "this lm-eval has no thinking options: pip install 'lm-eval>=0.4.10'")
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, **reasoning)
     try:
         results = lm_eval.simple_evaluate(
             model=lm,
@@ -97,6 +108,7 @@ def evaluate(
             limit=limit,
             task_manager=manager,
             apply_chat_template=chat_template,
+            gen_kwargs=gen_kwargs,
             log_samples=False,
         )
     except OSError as exc:  # datasets that need the network, missing local files

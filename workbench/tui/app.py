@@ -285,6 +285,9 @@ class WorkbenchApp(App):
         if self.has_model():
             self.pruning.probe()
 
+    def action_opt_in_probes(self) -> None:
+        self.pruning.toggle_opt_in()
+
     # ----- sessions (`workbench.tui.sessions`) ----------------------------------------------------------
     def action_save(self) -> None:
         self.sessions.save()

@@ -27,6 +27,7 @@ class Pruning:
         self.controller = app.controller
         self.jobs = app.jobs
         self._pause: Timer | None = None  # the short pause after an edit, before its re-prune
+        self.opted_in = False  # the opt-in probes (reasoning) are in the probe runs
 
     @property
     def results(self) -> dict[type, Callable]:
@@ -145,8 +146,17 @@ class Pruning:
         self.app.features["plots"].redraw(histogram=False)
 
     def probe_list(self) -> list[str]:
-        """The probes the app runs: those it was given, else every registered one."""
-        from workbench.probes import PROBES
+        """The probes the app runs: those it was given (else the default ones), plus the opt-in ones when added."""
+        from workbench.probes import default_probes, opt_in_probes
 
-        names = self.app.probe_names
-        return list(names if names is not None else PROBES.names())
+        names = list(self.app.probe_names) if self.app.probe_names is not None else default_probes()
+        return names + [n for n in opt_in_probes() if self.opted_in and n not in names]
+
+    def toggle_opt_in(self) -> None:
+        """Add the opt-in probes (reasoning) to the probe runs, or take them out."""
+        from workbench.probes import opt_in_probes
+
+        self.opted_in = not self.opted_in
+        names = ", ".join(opt_in_probes())
+        self.app.notify(f"{names}: in the probe runs (t), tens of seconds more" if self.opted_in
+                        else f"{names}: out of the probe runs")

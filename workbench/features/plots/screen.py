@@ -15,7 +15,7 @@ from textual.worker import Worker
 from workbench.app.controller import Controller
 from workbench.app.format import block_widths, pct, structured
 from workbench.tui.messages import HistogramReady
-from workbench.tui.widgets.plots import AllocationPlot, HistogramPlot, InfluencePlot, ProbePlot, StructurePlot
+from workbench.tui.widgets.plots import AllocationPlot, BudgetPlot, HistogramPlot, InfluencePlot, ProbePlot, StructurePlot
 
 if TYPE_CHECKING:
     from workbench.engine.facade import Engine
@@ -35,8 +35,8 @@ class PlotsScreen(Screen):
     DEFAULT_CSS = """
     PlotsScreen TabbedContent { height: 1fr; }
     PlotsScreen TabPane { padding: 0; }
-    PlotsScreen InfluencePlot, PlotsScreen StructurePlot { height: 40%; display: none; }
-    PlotsScreen InfluencePlot.-shown, PlotsScreen StructurePlot.-shown { display: block; }
+    PlotsScreen InfluencePlot, PlotsScreen StructurePlot, PlotsScreen BudgetPlot { height: 40%; display: none; }
+    PlotsScreen InfluencePlot.-shown, PlotsScreen StructurePlot.-shown, PlotsScreen BudgetPlot.-shown { display: block; }
     """
 
     def __init__(self, controller: Controller, engine: Engine, linear: str, tab: str = "allocation"):
@@ -56,6 +56,7 @@ class PlotsScreen(Screen):
                 yield HistogramPlot()
             with TabPane("3 probes", id="probes"):
                 yield ProbePlot()
+                yield BudgetPlot()
         yield Footer(show_command_palette=False)
 
     def on_mount(self) -> None:
@@ -85,6 +86,12 @@ class PlotsScreen(Screen):
             self.query_one(StructurePlot).draw(widths, bi, angular)
         edits, series = controller.history.probe_series()
         self.query_one(ProbePlot).draw(edits, series, controller.dense_probes)
+        reasoning = {label: r for label, r in (("dense", controller.dense_probes.get("reasoning")),
+                                               ("pruned", next((p for p in controller.current_probes if p.name == "reasoning"), None)))
+                     if r is not None}
+        self.query_one(BudgetPlot).set_class(bool(reasoning), "-shown")
+        if reasoning:
+            self.query_one(BudgetPlot).draw(reasoning)
         if histogram:
             self.query_one(HistogramPlot).draw_waiting(f"computing the |W| histogram of {self.linear}…")
             self._histogram_worker(self.linear)

@@ -63,6 +63,7 @@ class Reasoning(Probe):
     higher_is_better = True
     tolerance_items = EXACT_MATCH_FLIPS
     floor = 0.0
+    opt_in = True  # tens of seconds on a CPU: not in the app's default runs
     options = (
         Param("thinking", "auto", "auto: the chat template's thinking mode where it has one, else a "
                                   "step-by-step instruction (fallback); template: refuse a template without one",

@@ -112,6 +112,23 @@ class ProbePlot(Plot):
         self.refresh()
 
 
+class BudgetPlot(Plot):
+    """The reasoning probe's accuracy per thinking budget, dense and pruned (left axis), and the mean thinking
+    tokens each used (right axis)."""
+
+    def draw(self, results: dict[str, ProbeResult]) -> None:
+        plt = self._clear()
+        for label, result in results.items():
+            budgets = sorted(result.details.get("budgets", {}), key=int)
+            xs = [int(b) for b in budgets]
+            plt.plot(xs, [result.details["budgets"][b]["accuracy"] for b in budgets], label=f"{label} accuracy", marker="hd")
+            plt.plot(xs, [result.details["budgets"][b]["mean_tokens"] for b in budgets], label=f"{label} tokens (right)",
+                     marker="dot", yside="right")
+        plt.title("reasoning: accuracy per thinking budget")
+        plt.xlabel("thinking budget (tokens)")
+        self.refresh()
+
+
 class VariantsPlot(Plot):
     """One line per measured variant: its target per block (left axis, percent), over the dense model's
     outlier-ratio bars (right axis)."""
