@@ -224,3 +224,26 @@ def test_cli_compare_heals_each_variant_saves_and_replays_it(tiny_model_dir, tmp
     assert main(["replay", str(tmp_path / "cmp" / "uniform-heal.toml"), "--check", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["healed"] == "restored" and report["ok"]
+
+
+def test_sparse_form_on_bfloat16_steps_float32_master_copies():
+    """On a bfloat16 model, AdamW's small steps accumulate in float32 copies of the kept weights (a step of
+    1e-6 is far below bfloat16's spacing at these weights and would round away); the weights are those
+    copies rounded, with the cut kept."""
+    from tests.tiny import tiny_llama
+    from workbench.domain.plan import CalibrationSpec
+    from workbench.engine.facade import Engine
+
+    model, tokenizer = tiny_llama(seed=0)
+    engine = Engine.from_model(model.to(torch.bfloat16), tokenizer, CalibrationSpec(samples=4, seqlen=32), spec="tiny")
+    engine.prune(Plan(method="wanda", sparsity=0.5))
+    before, pruned = weights(engine), zeros(engine)
+    healed = engine.heal(spec(form="sparse", lr=1e-6, steps=6, heldout_every=6))
+    for name, master in healed.trained.items():
+        weight = engine.refs[name].module.weight
+        assert master.dtype == torch.float32 and weight.dtype == torch.bfloat16
+        assert torch.equal(weight, master.to(weight.device, torch.bfloat16))  # the weight is its copy, rounded
+        assert torch.equal(weight == 0, pruned[name] | (weight == 0)) and (weight[pruned[name]] == 0).all()
+        kept = ~pruned[name]
+        moved = (master[kept] != before[name][kept].float()).float().mean().item()
+        assert moved > 0.9, f"{name}: only {moved:.0%} of the kept weights moved in float32"

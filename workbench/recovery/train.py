@@ -94,22 +94,26 @@ class Trainer:
                                                       f"({ref.module.out_features} x {ref.module.in_features})")
         self.peft_model = None
         self._grad_masks = []
+        self.masters: dict[str, torch.nn.Parameter] = {}  # sparse form on a low-precision model: float32 copies
 
     # ----- what trains ----------------------------------------------------------------------------
     def trainables(self) -> dict[str, torch.nn.Parameter]:
         """The parameters the optimizer holds, by name."""
         if self.spec.form == "sparse":
-            return {ref.name: ref.module.weight for ref in self.refs}
+            return self.masters or {ref.name: ref.module.weight for ref in self.refs}
         return {n: p for n, p in self.model.named_parameters() if "lora_" in n}
 
     def attach(self) -> None:
         spec = self.spec
         if spec.form == "sparse":
             for ref in self.refs:
-                ref.module.weight.requires_grad_(True)
+                weight = ref.module.weight
+                weight.requires_grad_(True)
                 mask = self.keep.get(ref.name)
                 if mask is not None:
-                    self._grad_masks.append(ref.module.weight.register_hook(lambda grad, m=mask: grad * m))
+                    self._grad_masks.append(weight.register_hook(lambda grad, m=mask: grad * m))
+                if weight.dtype != torch.float32:  # AdamW steps a float32 master copy; the weight follows it
+                    self.masters[ref.name] = torch.nn.Parameter(weight.detach().float().clone())
         else:
             keep = self.keep if spec.form == "masked" else None
             self.peft_model = lora.attach(self.model, self.refs, spec.rank, spec.alpha, spec.seed, keep)
@@ -117,12 +121,26 @@ class Trainer:
                 p.requires_grad_(True)
 
     def put_masks_back(self) -> None:
-        """Sparse form: zero the pruned weights again after a step."""
+        """Sparse form: zero the pruned weights (and their master copies) again after a step; a weight takes
+        its master copy's value, rounded to its dtype."""
         with torch.no_grad():
             for ref in self.refs:
                 mask = self.keep.get(ref.name)
-                if mask is not None:
+                master = self.masters.get(ref.name)
+                if master is not None:
+                    if mask is not None:
+                        master.mul_(mask.to(master.dtype))
+                    ref.module.weight.copy_(master)
+                elif mask is not None:
                     ref.module.weight.mul_(mask)
+
+    def grads_to_masters(self) -> None:
+        """Sparse form with master copies: each weight's (masked) gradient, in float32, on its master copy."""
+        for ref in self.refs:
+            master = self.masters.get(ref.name)
+            if master is not None:
+                master.grad = ref.module.weight.grad.float()
+                ref.module.weight.grad = None
 
     def detach(self, finished: bool) -> dict[str, lora.LoraFactors] | None:
         """Take the LoRA layers out: merged (masked form, finished), copied out (adapter form, finished) or
@@ -181,6 +199,7 @@ class Trainer:
                     raise Cancelled()
                 loss = self.loss(step_windows(self.stream, spec, step))
                 loss.backward()
+                self.grads_to_masters()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 if spec.form == "sparse":
@@ -221,6 +240,8 @@ class Trainer:
             with torch.no_grad():
                 for name, p in params.items():
                     p.copy_(tensors[name].to(p.device, p.dtype))
+            if self.masters:
+                self.put_masks_back()
             trained = snapshot(params)
             finished = True
         finally:
