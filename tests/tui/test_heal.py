@@ -41,6 +41,30 @@ async def test_heal_shows_before_and_after_saves_the_tensors_and_an_edit_undoes_
         assert app.engine.healing is None and consistent(app)
 
 
+async def test_opening_a_healed_session_puts_its_healing_back(make_app, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("h")
+        await settle(pilot)
+        healed = app.engine.weights_digest()
+        await pilot.press("escape", "ctrl+s", *"healed.toml", "enter")
+        await settle(pilot)
+        await pilot.pause(0.2)
+    again = make_app(session=tmp_path / "healed.toml")
+    async with again.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        for _ in range(100):  # the restore job follows the prune
+            if again.engine.healing is not None and not again.running_groups:
+                break
+            await pilot.pause(0.1)
+        await settle(pilot)
+        assert again.engine.healing is not None and again.engine.weights_digest() == healed and consistent(again)
+        assert again.controller.healing.digest == app.controller.healing.digest
+        assert any("healing put back from healed.heal.safetensors" in n for n in again.notices)
+
+
 async def test_escape_cancels_healing_and_h_resumes_from_the_checkpoint(make_app, monkeypatch):
     waiting, gate = threading.Event(), threading.Event()
     windows = train.step_windows

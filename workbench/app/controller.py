@@ -161,7 +161,7 @@ class Controller:
         self.dense_probes = {p.name: p for p in session.dense_probes}
         self.variants = CompareVariants(session.sections.get("comparison"))
         self.sensitivity, self.agent = session.sections.get("sensitivity"), session.sections.get("agent")
-        self.healing = None  # the app does not put a session's healing back (replay does): h heals again
+        self.healing = None  # set again once the session's healing is back on the model (the heal feature)
         self.session_path = None if restored else path
         self.dirty = restored
         return session.calibrated_with or plan

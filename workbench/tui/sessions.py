@@ -108,6 +108,8 @@ class Sessions:
         app.features["sensitivity"].show_heat()
         app.refresh_header()
         app.pruning.run_prune(calibrate)
+        if session is not None and session.sections.get("heal") is not None:
+            app.features["heal"].reopen(session.sections["heal"], Path(message.path))
 
     # ----- save and open ------------------------------------------------------------------------------
     def save(self) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from workbench.features.heal.job import KIND, HealEnded
+from workbench.features.heal.job import KIND, RESTORE, HealEnded, HealRestored
 from workbench.features.heal.screen import HealScreen
 from workbench.jobs.results import Probed
 from workbench.tui.commands import Command
@@ -25,11 +25,11 @@ class HealFeature(Feature):
                         palette="Heal", about="Recover after pruning with LoRA that keeps the cut; probes before and after"),)
     help = ("Heal screen (h)", HealScreen.BINDINGS)
     screens = (HealScreen,)
-    jobs = (KIND,)
+    jobs = (KIND, RESTORE)
 
     @property
     def results(self) -> dict[type, Callable]:
-        return {HealEnded: self.healed}
+        return {HealEnded: self.healed, HealRestored: self.restored}
 
     @property
     def checkpoint(self) -> Path:
@@ -51,6 +51,30 @@ class HealFeature(Feature):
             return
         app.pruning.lend("healing", None)
         app.jobs.submit("heal", spec=HealSpec(), probes=tuple(app.pruning.probe_list()), checkpoint=self.checkpoint)
+
+    def reopen(self, record, path: Path) -> None:
+        """An opened session was healed: once its plan is applied, its trained tensors go back on the model
+        (a session without them, such as the recovery file, says h heals again)."""
+        app = self.app
+        if not record.file:
+            app.notify("this session was healed; its trained tensors were not saved beside it: h heals again")
+            return
+
+        def submit() -> None:
+            if app.jobs.holder is None:
+                app.pruning.lend("putting the healing back", None)
+                app.jobs.submit("heal-restore", record=record, path=path)
+
+        app.pruning.when_applied(submit)
+
+    def restored(self, message: HealRestored) -> None:
+        app = self.app
+        app.pruning.engine_back(message.holds)
+        if message.record is None:
+            app.notify(f"healing not put back: {message.problem}", severity="warning")
+            return
+        app.controller.healing = message.record
+        app.notify(f"healing put back from {message.record.file} (SHA-256 and digest checked)")
 
     def healed(self, message: HealEnded) -> None:
         app = self.app

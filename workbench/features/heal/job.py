@@ -52,4 +52,27 @@ def heal(job: Job, spec: HealSpec, probes: tuple[str, ...], checkpoint: Path) ->
         job.state(HealEnded(record, engine.plan, after, dense), always=True)
 
 
+@dataclass(frozen=True)
+class HealRestored:
+    """A session's healing is back on the model (`record`), or could not be put back (`problem`)."""
+
+    record: HealRecord | None
+    holds: Plan | None
+    problem: str = ""
+
+
+def restore(job: Job, record: HealRecord, path: Path) -> None:
+    """Put an opened session's healing back from the trained tensors beside it (SHA-256 and digest checked)."""
+    from workbench.domain.session import replay_healing
+
+    engine, problem = job.engine, ""
+    try:
+        replay_healing(engine, record, path, True, job.progress, job.cancelled)
+    except WorkbenchError as error:
+        problem, record = str(error), None
+    finally:
+        job.state(HealRestored(record, engine.plan, problem), always=True)
+
+
 KIND = JobKind("heal", "heal", "healing", heal, exclusive=True)
+RESTORE = JobKind("heal-restore", "heal", "putting the session's healing back", restore, exclusive=True, cancellable=False)
