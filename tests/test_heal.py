@@ -247,3 +247,22 @@ def test_sparse_form_on_bfloat16_steps_float32_master_copies():
         kept = ~pruned[name]
         moved = (master[kept] != before[name][kept].float()).float().mean().item()
         assert moved > 0.9, f"{name}: only {moved:.0%} of the kept weights moved in float32"
+
+
+def test_a_failed_session_write_keeps_the_previous_heal_file(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """The heal file a session write replaced is put back when the session itself cannot be written."""
+    import workbench.domain.session as sessions
+
+    session, heal_file = tmp_path / "s.toml", tmp_path / "s.heal.safetensors"
+    session.write_text("previous = true\n")
+    heal_file.write_bytes(b"previous tensors")
+
+    def full_disk(session_, path):
+        raise WorkbenchError(str(path), "cannot write: no space left on device; the previous file is unchanged")
+
+    monkeypatch.setattr(sessions, "save_session", full_disk)
+    code = main(["heal", "--model", str(tiny_model_dir), "--sparsity", "0.5", *TINY, *HEAL, "--probes", "",
+                 "--save-session", str(session)])
+    assert code == 2 and "no space left on device" in capsys.readouterr().err
+    assert heal_file.read_bytes() == b"previous tensors" and session.read_text() == "previous = true\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.heal.safetensors", "s.toml"]
