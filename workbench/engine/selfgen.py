@@ -30,7 +30,7 @@ from workbench.infra.errors import Cancelled
 from workbench.infra.tensorfile import save_tensors
 from workbench.model.cache import cache_root
 from workbench.model.loader import Loaded
-from workbench.probes._generate import _cache, _pad, _pad_id, _prefix_state, cached, chat_prompt, common_prefix_length, encode
+from workbench.probes._generate import Rows, _pad_id, _prefix_state, chat_prompt, common_prefix_length, encode
 from workbench.probes.reasoning.problems import training_problems
 from workbench.probes.reasoning.thinking import style_for
 
@@ -90,29 +90,19 @@ def generate(model, tokenizer, device: torch.device, windows: int, seqlen: int, 
 def _batch(model, tokenizer, device, streams, seqlen: int, cancel) -> list[list[int]]:
     firsts = [encode(tokenizer, next(s))[:seqlen] for s in streams]
     eos = {tokenizer.eos_token_id} - {None}
-    shared = common_prefix_length(firsts) if all(len(f) > 1 for f in firsts) else 0
-    state = _prefix_state(model, firsts[0][:shared], device)
-    ids, tail_mask = _pad([f[shared:] for f in firsts], _pad_id(tokenizer), left=True)
-    mask = torch.cat([torch.ones((len(firsts), shared), dtype=torch.long), tail_mask], dim=1).to(device)
-    positions = (mask.cumsum(1) - 1).clamp(min=0)[:, shared:]
-    cache, ids = _cache(state, len(firsts)), ids.to(device)
     seqs = [list(f) for f in firsts]
     queues: list[list[int]] = [[] for _ in firsts]
     active = [i for i, s in enumerate(seqs) if len(s) < seqlen]
     if not active:
         return seqs
-    if len(active) < len(seqs):
-        index = torch.tensor(active, device=device)
-        cache.batch_select_indices(index)
-        ids, mask, positions = ids[index], mask[index], positions[index]
+    shared = common_prefix_length([firsts[i] for i in active])
+    state = _prefix_state(model, firsts[active[0]][:shared], device)
+    rows = Rows(model, state, shared, [firsts[i][shared:] for i in active], _pad_id(tokenizer), device)
     while active:
         if cancel is not None and cancel():
             raise Cancelled()
-        logits = model(ids, attention_mask=mask, position_ids=positions, **cached(model, cache), use_cache=True,
-                       logits_to_keep=1).logits
-        choices = logits[:, -1].argmax(-1).tolist()
         keep, feed = [], []
-        for k, (row, choice) in enumerate(zip(active, choices)):
+        for k, (row, choice) in enumerate(zip(active, rows.choices())):
             token = queues[row].pop(0) if queues[row] else choice
             seqs[row].append(token)
             if token in eos and not queues[row]:  # the reply ended its turn: the next prompt follows
@@ -122,14 +112,9 @@ def _batch(model, tokenizer, device, streams, seqlen: int, cancel) -> list[list[
                 feed.append(token)
         if not keep:
             break
-        if len(keep) < len(active):
-            index = torch.tensor(keep, device=device)
-            cache.batch_select_indices(index)
-            mask, positions = mask[index], positions[index]
-            active = [active[k] for k in keep]
-        ids = torch.tensor(feed, device=device)[:, None]
-        mask = torch.cat([mask, torch.ones((len(active), 1), dtype=mask.dtype, device=device)], dim=1)
-        positions = positions[:, -1:] + 1
+        rows.select(keep)
+        rows.feed(feed)
+        active = [active[k] for k in keep]
     return seqs
 
 

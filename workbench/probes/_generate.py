@@ -125,25 +125,60 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     return (text[: min(hits)], True) if hits else (text, False)
 
 
+class Rows:
+    """Batched greedy decoding of rows that share a cached prompt prefix (`state`, `shared` tokens) and go on
+    with their own tokens (`tails`, left-padded): the key/value cache, the attention mask and each row's
+    next position. Every step feeds one token per row; rows can be dropped or repeated (a fork copies a
+    row's cache) and can take back their last tokens (their columns hidden from the mask, their positions
+    reused), so each row sees exactly the sequence it would see alone."""
+
+    def __init__(self, model, state: State, shared: int, tails: Sequence[Sequence[int]], pad: int, device: torch.device):
+        ids, tail_mask = _pad(tails, pad, left=True)
+        self.model, self.device = model, device
+        self.mask = torch.cat([torch.ones((len(tails), shared), dtype=torch.long), tail_mask], dim=1).to(device)
+        self.positions = ((self.mask.cumsum(1) - 1).clamp(min=0)[:, shared:]).to(device)
+        self.cache, self.ids = _cache(state, len(tails)), ids.to(device)
+        self.next = [shared + len(t) for t in tails]  # the position of each row's next token
+
+    def choices(self) -> list[int]:
+        """Each row's greedy next token."""
+        logits = self.model(self.ids, attention_mask=self.mask, position_ids=self.positions,
+                            **cached(self.model, self.cache), use_cache=True, logits_to_keep=1).logits
+        return logits[:, -1].argmax(-1).tolist()
+
+    def select(self, rows: list[int]) -> None:
+        """Keep these rows, in this order (a row may repeat)."""
+        if rows != list(range(len(self.next))):
+            index = torch.tensor(rows, device=self.device)
+            self.cache.batch_select_indices(index)
+            self.mask = self.mask[index]
+            self.next = [self.next[r] for r in rows]
+
+    def take_back(self, row: int, count: int) -> None:
+        """Hide the last `count` tokens of `row` (its next tokens take their positions)."""
+        self.mask[row, -count:] = 0
+        self.next[row] -= count
+
+    def feed(self, tokens: list[int]) -> None:
+        """The next token of every row (after `select`)."""
+        self.ids = torch.tensor(tokens, device=self.device)[:, None]
+        self.mask = torch.cat([self.mask, torch.ones((len(tokens), 1), dtype=self.mask.dtype, device=self.device)], dim=1)
+        self.positions = torch.tensor(self.next, device=self.device)[:, None]
+        self.next = [p + 1 for p in self.next]
+
+
 def _generate_batch(model, tokenizer, state, shared, tails, max_new_tokens, device, stop, stop_at_eos, cancel) -> list[str]:
-    rows = len(tails)
-    ids, tail_mask = _pad(tails, _pad_id(tokenizer), left=True)
-    mask = torch.cat([torch.ones((rows, shared), dtype=torch.long), tail_mask], dim=1).to(device)
-    ids = ids.to(device)
-    positions = (mask.cumsum(1) - 1).clamp(min=0)[:, shared:]
-    cache = _cache(state, rows)
-    generated: list[list[int]] = [[] for _ in range(rows)]
-    texts = [""] * rows
-    active = list(range(rows))  # original row of each row still in the batch
+    rows = Rows(model, state, shared, tails, _pad_id(tokenizer), device)
+    generated: list[list[int]] = [[] for _ in tails]
+    texts = [""] * len(tails)
+    active = list(range(len(tails)))  # original row of each row still in the batch
     for _ in range(max_new_tokens):
         if cancel is not None:
             cancel()
-        logits = model(ids, attention_mask=mask, position_ids=positions, **cached(model, cache), use_cache=True,
-                       logits_to_keep=1).logits
-        next_ids = logits[:, -1].argmax(-1)
+        next_ids = rows.choices()
         keep = []
         for i, row in enumerate(active):
-            token = int(next_ids[i])
+            token = next_ids[i]
             if stop_at_eos and token == tokenizer.eos_token_id:
                 continue
             generated[row].append(token)
@@ -152,14 +187,9 @@ def _generate_batch(model, tokenizer, state, shared, tails, max_new_tokens, devi
                 keep.append(i)
         if not keep:
             break
-        if len(keep) < len(active):
-            index = torch.tensor(keep, device=device)
-            cache.batch_select_indices(index)
-            next_ids, mask, positions = next_ids[index], mask[index], positions[index]
-            active = [active[i] for i in keep]
-        ids = next_ids[:, None]
-        mask = torch.cat([mask, torch.ones((len(active), 1), dtype=mask.dtype, device=device)], dim=1)
-        positions = positions[:, -1:] + 1
+        rows.select(keep)
+        rows.feed([next_ids[i] for i in keep])
+        active = [active[i] for i in keep]
     return texts
 
 

@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from workbench.probes._generate import BATCH, _cache, _pad, _pad_id, _prefix_state, cached, common_prefix_length, encode
+from workbench.probes._generate import BATCH, Rows, _pad_id, _prefix_state, common_prefix_length, encode
 from workbench.probes.reasoning.thinking import EXTEND, Style
 
 
@@ -43,7 +43,6 @@ class _Row:
     problem: int
     budgets: list[int]  # the budgets this row answers for (thinking: those not yet reached)
     waits: int
-    position: int  # position id of the next token fed
     think: list[int] = field(default_factory=list)
     queue: list[int] = field(default_factory=list)  # tokens to write for the model, in order
     answer: list[int] | None = None  # None while thinking
@@ -51,7 +50,7 @@ class _Row:
     hit: bool = False
 
     def fork(self) -> "_Row":
-        return _Row(self.problem, [self.budgets.pop(0)], self.waits, self.position, list(self.think))
+        return _Row(self.problem, [self.budgets.pop(0)], self.waits, list(self.think))
 
 
 class Forcer:
@@ -78,18 +77,13 @@ class Forcer:
         return outcomes
 
     def _batch(self, state, shared: int, tails: list[list[int]], first: int, outcomes) -> None:
-        ids, tail_mask = _pad(tails, _pad_id(self.tokenizer), left=True)
-        mask = torch.cat([torch.ones((len(tails), shared), dtype=torch.long), tail_mask], dim=1).to(self.device)
-        positions = (mask.cumsum(1) - 1).clamp(min=0)[:, shared:]
-        rows = [_Row(first + i, list(self.budgets), self.waits, shared + len(t)) for i, t in enumerate(tails)]
-        cache, ids = _cache(state, len(rows)), ids.to(self.device)
+        decoding = Rows(self.model, state, shared, tails, _pad_id(self.tokenizer), self.device)
+        rows = [_Row(first + i, list(self.budgets), self.waits) for i in range(len(tails))]
         while rows:
             if self.cancel is not None:
                 self.cancel()
-            logits = self.model(ids, attention_mask=mask, position_ids=positions, **cached(self.model, cache),
-                                use_cache=True, logits_to_keep=1).logits
-            choices = logits[:, -1].argmax(-1).tolist()
-            keep, feed = [], []  # (source row, row, cache columns it takes back), and the token it feeds next
+            choices = decoding.choices()
+            keep, feed = [], []  # (source row, row, tokens it takes back), and the token it feeds next
             for i, (row, choice) in enumerate(zip(rows, choices)):
                 if row.answer is None and len(row.think) >= row.budgets[0] and len(row.budgets) > 1:
                     fork = row.fork()
@@ -104,20 +98,12 @@ class Forcer:
                 feed.append(token)
             if not keep:
                 break
-            if [i for i, _, _ in keep] != list(range(len(rows))):
-                index = torch.tensor([i for i, _, _ in keep], device=self.device)
-                cache.batch_select_indices(index)
-                mask = mask[index]
-            for k, (_, row, back) in enumerate(keep):
+            decoding.select([i for i, _, _ in keep])
+            for k, (_, _, back) in enumerate(keep):
                 if back:
-                    mask[k, -back:] = 0
-                    row.position -= back
+                    decoding.take_back(k, back)
             rows = [row for _, row, _ in keep]
-            ids = torch.tensor(feed, device=self.device)[:, None]
-            mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=self.device)], dim=1)
-            positions = torch.tensor([row.position for row in rows], device=self.device)[:, None]
-            for row in rows:
-                row.position += 1
+            decoding.feed(feed)
 
     def _start_answer(self, row: _Row, used: int, hit: bool, queue: list[int]) -> None:
         row.used, row.hit, row.answer, row.queue = used, hit, [], list(queue)
