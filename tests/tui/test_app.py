@@ -410,3 +410,29 @@ async def test_an_expert_model_lists_experts_as_a_group_that_opens_into_one_row_
         await pilot.press("up", "up", "enter")  # the group row again: close it
         await settle(pilot)
         assert not pane.query(".expert-row")
+
+
+async def test_a_large_expert_group_builds_its_rows_a_page_at_a_time(make_app):
+    """Only a screenful of expert rows is built when the group opens; moving down builds the next ones."""
+    from tests.tiny import tiny_moe
+    from workbench.domain.plan import CalibrationSpec
+    from workbench.engine.facade import Engine
+
+    def moe_factory(**_):
+        model, tokenizer = tiny_moe("qwen3_moe", experts=40, layers=2)
+        return Engine.from_model(model, tokenizer, CalibrationSpec(samples=4, seqlen=32), spec="tiny-moe")
+
+    app = make_app(engine_factory=moe_factory)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("down", "enter")
+        await pilot.pause()
+        pane = app.query_one("#block-1", BlockPane)
+        group = len(pane.query(".linear-row")) - 1
+        await pilot.press(*["down"] * (group + 1), "enter")
+        await settle(pilot)
+        assert len(pane.query(".expert-row")) == BlockPane.EXPERT_PAGE
+        await pilot.press(*["down"] * BlockPane.EXPERT_PAGE)  # onto the last row built
+        await settle(pilot)
+        rows = list(pane.query(".expert-row"))
+        assert [r.key.name.rsplit(".", 1)[-1] for r in rows] == [str(e) for e in range(40)]  # every expert, in order

@@ -38,6 +38,7 @@ class BlockPane(Vertical):
 
     expanded: reactive[bool] = reactive(False)
     experts_open: reactive[bool] = reactive(False)
+    EXPERT_PAGE = 24  # expert rows built at once: a screenful; the next ones when focus reaches the last built
 
     def __init__(self, index: int, value: float = 0.0):
         super().__init__(id=f"block-{index}")
@@ -45,6 +46,7 @@ class BlockPane(Vertical):
         self.initial = value
         self._last: tuple | None = None
         self._columns: dict[str, Cell | None] = {}  # the optional columns' cells (width, sensitivity, influence...)
+        self._experts_built = 0  # expert rows built under the open group (the first ones, in order)
 
     def compose(self) -> ComposeResult:
         yield StatRow(BlockKey(self.index), self._label(), f"block {self.index}", self.initial, classes="block-row")
@@ -101,11 +103,26 @@ class BlockPane(Vertical):
         if group is None:
             return
         if opened:
-            holder.mount_all(self._new_rows(self._last[0].experts), after=group)
-            self.call_after_refresh(self._show_linears)
+            self._build_experts(after=group)
         else:
+            self._experts_built = 0
             for row in holder.query(".expert-row"):
                 row.remove()
+
+    def _build_experts(self, after: StatRow) -> None:
+        """Build the next page of expert rows after `after` (a 128-expert block builds 24 rows, not 128)."""
+        experts = self._last[0].experts[self._experts_built : self._experts_built + self.EXPERT_PAGE]
+        self._experts_built += len(experts)
+        self.query_one(".linears", Vertical).mount_all(self._new_rows(experts), after=after)
+        self.call_after_refresh(self._show_linears)
+
+    def on_descendant_focus(self, event: events.DescendantFocus) -> None:
+        """Focus on the last expert row built: build the next page under it."""
+        if not self.experts_open or self._last is None or self._experts_built >= len(self._last[0].experts):
+            return
+        rows = list(self.query(".expert-row").results(StatRow))
+        if rows and (event.widget is rows[-1] or event.widget in rows[-1].query("*")):
+            self._build_experts(after=rows[-1])
 
     def action_toggle(self) -> None:
         """Show or hide the linears (on the experts' group row: its experts); focus goes back to the block slider
