@@ -373,15 +373,7 @@ async def test_plots_is_a_feature_with_its_command_help_and_screen(make_app):
 
 
 async def test_an_expert_model_lists_experts_as_a_group_that_opens_into_one_row_each(make_app):
-    from tests.tiny import tiny_moe
-    from workbench.domain.plan import CalibrationSpec
-    from workbench.engine.facade import Engine
-
-    def moe_factory(**_):
-        model, tokenizer = tiny_moe("qwen2_moe")
-        return Engine.from_model(model, tokenizer, CalibrationSpec(samples=4, seqlen=32), spec="tiny-moe")
-
-    app = make_app(engine_factory=moe_factory)
+    app = make_app(engine_factory=moe_factory("qwen2_moe"))
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
         await pilot.press("down", "enter")
@@ -414,15 +406,7 @@ async def test_an_expert_model_lists_experts_as_a_group_that_opens_into_one_row_
 
 async def test_a_large_expert_group_builds_its_rows_a_page_at_a_time(make_app):
     """Only a screenful of expert rows is built when the group opens; moving down builds the next ones."""
-    from tests.tiny import tiny_moe
-    from workbench.domain.plan import CalibrationSpec
-    from workbench.engine.facade import Engine
-
-    def moe_factory(**_):
-        model, tokenizer = tiny_moe("qwen3_moe", experts=40, layers=2)
-        return Engine.from_model(model, tokenizer, CalibrationSpec(samples=4, seqlen=32), spec="tiny-moe")
-
-    app = make_app(engine_factory=moe_factory)
+    app = make_app(engine_factory=moe_factory("qwen3_moe", experts=40, layers=2))
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
         await pilot.press("down", "enter")
@@ -436,3 +420,16 @@ async def test_a_large_expert_group_builds_its_rows_a_page_at_a_time(make_app):
         await settle(pilot)
         rows = list(pane.query(".expert-row"))
         assert [r.key.name.rsplit(".", 1)[-1] for r in rows] == [str(e) for e in range(40)]  # every expert, in order
+
+
+def moe_factory(family: str, **shape):
+    """An engine factory for the app: a tiny random mixture of experts of `family` (and `shape`)."""
+    from tests.tiny import tiny_moe
+    from workbench.domain.plan import CalibrationSpec
+    from workbench.engine.facade import Engine
+
+    def build(**_):
+        model, tokenizer = tiny_moe(family, **shape)
+        return Engine.from_model(model, tokenizer, CalibrationSpec(samples=4, seqlen=32), spec="tiny-moe")
+
+    return build
