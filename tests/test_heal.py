@@ -266,3 +266,48 @@ def test_a_failed_session_write_keeps_the_previous_heal_file(tiny_model_dir, tmp
     assert code == 2 and "no space left on device" in capsys.readouterr().err
     assert heal_file.read_bytes() == b"previous tensors" and session.read_text() == "previous = true\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.heal.safetensors", "s.toml"]
+
+
+@pytest.mark.parametrize("form", ["masked", "sparse"])
+def test_mixture_of_experts_heals_its_running_experts_and_exports_them_fused(form, tmp_path):
+    """Routed experts (one linear each, unfused) and Qwen2-MoE's shared expert train like any linear; a
+    dropped expert does not; the cut is kept; the export fuses the healed experts back."""
+    from transformers import AutoModelForCausalLM
+
+    from tests.test_moe import SavedTokenizer, engine_of
+
+    engine = engine_of("qwen2_moe")
+    engine.loaded.tokenizer = SavedTokenizer()
+    plan = Plan(method="wanda", sparsity=0.5, structure=Structure(drop_experts={0: [1, 2], 1: [0, 3], 2: [4, 5]}))
+    engine.prune(plan)  # (an export needs the same number of experts in every block)
+    before, pruned = zeros(engine), engine.weights_digest()
+    healed = engine.heal(spec(form=form))
+    trained = {r.name for r in engine.healing.refs}
+    assert not any(n.startswith(("layers.0.mlp.experts.1.", "layers.0.mlp.experts.2.")) for n in trained)
+    assert sum(".experts." in n for n in trained) == 3 * 3 * 6 and sum(".shared_expert." in n for n in trained) == 9
+    after = zeros(engine)
+    assert all(torch.equal(after[n] | ~before[n], torch.ones_like(before[n])) for n in before), "a pruned weight came back"
+    assert all(not torch.equal(engine.refs[n].module.weight, engine.healing._before[n]) for n in trained)
+    assert healed.curve.heldout[-1] < healed.curve.heldout[0]
+    ids = torch.tensor([[5, 17, 99, 3, 250, 7]])
+    with torch.no_grad():
+        ours = engine.loaded.model(ids).logits
+    engine.export(tmp_path / "out")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded(ids).logits, ours, rtol=1e-5, atol=1e-5)  # fused vs per-expert sums: test_moe.REL
+    engine.apply(plan)
+    assert engine.weights_digest() == pruned
+
+
+def test_mixture_of_experts_refuses_an_adapter_on_its_mlp_linears():
+    from tests.test_moe import engine_of
+
+    engine = engine_of("qwen3_moe")
+    engine.prune(Plan(method="wanda", sparsity=0.5))
+    digest = engine.weights_digest()
+    with pytest.raises(WorkbenchError, match=r"heal.form: the adapter form cannot train the MLP linears \(down,gate,up\)"):
+        engine.heal(spec(form="adapter"))
+    assert engine.weights_digest() == digest
+    engine.heal(spec(form="adapter", targets="q,k,v,o", steps=2))
+    assert engine.healing is not None

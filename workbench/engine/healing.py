@@ -70,11 +70,14 @@ def put_back(refs: list[LinearRef], before: dict[str, torch.Tensor]) -> None:
 
 
 def healed_refs(linears: list[list[LinearRef]], running, spec: HealSpec) -> list[LinearRef]:
-    """The linears that train: the spec's kinds, in blocks still in the forward pass; refused for experts."""
+    """The linears that train: the spec's kinds, in blocks (and experts) still in the forward pass."""
     kinds = spec.target_kinds()
     refs = [r for block in linears for r in block if r.kind in kinds and running(r)]
-    if any(r.expert is not None or r.group.startswith("shared") for r in refs):
-        raise WorkbenchError("heal", "mixture-of-experts blocks cannot be healed yet (their expert linears share fused weights)")
+    mlp = sorted({r.kind for r in refs if r.kind in ("gate", "up", "down")})
+    if spec.form == "adapter" and mlp and any(r.expert is not None for block in linears for r in block):
+        raise WorkbenchError("heal.form", f"the adapter form cannot train the MLP linears ({','.join(mlp)}) of a "
+                                          "mixture-of-experts model: peft would load such an adapter onto the fused "
+                                          "experts; use masked or sparse, or --targets q,k,v,o")
     if not refs:
         raise WorkbenchError("heal.targets", f"no linear of kind {spec.targets} is in the model's forward pass")
     return refs

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import Linear as LoraLinear
 
+from workbench.model.experts import RoutedExperts
 from workbench.model.layout import LinearRef
 
 ADAPTER = "default"
@@ -49,6 +50,21 @@ class MaskedLoraLinear(LoraLinear):
         return F.linear(x.to(weight.dtype), weight, base.bias).to(x.dtype)
 
 
+class PeftView(torch.nn.Module):
+    """A model with unfused experts (`workbench.model.experts.unfuse`) as peft is shown it: without its
+    transformers config, since peft maps targets named like expert projections (`...gate_proj`) of a
+    mixture-of-experts model type onto the fused expert parameters, which the unfused model no longer has."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+
+def peft_target(model: torch.nn.Module) -> torch.nn.Module:
+    """The module handed to peft: the model itself, or its `PeftView` when it holds unfused experts."""
+    return PeftView(model) if any(isinstance(m, RoutedExperts) for m in model.modules()) else model
+
+
 def lora_config(model: torch.nn.Module, refs: list[LinearRef], rank: int, alpha: float, masked: bool) -> LoraConfig:
     """peft's config for LoRA on exactly `refs`, by their full names in the model as it runs now (dropped
     blocks renumber the ones after them)."""
@@ -67,7 +83,8 @@ def attach(model: torch.nn.Module, refs: list[LinearRef], rank: int, alpha: floa
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # transformers' renamed checkpointing flag, read by peft
         torch.manual_seed(seed)
-        peft_model = get_peft_model(model, lora_config(model, refs, rank, alpha, masked=keep is not None))
+        target = peft_target(model)
+        peft_model = get_peft_model(target, lora_config(target, refs, rank, alpha, masked=keep is not None))
     if keep is not None:
         wrapped = wrappers(model)
         for ref in refs:
