@@ -16,7 +16,7 @@ import torch
 
 from workbench.engine.weights import WeightBank
 from workbench.infra.errors import WorkbenchError
-from workbench.model.layout import LinearRef
+from workbench.model.layout import GLU, LinearRef
 from workbench.recovery.lora import AdapterHooks
 from workbench.recovery.spec import HealSpec
 from workbench.recovery.train import Cancel, Curve, Healed, Progress, Trainer
@@ -73,7 +73,7 @@ def healed_refs(linears: list[list[LinearRef]], running, spec: HealSpec) -> list
     """The linears that train: the spec's kinds, in blocks (and experts) still in the forward pass."""
     kinds = spec.target_kinds()
     refs = [r for block in linears for r in block if r.kind in kinds and running(r)]
-    mlp = sorted({r.kind for r in refs if r.kind in ("gate", "up", "down")})
+    mlp = sorted({r.kind for r in refs if r.kind in GLU})
     if spec.form == "adapter" and mlp and any(r.expert is not None for block in linears for r in block):
         raise WorkbenchError("heal.form", f"the adapter form cannot train the MLP linears ({','.join(mlp)}) of a "
                                           "mixture-of-experts model: peft would load such an adapter onto the fused "
