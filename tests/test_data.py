@@ -59,3 +59,16 @@ def test_jsonl_without_text_field(tmp_path):
     path.write_text('{"body": "x"}\n')
     with pytest.raises(WorkbenchError, match="no 'text' field"):
         load_texts(str(path), CALIBRATION)
+
+
+def test_a_tokenizer_given_a_dead_ones_id_gets_its_own_ids():
+    """The token cache is keyed by id(tokenizer); CPython hands a freed object's id to a new one, and the
+    new tokenizer must not read the old one's ids (seen as a replay whose masks differed in a full run)."""
+    first = ByteTokenizer(vocab=512)
+    reused = id(first)
+    assert calibration_windows(first, samples=1, seqlen=64).max() > 100
+    del first
+    candidates = [ByteTokenizer(vocab=7) for _ in range(1000)]
+    second = next((t for t in candidates if id(t) == reused), None)
+    assert second is not None, "CPython did not reuse the freed tokenizer's id"
+    assert calibration_windows(second, samples=1, seqlen=64).max() < 7

@@ -5,6 +5,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -88,6 +89,44 @@ def test_random_weights_are_seeded_and_marked(cache):
     ids = first.tokenizer("Calibration text from the embedded tokenizer", add_special_tokens=False)["input_ids"]
     assert ids and max(ids) < 512
     assert first.tokenizer.eos_token_id < 512
+
+
+def _drop_weight(directory, name: str) -> None:
+    """Take one tensor out of a checkpoint's model.safetensors and re-write the cache manifest, as a
+    checkpoint built under another transformers version looks: whole files, one name short."""
+    from safetensors.torch import load_file, save_file
+
+    from workbench.model.cache import MANIFEST, write_manifest
+
+    tensors = load_file(directory / "model.safetensors")
+    del tensors[name]
+    save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
+    if (directory / MANIFEST).exists():
+        write_manifest(directory)
+
+
+def test_a_cached_checkpoint_that_lacks_a_weight_is_rebuilt_not_filled_at_random(cache, capsys):
+    spec = write_config(cache / "tiny")
+    first = load_model(spec, "cpu", "float32")
+    directory = resolve_source(spec, None, torch.float32)
+    _drop_weight(Path(directory), "model.layers.1.mlp.up_proj.weight")
+    capsys.readouterr()
+    again = load_model(spec, "cpu", "float32")
+    assert "lacks 1 weights of LlamaForCausalLM (model.layers.1.mlp.up_proj.weight); rebuilding" in capsys.readouterr().err
+    for name, tensor in first.model.state_dict().items():
+        assert torch.equal(tensor, again.model.state_dict()[name]), name
+
+
+def test_a_checkpoint_that_lacks_a_weight_is_refused_in_one_line(tmp_path, tiny_model_dir):
+    import shutil
+
+    directory = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, directory)
+    _drop_weight(directory, "model.layers.2.self_attn.k_proj.weight")
+    with pytest.raises(WorkbenchError) as info:
+        load_model(str(directory), "cpu", "float32")
+    assert str(info.value) == (f"model {str(directory)!r}: the checkpoint lacks or misshapes 1 weights "
+                               "(model.layers.2.self_attn.k_proj.weight), which would start at random")
 
 
 def test_a_config_beside_a_tokenizer_uses_it(cache, tiny_model_dir):

@@ -55,7 +55,7 @@ class BlockSignals:
         self.linears = linears
         self.bank = bank
         self.cache = cache
-        self._values: dict[tuple, object] = {}
+        self._values: dict[tuple, tuple[list, object]] = {}
         self._grams: dict[tuple, list[list[LinearGrams]]] = {}  # (scope, train, val, seqlen) -> per block, per linear
         self._influence: dict[InfluenceSpec, list[float]] = {}
         self._last_influence: InfluenceSpec | None = None
@@ -73,13 +73,14 @@ class BlockSignals:
         return stats
 
     def _cached(self, key: tuple, stats: list[BlockStats], compute: Callable[[], object]):
-        """`compute()` once per (key, statistics); values of statistics no longer in use are dropped."""
+        """`compute()` once per (key, statistics); values of statistics no longer in use are dropped. A value
+        holds its statistics, so their id() is not handed to newer ones while the value is kept."""
         live = (id(self.cache.committed), id(self.cache.dense))
         self._values = {k: v for k, v in self._values.items() if k[-1] in live}
         full = (*key, id(stats))
         if full not in self._values:
-            self._values[full] = compute()
-        return self._values[full]
+            self._values[full] = (stats, compute())
+        return self._values[full][1]
 
     def outlier_ratios(self, M: float, dense: bool = False, progress: Progress | None = None,
                        cancel: Cancel | None = None) -> tuple[list[float], dict[str, float]]:

@@ -130,6 +130,13 @@ def _cache_lock(target: Path, progress: Progress | None):
         yield
 
 
+def discard(target: Path, reason: str, progress: Progress | None = None) -> None:
+    """Remove a cached model that passed its manifest but does not fit (the next use rebuilds it)."""
+    notice(f"cached model at {target} {reason}; rebuilding", progress)
+    with _cache_lock(target, progress):
+        shutil.rmtree(target, ignore_errors=True)
+
+
 def cached_build(target: Path, build: Callable[[Path], None], progress: Progress | None = None) -> Path:
     """`target` after checking it against its manifest, (re)built first by `build(tmp)` when it is
     absent or fails the check: `build` fills a temporary sibling, which gets a manifest and is renamed

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import random
+import weakref
 from pathlib import Path
 
 import torch
@@ -36,7 +37,9 @@ HELD_OUT_EVERY = 5
 HELD_OUT_OFFSET = 2
 HF_DOC_LIMIT = 20_000  # documents streamed from a hub dataset at most
 
-_token_cache: dict[tuple, torch.Tensor] = {}
+# (id(tokenizer), source, part) -> (a weak reference to that tokenizer, its ids); an entry leaves with its
+# tokenizer, so a later tokenizer that is given the same id() never reads another's ids
+_token_cache: dict[tuple, tuple[weakref.ref, torch.Tensor]] = {}
 
 
 def _split_docs(docs: list[str], part: str) -> list[str]:
@@ -144,11 +147,12 @@ def load_texts(source: str, part: str) -> list[str]:
 def token_stream(tokenizer, source: str, part: str) -> torch.Tensor:
     """All documents of a part, joined by blank lines and tokenized once (cached per tokenizer)."""
     key = (id(tokenizer), source, part)
-    if key not in _token_cache:
+    ref, ids = _token_cache.get(key, (None, None))
+    if ref is None or ref() is not tokenizer:
         text = "\n\n".join(load_texts(source, part))
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        _token_cache[key] = torch.tensor(ids, dtype=torch.long)
-    return _token_cache[key]
+        ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+        _token_cache[key] = (weakref.ref(tokenizer, lambda _, key=key: _token_cache.pop(key, None)), ids)
+    return ids
 
 
 def calibration_windows(tokenizer, source: str = CalibrationSpec.source, samples: int = CalibrationSpec.samples,

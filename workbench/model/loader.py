@@ -13,7 +13,10 @@ included, since hashing 540 MB on every start costs about as long as the load it
 truncated, missing, replaced or zero-filled file and damage to its first 64 KiB (the safetensors header of
 the embedded model); a few flipped bytes between the samples go unseen. A cache that fails (or has no manifest: a build that never finished, or
 an older workbench's) is rebuilt with a one-line notice; a build killed half-way leaves only its
-temporary, removed by the next build.
+temporary, removed by the next build. A cached checkpoint that lacks weights the installed transformers'
+model has (one built under another transformers version, whose parameter names differ) is rebuilt too: a
+missing weight would otherwise start at random on every load. Any other checkpoint that lacks weights, or
+holds one of another shape, is refused.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import torch
 
 from workbench.domain.plan import DTYPES
 from workbench.infra.errors import WorkbenchError
-from workbench.model.cache import Progress, cache_root, cached_build, embedded_gguf_path, notice
+from workbench.model.cache import Progress, cache_root, cached_build, discard, embedded_gguf_path, notice
 from workbench.model.experts import unfuse
 from workbench.model.layout import blocks_of, find_linears
 
@@ -214,7 +217,6 @@ def load_model(
     visible GPU (`spread_blocks`). `device_limit` (bytes) caps the weights held on the device: a model
     over it must be offloaded, and an offloaded one is held to it block by block (`DeviceWeights`).
     """
-    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     from huggingface_hub.utils import logging as hub_logging
@@ -228,13 +230,15 @@ def load_model(
     source = resolve_source(spec, progress, torch_dtype)
     if progress:
         progress(f"loading {spec}", 0.5)
-    from safetensors import SafetensorError
-
-    try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, low_cpu_mem_usage=True)
-        tokenizer = load_tokenizer(source, model.config)
-    except (OSError, ValueError, SafetensorError) as exc:  # missing or damaged files, an unknown config
-        raise WorkbenchError(f"model {spec!r}", f"cannot load: {_first_line(exc)}") from exc
+    model, absent = _from_checkpoint(spec, source, torch_dtype)
+    if absent and Path(source).resolve().is_relative_to(cache_root().resolve()):
+        discard(Path(source), f"lacks {len(absent)} weights of {type(model).__name__} ({', '.join(absent[:3])})", progress)
+        source = resolve_source(spec, progress, torch_dtype)
+        model, absent = _from_checkpoint(spec, source, torch_dtype)
+    if absent:
+        raise WorkbenchError(f"model {spec!r}", f"the checkpoint lacks or misshapes {len(absent)} weights "
+                                                f"({', '.join(absent[:3])}), which would start at random")
+    tokenizer = _guarded(spec, lambda: load_tokenizer(source, model.config))
     model.eval()
     model.requires_grad_(False)
     unfuse(model)  # mixture-of-experts blocks: one module per expert (views of the fused weights)
@@ -263,6 +267,27 @@ def load_model(
     if progress:
         progress("model ready", 1.0)
     return loaded
+
+
+def _guarded(spec: str, load):
+    """`load()`, with missing or damaged files and unknown configs as one line naming the model."""
+    from safetensors import SafetensorError
+
+    try:
+        return load()
+    except (OSError, ValueError, SafetensorError) as exc:
+        raise WorkbenchError(f"model {spec!r}", f"cannot load: {_first_line(exc)}") from exc
+
+
+def _from_checkpoint(spec: str, source: str, dtype: torch.dtype) -> tuple[torch.nn.Module, list[str]]:
+    """The model of `source`, and the names of the weights it expects but did not get from the checkpoint
+    (missing, or of another shape)."""
+    from transformers import AutoModelForCausalLM
+
+    model, info = _guarded(spec, lambda: AutoModelForCausalLM.from_pretrained(
+        source, dtype=dtype, low_cpu_mem_usage=True, output_loading_info=True))
+    mismatched = (entry[0] if isinstance(entry, tuple) else entry for entry in info.get("mismatched_keys") or ())
+    return model, sorted({*(info.get("missing_keys") or ()), *mismatched})
 
 
 def load_tokenizer(source: str, config=None):
