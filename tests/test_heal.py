@@ -209,6 +209,22 @@ def test_gradient_checkpointing_trains_the_same_run():
     assert runs[1] == pytest.approx(runs[0], rel=1e-5)
 
 
+def test_checkpointing_forms_each_masked_weight_once_per_forward_pass(monkeypatch):
+    """The masked layers' W + delta is formed before the blocks run, so the recomputation of a checkpointed
+    block in the backward pass does not form it again: one formation per linear per forward pass."""
+    from workbench.recovery.lora import MaskedLoraLinear
+
+    engine = make_engine()
+    engine.prune(Plan(method="wanda", sparsity=0.5))
+    formed, forwards = [], []
+    merged_weight = MaskedLoraLinear.merged_weight
+    monkeypatch.setattr(MaskedLoraLinear, "merged_weight", lambda self, active: formed.append(self) or merged_weight(self, active))
+    engine.loaded.model.register_forward_pre_hook(lambda module, args: forwards.append(module.training))
+    engine.heal(spec(steps=3, checkpointing="on"))
+    linears = sum(len(block) for block in engine.linears)
+    assert forwards.count(True) == 3 and len(formed) == len(forwards) * linears
+
+
 def test_cli_compare_heals_each_variant_saves_and_replays_it(tiny_model_dir, tmp_path, capsys):
     args = ["compare", "--model", str(tiny_model_dir), *TINY, "--allocators", "uniform", "--sparsity", "0.6",
             "--probes", "perplexity", "--heal", "6"]

@@ -3,9 +3,11 @@
 peft's own `lora.Linear` adds B(A(x)) and never forms B A, so its merge would add a dense delta and undo
 unstructured sparsity. `MaskedLoraLinear` (registered with peft as a custom layer) trains the delta
 (B A) * scaling multiplied by the linear's keep mask, and merges exactly that: the merged weight has the
-same zeros and computes what was trained. Its forward pass multiplies by W + (B A) * scaling * mask, formed
-for the step (as much memory as the weight, per linear, while it runs): one product, as the merged
-model's.
+same zeros and computes what was trained. Its forward pass multiplies by W + (B A) * scaling * mask: one
+product, as the merged model's. While training, `FormedWeights` forms that weight for every linear once per
+forward pass, before the decoder blocks run, so gradient checkpointing recomputes a block without forming
+its weights again (they stay alive until the next pass, as the backward pass keeps them without
+checkpointing).
 """
 
 from __future__ import annotations
@@ -28,6 +30,13 @@ class MaskedLoraLinear(LoraLinear):
     """A peft LoRA linear whose delta is multiplied by `keep` (None: no mask) before it is used or merged."""
 
     keep: torch.Tensor | None = None
+    formed: torch.Tensor | None = None  # W + delta of this forward pass (`FormedWeights`), else formed in forward
+
+    def active(self) -> list[str]:
+        """The adapters the forward pass adds (none when disabled or merged)."""
+        if self.disable_adapters or self.merged:
+            return []
+        return [a for a in self.active_adapters if a in self.lora_A]
 
     def masked_delta(self, adapter: str) -> torch.Tensor:
         # in place on the product: one weight-sized allocation instead of three (the values are the same)
@@ -37,17 +46,42 @@ class MaskedLoraLinear(LoraLinear):
     def get_delta_weight(self, adapter: str) -> torch.Tensor:
         return self.masked_delta(adapter).to(self.get_base_layer().weight.dtype)
 
-    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        active = [a for a in self.active_adapters if a in self.lora_A]
-        if self.disable_adapters or self.merged or not active:
-            return self.base_layer(x, *args, **kwargs)
+    def merged_weight(self, active: list[str]) -> torch.Tensor:
+        """W + the masked deltas of `active`, added in place on the first delta."""
         base = self.get_base_layer()
-        weight = self.masked_delta(active[0])  # one product, as the merged weight: W + delta, added in place
+        weight = self.masked_delta(active[0])
         for adapter in active[1:]:
             weight += self.masked_delta(adapter)
         weight = weight.to(torch.promote_types(weight.dtype, base.weight.dtype))  # (bfloat16 under autocast)
-        weight += base.weight
-        return F.linear(x.to(weight.dtype), weight, base.bias).to(x.dtype)
+        return weight.add_(base.weight)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        active = self.active()
+        if not active:
+            return self.base_layer(x, *args, **kwargs)
+        weight = self.formed if self.formed is not None else self.merged_weight(active)
+        return F.linear(x.to(weight.dtype), weight, self.get_base_layer().bias).to(x.dtype)
+
+
+class FormedWeights:
+    """Every masked LoRA layer's merged weight formed once per forward pass of `model`, before its blocks
+    run (a forward pre-hook), and used by the layers until the next pass or `remove`."""
+
+    def __init__(self, model: torch.nn.Module):
+        self._layers = [m for m in model.modules() if isinstance(m, MaskedLoraLinear)]
+        self._handle = model.register_forward_pre_hook(self._form)
+
+    def _form(self, module, args) -> None:
+        for layer in self._layers:
+            layer.formed = None  # the last pass's weight goes before this one's is formed
+            active = layer.active()
+            if active:
+                layer.formed = layer.merged_weight(active)
+
+    def remove(self) -> None:
+        self._handle.remove()
+        for layer in self._layers:
+            layer.formed = None
 
 
 class PeftView(torch.nn.Module):
