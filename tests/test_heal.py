@@ -209,52 +209,6 @@ def test_gradient_checkpointing_trains_the_same_run():
     assert runs[1] == pytest.approx(runs[0], rel=1e-5)
 
 
-@pytest.mark.parametrize("masked", [True, False])
-def test_the_formed_weights_gradients_are_autograds_through_the_formation(masked):
-    """`_FormedLinear` (weight formed before the pass, A's and B's gradients from the weight's) gives the
-    gradients autograd gives through W + scaling * (B A) * keep, in float64 (to 1e-10 relative)."""
-    from workbench.model.layout import LinearRef
-    from workbench.recovery import lora
-
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(12, 10, bias=True)).double()
-    ref = LinearRef(block=0, kind="q", name="0", module=model[0])
-    keep = torch.rand(10, 12) > 0.4
-    lora.attach(model, [ref], rank=3, alpha=6.0, seed=0, keep={"0": keep if masked else None})
-    layer = lora.wrappers(model)[id(ref.module)]
-    with torch.no_grad():
-        layer.lora_B["default"].weight.normal_()
-    x, upstream = torch.randn(2, 5, 12, dtype=torch.float64), torch.randn(2, 5, 10, dtype=torch.float64)
-    grads = []
-    for formed in (False, True):
-        x_ = x.clone().requires_grad_(True)
-        with torch.no_grad():
-            layer.formed = layer.merged_weight(["default"]) if formed else None
-        (model(x_) * upstream).sum().backward()
-        params = [layer.lora_A["default"].weight, layer.lora_B["default"].weight]
-        grads.append([x_.grad, *(p.grad.clone() for p in params)])
-        for p in params:
-            p.grad = None
-    for autograd_grad, formed_grad in zip(*grads):
-        assert torch.allclose(formed_grad, autograd_grad, rtol=1e-10, atol=0)
-
-
-def test_checkpointing_forms_each_masked_weight_once_per_forward_pass(monkeypatch):
-    """The masked layers' W + delta is formed before the blocks run, so the recomputation of a checkpointed
-    block in the backward pass does not form it again: one formation per linear per forward pass."""
-    from workbench.recovery.lora import MaskedLoraLinear
-
-    engine = make_engine()
-    engine.prune(Plan(method="wanda", sparsity=0.5))
-    formed, forwards = [], []
-    merged_weight = MaskedLoraLinear.merged_weight
-    monkeypatch.setattr(MaskedLoraLinear, "merged_weight", lambda self, active: formed.append(self) or merged_weight(self, active))
-    engine.loaded.model.register_forward_pre_hook(lambda module, args: forwards.append(module.training))
-    engine.heal(spec(steps=3, checkpointing="on"))
-    linears = sum(len(block) for block in engine.linears)
-    assert forwards.count(True) == 3 and len(formed) == len(forwards) * linears
-
-
 def test_cli_compare_heals_each_variant_saves_and_replays_it(tiny_model_dir, tmp_path, capsys):
     args = ["compare", "--model", str(tiny_model_dir), *TINY, "--allocators", "uniform", "--sparsity", "0.6",
             "--probes", "perplexity", "--heal", "6"]

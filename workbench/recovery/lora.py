@@ -3,11 +3,9 @@
 peft's own `lora.Linear` adds B(A(x)) and never forms B A, so its merge would add a dense delta and undo
 unstructured sparsity. `MaskedLoraLinear` (registered with peft as a custom layer) trains the delta
 (B A) * scaling multiplied by the linear's keep mask, and merges exactly that: the merged weight has the
-same zeros and computes what was trained. Its forward pass multiplies by W + (B A) * scaling * mask: one
-product, as the merged model's. While training, `FormedWeights` forms that weight for every linear once per
-forward pass, before the decoder blocks run, and `_FormedLinear` computes A's and B's gradients from the
-weight's, so gradient checkpointing recomputes a block without forming its weights again (they stay
-alive until the next pass, as the backward pass keeps them without checkpointing).
+same zeros and computes what was trained. Its forward pass multiplies by W + (B A) * scaling * mask, formed
+for the step (as much memory as the weight, per linear, while it runs): one product, as the merged
+model's.
 """
 
 from __future__ import annotations
@@ -30,13 +28,6 @@ class MaskedLoraLinear(LoraLinear):
     """A peft LoRA linear whose delta is multiplied by `keep` (None: no mask) before it is used or merged."""
 
     keep: torch.Tensor | None = None
-    formed: torch.Tensor | None = None  # W + delta of this forward pass (`FormedWeights`), else formed in forward
-
-    def active(self) -> list[str]:
-        """The adapters the forward pass adds (none when disabled or merged)."""
-        if self.disable_adapters or self.merged:
-            return []
-        return [a for a in self.active_adapters if a in self.lora_A]
 
     def masked_delta(self, adapter: str) -> torch.Tensor:
         # in place on the product: one weight-sized allocation instead of three (the values are the same)
@@ -46,81 +37,17 @@ class MaskedLoraLinear(LoraLinear):
     def get_delta_weight(self, adapter: str) -> torch.Tensor:
         return self.masked_delta(adapter).to(self.get_base_layer().weight.dtype)
 
-    def merged_weight(self, active: list[str]) -> torch.Tensor:
-        """W + the masked deltas of `active`: W + scaling * (B A) * keep in one pass over the weight (addcmul;
-        its backward pass is one pass too), in the wider of the two dtypes (bfloat16 B A under autocast)."""
-        first = active[0]
-        scale = self.scaling[first]
-        product = self.lora_B[first].weight @ self.lora_A[first].weight
-        for adapter in active[1:]:
-            product = product.add(self.lora_B[adapter].weight @ self.lora_A[adapter].weight,
-                                  alpha=self.scaling[adapter] / scale)
-        base = self.get_base_layer().weight
-        if self.keep is None:
-            return torch.add(base, product, alpha=scale)
-        return torch.addcmul(base, product, self.keep, value=scale)
-
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        active = self.active()
-        if not active:
+        active = [a for a in self.active_adapters if a in self.lora_A]
+        if self.disable_adapters or self.merged or not active:
             return self.base_layer(x, *args, **kwargs)
-        if self.formed is not None and len(active) == 1:
-            lora_A, lora_B = self.lora_A[active[0]].weight, self.lora_B[active[0]].weight
-            return _FormedLinear.apply(x, lora_A, lora_B, self, self.scaling[active[0]])
-        weight = self.merged_weight(active)
-        return F.linear(x.to(weight.dtype), weight, self.get_base_layer().bias).to(x.dtype)
-
-
-class _FormedLinear(torch.autograd.Function):
-    """y = x W'^T with W' = W + scaling * (B A) * keep already formed (`layer.formed`); the backward pass
-    takes the gradients of A and B from the weight's gradient G = g^T x directly, (G * keep) A^T and
-    B^T (G * keep) times scaling, so no graph of the formation waits with a weight-sized gradient per linear
-    until the last block is done, and a checkpointed block's recomputation forms nothing."""
-
-    @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda")
-    def forward(ctx, x, lora_A, lora_B, layer: MaskedLoraLinear, scaling: float):
-        ctx.save_for_backward(x, lora_A, lora_B)
-        ctx.layer, ctx.scaling = layer, scaling
-        weight = layer.formed
-        return F.linear(x.to(weight.dtype), weight, layer.get_base_layer().bias).to(x.dtype)
-
-    @staticmethod
-    @torch.amp.custom_bwd(device_type="cuda")
-    def backward(ctx, grad):
-        x, lora_A, lora_B = ctx.saved_tensors
-        weight, keep = ctx.layer.formed, ctx.layer.keep
-        grad = grad.to(weight.dtype)
-        grad_x = (grad @ weight).to(x.dtype) if ctx.needs_input_grad[0] else None
-        g = grad.reshape(-1, grad.shape[-1]).t() @ x.to(weight.dtype).reshape(-1, x.shape[-1])  # out x in
-        if keep is not None:
-            g.mul_(keep)
-        grad_A = (lora_B.to(g.dtype).t() @ g).mul_(ctx.scaling).to(lora_A.dtype)
-        grad_B = (g @ lora_A.to(g.dtype).t()).mul_(ctx.scaling).to(lora_B.dtype)
-        return grad_x, grad_A, grad_B, None, None
-
-
-class FormedWeights:
-    """Every masked LoRA layer's merged weight formed once per forward pass of `model`, before its blocks
-    run (a forward pre-hook, without a graph), and used by the layers (`_FormedLinear`) until the next pass
-    or `remove`."""
-
-    def __init__(self, model: torch.nn.Module):
-        self._layers = [m for m in model.modules() if isinstance(m, MaskedLoraLinear)]
-        self._handle = model.register_forward_pre_hook(self._form)
-
-    def _form(self, module, args) -> None:
-        for layer in self._layers:
-            layer.formed = None  # the last pass's weight goes before this one's is formed
-            active = layer.active()
-            if active:
-                with torch.no_grad():
-                    layer.formed = layer.merged_weight(active)
-
-    def remove(self) -> None:
-        self._handle.remove()
-        for layer in self._layers:
-            layer.formed = None
+        base = self.get_base_layer()
+        weight = self.masked_delta(active[0])  # one product, as the merged weight: W + delta, added in place
+        for adapter in active[1:]:
+            weight += self.masked_delta(adapter)
+        weight = weight.to(torch.promote_types(weight.dtype, base.weight.dtype))  # (bfloat16 under autocast)
+        weight += base.weight
+        return F.linear(x.to(weight.dtype), weight, base.bias).to(x.dtype)
 
 
 class PeftView(torch.nn.Module):

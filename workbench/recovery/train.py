@@ -93,7 +93,6 @@ class Trainer:
                     raise WorkbenchError("heal.rank", f"{spec.rank} is larger than {ref.name} "
                                                       f"({ref.module.out_features} x {ref.module.in_features})")
         self.peft_model = None
-        self._formed: lora.FormedWeights | None = None
         self._grad_masks = []
         self.masters: dict[str, torch.nn.Parameter] = {}  # sparse form on a low-precision model: float32 copies
 
@@ -147,9 +146,6 @@ class Trainer:
         """Take the LoRA layers out: merged (masked form, finished), copied out (adapter form, finished) or
         dropped; the model's own modules are back either way. Every weight stops requiring gradients."""
         adapters = None
-        if self._formed is not None:
-            self._formed.remove()
-            self._formed = None
         if self.peft_model is not None:
             if finished and self.spec.form == "adapter":
                 adapters = lora.factors(self.model, self.refs)
@@ -182,8 +178,6 @@ class Trainer:
             resume: Path | None) -> Healed:
         spec = self.spec
         self.attach()
-        if spec.form == "masked":
-            self._formed = lora.FormedWeights(self.model)
         finished = False
         try:
             params = self.trainables()
