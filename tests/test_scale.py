@@ -71,6 +71,23 @@ def test_shipped_shapes_are_the_published_configs(name, values, params):
         assert type(model).__name__ == "Qwen3ForCausalLM" and rope["rope_theta"] == 1000000
 
 
+@pytest.mark.parametrize("name, cls, billions, blocks, experts", [
+    ("qwen3-30b-a3b", "Qwen3MoeForCausalLM", 30.5, 48, 128),  # Qwen3-30B-A3B's card: 30.5B in total
+    ("granitemoe-1b-a400m", "GraniteMoeForCausalLM", 1.3, 24, 32),  # Granite-3.0-1B-A400M's card: 1.3B
+])
+def test_shipped_mixture_of_experts_shapes_are_the_published_models(name, cls, billions, blocks, experts):
+    """On the meta device (no memory): the class, the published total, and the layout the engine prunes:
+    every block's attention linears and each routed expert's gate, up and down."""
+    from workbench.model.experts import unfuse
+
+    model = _meta_model(f"random:{name}", parse(f"random:{name}").config)
+    assert type(model).__name__ == cls
+    assert round(_params(model) / 1e9, 1) == billions
+    unfuse(model)
+    linears = find_linears(model)
+    assert len(linears) == blocks and all(len(block) == 4 + 3 * experts for block in linears)
+
+
 def test_random_weights_are_seeded_and_marked(cache):
     spec = write_config(cache / "tiny")
     first = load_model(spec, "cpu", "float32")
