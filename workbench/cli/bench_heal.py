@@ -7,6 +7,7 @@ engine holds them, the model plus the private copy of every linear, and its cach
 statistics) plus:
 
 - a copy of what trains, to undo the run (the masked and sparse forms);
+- every trained linear's keep mask, one byte per weight;
 - float32 trained parameters with their gradient and two AdamW moments (4 x; for LoRA, small);
 - the masked form's merged weight of every linear (W + the masked delta), which the backward pass keeps;
 - one batch's activations, estimated for a Llama block as tokens x (12 x hidden + 5 x intermediate)
@@ -39,7 +40,7 @@ def heal_budget_mib(engine, stage: str, alive_mib: float) -> float:
     per_block = tokens * (12 * config.hidden_size + 5 * config.intermediate_size) * F32
     blocks = (per_block + layers * tokens * config.hidden_size * F32) if spec.checkpointing == "on" else layers * per_block
     logits = 3 * tokens * config.vocab_size * F32
-    extra = 4 * trained * F32 + blocks + logits
+    extra = 4 * trained * F32 + blocks + logits + linear_values  # the keep masks: one byte per weight
     if spec.form != "adapter":
         extra += linear_values * engine.loaded.dtype.itemsize  # the copy to undo the run
     if spec.form == "masked":
