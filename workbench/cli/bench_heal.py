@@ -7,7 +7,7 @@ engine holds them, the model plus the private copy of every linear, and its cach
 statistics) plus:
 
 - a copy of what trains, to undo the run (the masked and sparse forms);
-- every trained linear's keep mask, one byte per weight;
+- every linear's keep mask, one byte per weight;
 - float32 trained parameters with their gradient and two AdamW moments (4 x; for LoRA, small);
 - the masked form's merged weight of every linear (W + the masked delta), which the backward pass keeps;
 - one batch's activations, estimated for a Llama block as tokens x (12 x hidden + 5 x intermediate)

@@ -147,11 +147,11 @@ def load_texts(source: str, part: str) -> list[str]:
 def token_stream(tokenizer, source: str, part: str) -> torch.Tensor:
     """All documents of a part, joined by blank lines and tokenized once (cached per tokenizer)."""
     key = (id(tokenizer), source, part)
-    ref, ids = _token_cache.get(key, (None, None))
-    if ref is None or ref() is not tokenizer:
-        text = "\n\n".join(load_texts(source, part))
-        ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
-        _token_cache[key] = (weakref.ref(tokenizer, lambda _, key=key: _token_cache.pop(key, None)), ids)
+    if key in _token_cache:  # this tokenizer's own: an entry leaves when its tokenizer is freed
+        return _token_cache[key][1]
+    text = "\n\n".join(load_texts(source, part))
+    ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+    _token_cache[key] = (weakref.ref(tokenizer, lambda _, key=key: _token_cache.pop(key, None)), ids)
     return ids
 
 
