@@ -311,3 +311,28 @@ def test_mixture_of_experts_refuses_an_adapter_on_its_mlp_linears():
     assert engine.weights_digest() == digest
     engine.heal(spec(form="adapter", targets="q,k,v,o", steps=2))
     assert engine.healing is not None
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_masked_lora_product_gives_autograds_gradients(masked):
+    """The masked layer's own backward pass equals autograd through x (W + (B A) * s * keep)^T + bias, in float64."""
+    from workbench.recovery.lora import MaskedLoraProduct
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 12, dtype=torch.float64, generator=g, requires_grad=True)
+    A = torch.randn(3, 12, dtype=torch.float64, generator=g, requires_grad=True)
+    B = torch.randn(7, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    weight, bias = torch.randn(7, 12, dtype=torch.float64, generator=g), torch.randn(7, dtype=torch.float64, generator=g)
+    keep = torch.rand(7, 12, generator=g) > 0.5 if masked else None
+    weight = weight * keep if masked else weight
+    out = MaskedLoraProduct.apply(x, A, B, weight, bias, keep, 1.5)
+    delta = (B @ A) * 1.5 * (keep if masked else 1)
+    reference = torch.nn.functional.linear(x, weight + delta, bias)
+    assert torch.allclose(out, reference, rtol=1e-12, atol=1e-12)
+    upstream = torch.randn(out.shape, dtype=torch.float64, generator=g)
+    ours = torch.autograd.grad(out, (x, A, B), upstream)
+    theirs = torch.autograd.grad(reference, (x, A, B), upstream)
+    for a, b in zip(ours, theirs):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda x, A, B: MaskedLoraProduct.apply(x, A, B, weight, bias, keep, 1.5),
+                                    (x, A, B))

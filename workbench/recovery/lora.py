@@ -4,8 +4,9 @@ peft's own `lora.Linear` adds B(A(x)) and never forms B A, so its merge would ad
 unstructured sparsity. `MaskedLoraLinear` (registered with peft as a custom layer) trains the delta
 (B A) * scaling multiplied by the linear's keep mask, and merges exactly that: the merged weight has the
 same zeros and computes what was trained. Its forward pass multiplies by W + (B A) * scaling * mask, formed
-for the step (as much memory as the weight, per linear, while it runs): one product, as the merged
-model's.
+for the step and kept for the backward pass (as much memory as the weight, per linear): one product, as
+the merged model's. The backward pass (`MaskedLoraProduct`) takes B's and A's gradients from the merged
+weight's, masked in place, instead of through autograd's copies of weight-sized intermediates.
 """
 
 from __future__ import annotations
@@ -24,30 +25,56 @@ from workbench.model.layout import LinearRef
 ADAPTER = "default"
 
 
+class MaskedLoraProduct(torch.autograd.Function):
+    """x (W + (B A) * scaling * keep)^T + bias for a frozen W and bias; gradients for x, A and B."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
+    def forward(ctx, x, A, B, weight, bias, keep, scaling):
+        delta = masked_delta(A, B, keep, scaling)
+        merged = delta.to(torch.promote_types(delta.dtype, weight.dtype)).add_(weight)  # (bfloat16 under autocast)
+        ctx.save_for_backward(x, A, B, merged, keep)
+        ctx.scaling = scaling
+        return F.linear(x.to(merged.dtype), merged, bias)
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, grad):
+        x, A, B, merged, keep = ctx.saved_tensors
+        grad_x = grad @ merged.to(grad.dtype) if ctx.needs_input_grad[0] else None
+        rows = grad.reshape(-1, grad.shape[-1])
+        grad_merged = rows.t() @ x.reshape(-1, x.shape[-1]).to(rows.dtype)  # out x in
+        if keep is not None:
+            grad_merged.mul_(keep)
+        grad_A = (B.t().to(grad_merged.dtype) @ grad_merged).mul_(ctx.scaling)
+        grad_B = (grad_merged @ A.t().to(grad_merged.dtype)).mul_(ctx.scaling)
+        return grad_x, grad_A, grad_B, None, None, None, None
+
+
+def masked_delta(A: torch.Tensor, B: torch.Tensor, keep: torch.Tensor | None, scaling: float) -> torch.Tensor:
+    """(B A) * scaling * keep (keep None: no mask), scaled on B's side: one weight-sized allocation."""
+    delta = (B * scaling) @ A
+    return delta if keep is None else delta.mul_(keep)
+
+
 class MaskedLoraLinear(LoraLinear):
-    """A peft LoRA linear whose delta is multiplied by `keep` (None: no mask) before it is used or merged."""
+    """A peft LoRA linear whose delta is multiplied by `keep` (None: no mask) before it is used or merged;
+    it trains one adapter."""
 
     keep: torch.Tensor | None = None
 
-    def masked_delta(self, adapter: str) -> torch.Tensor:
-        # in place on the product: one weight-sized allocation instead of three (the values are the same)
-        delta = (self.lora_B[adapter].weight @ self.lora_A[adapter].weight).mul_(self.scaling[adapter])
-        return delta if self.keep is None else delta.mul_(self.keep)
-
     def get_delta_weight(self, adapter: str) -> torch.Tensor:
-        return self.masked_delta(adapter).to(self.get_base_layer().weight.dtype)
+        delta = masked_delta(self.lora_A[adapter].weight, self.lora_B[adapter].weight, self.keep, self.scaling[adapter])
+        return delta.to(self.get_base_layer().weight.dtype)
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         active = [a for a in self.active_adapters if a in self.lora_A]
         if self.disable_adapters or self.merged or not active:
             return self.base_layer(x, *args, **kwargs)
+        (adapter,) = active
         base = self.get_base_layer()
-        weight = self.masked_delta(active[0])  # one product, as the merged weight: W + delta, added in place
-        for adapter in active[1:]:
-            weight += self.masked_delta(adapter)
-        weight = weight.to(torch.promote_types(weight.dtype, base.weight.dtype))  # (bfloat16 under autocast)
-        weight += base.weight
-        return F.linear(x.to(weight.dtype), weight, base.bias).to(x.dtype)
+        return MaskedLoraProduct.apply(x, self.lora_A[adapter].weight, self.lora_B[adapter].weight, base.weight,
+                                       base.bias, self.keep, self.scaling[adapter]).to(x.dtype)
 
 
 class PeftView(torch.nn.Module):
