@@ -96,6 +96,56 @@ def test_after_configuring_the_allocator_large_tensors_go_back_to_the_os_when_fr
         assert left_mib > 150  # the dynamic threshold keeps 24 freed 8 MiB blocks resident
 
 
+HEAP_REUSE = """
+import ctypes
+from workbench.infra.memory import configure_allocator, heap_reuse, settle, status_kib
+assert configure_allocator()
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+size = 8 << 20
+
+
+def touched(n):
+    chunks = [libc.malloc(size) for _ in range(n)]
+    for chunk in chunks:
+        ctypes.memset(chunk, 1, size)
+    return chunks
+
+
+def grown_mib(since):
+    return (status_kib("VmRSS") - since) // 1024
+
+
+resident = settle()
+with heap_reuse():
+    *freed, pin = touched(25)  # the pin (carved last) keeps the heap top from shrinking
+    for chunk in freed:
+        libc.free(chunk)
+    kept = grown_mib(resident)
+    again = touched(24)  # the next "step": the same sizes again
+    reused = grown_mib(resident) - kept
+    for chunk in again + [pin]:  # the loop's blocks all freed by its end
+        libc.free(chunk)
+after = grown_mib(resident)
+*mapped, last = touched(25)  # the fixed threshold again: mapped, and unmapped when freed
+for chunk in mapped:
+    libc.free(chunk)
+print(kept, reused, after, grown_mib(resident) - after)
+"""
+
+
+@glibc_linux
+def test_heap_reuse_keeps_freed_blocks_for_the_next_step_then_puts_the_fixed_threshold_back():
+    """In a fresh process with the threshold fixed, as an Engine fixes it."""
+    out = subprocess.run([sys.executable, "-c", HEAP_REUSE], capture_output=True, text=True, check=True)
+    kept, reused, after, mapped = map(int, out.stdout.split())
+    assert kept > 150  # 24 freed 8 MiB blocks stay in the heap within
+    assert reused < 20  # and serve the next 24 without new memory
+    assert after < 20  # handed back on leaving
+    assert mapped < 20  # afterwards freed blocks go back to the OS again
+
+
 def test_dense_reference_probes_run_on_the_kept_dense_weights_without_copies():
     model, tokenizer = tiny_llama(seed=0)
     engine = Engine.from_model(model, tokenizer)

@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 
 from workbench.infra.errors import Cancelled, WorkbenchError
+from workbench.infra.memory import heap_reuse
 from workbench.model.data import CALIBRATION, evaluation_windows, token_stream
 from workbench.model.layout import LinearRef
 from workbench.recovery import lora
@@ -174,6 +175,17 @@ class Trainer:
         self.model.train(was_training)
         return total / len(self.heldout)
 
+    def step(self, step: int, optimizer: torch.optim.Optimizer) -> float:
+        """One optimizer step on step `step`'s windows (the sparse form's masks put back); its loss."""
+        loss = self.loss(step_windows(self.stream, self.spec, step))
+        loss.backward()
+        self.grads_to_masters()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if self.spec.form == "sparse":
+            self.put_masks_back()
+        return loss.item()
+
     def run(self, progress: Progress | None, cancel: Cancel | None, checkpoint: Path | None,
             resume: Path | None) -> Healed:
         spec = self.spec
@@ -192,32 +204,26 @@ class Trainer:
                 checkpointing(self.model, True)
             self.model.train()
             start, tokens = time.perf_counter(), 0
-            for step in range(first, spec.steps):
-                if cancel is not None and cancel():
-                    if checkpoint is not None:
-                        save_checkpoint(checkpoint, spec, step, curve, params, optimizer)
-                    raise Cancelled()
-                loss = self.loss(step_windows(self.stream, spec, step))
-                loss.backward()
-                self.grads_to_masters()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                if spec.form == "sparse":
-                    self.put_masks_back()
-                curve.loss.append(loss.item())
-                tokens += spec.batch * spec.seqlen
-                done = step + 1
-                if done % spec.heldout_every == 0 or done == spec.steps:
-                    curve.heldout_steps.append(done)
-                    curve.heldout.append(self.heldout_loss())
-                    if checkpoint is not None:
-                        save_checkpoint(checkpoint, spec, done, curve, params, optimizer)
-                if progress:
-                    elapsed = time.perf_counter() - start
-                    rate = tokens / elapsed if elapsed else 0.0
-                    left = (spec.steps - done) * spec.batch * spec.seqlen / rate if rate else 0.0
-                    progress(f"healing: step {done}/{spec.steps}, loss {curve.loss[-1]:.3f}, held-out "
-                             f"{curve.heldout[-1]:.3f}, {rate:.0f} tokens/s, {left:.0f} s left", done / spec.steps)
+            with heap_reuse():  # each step's tensors reuse the last step's heap blocks, not fresh mappings
+                for step in range(first, spec.steps):
+                    if cancel is not None and cancel():
+                        if checkpoint is not None:
+                            save_checkpoint(checkpoint, spec, step, curve, params, optimizer)
+                        raise Cancelled()
+                    curve.loss.append(self.step(step, optimizer))
+                    tokens += spec.batch * spec.seqlen
+                    done = step + 1
+                    if done % spec.heldout_every == 0 or done == spec.steps:
+                        curve.heldout_steps.append(done)
+                        curve.heldout.append(self.heldout_loss())
+                        if checkpoint is not None:
+                            save_checkpoint(checkpoint, spec, done, curve, params, optimizer)
+                    if progress:
+                        elapsed = time.perf_counter() - start
+                        rate = tokens / elapsed if elapsed else 0.0
+                        left = (spec.steps - done) * spec.batch * spec.seqlen / rate if rate else 0.0
+                        progress(f"healing: step {done}/{spec.steps}, loss {curve.loss[-1]:.3f}, held-out "
+                                 f"{curve.heldout[-1]:.3f}, {rate:.0f} tokens/s, {left:.0f} s left", done / spec.steps)
             seconds = time.perf_counter() - start
             trained = snapshot(params)
             finished = True
