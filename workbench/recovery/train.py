@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from workbench.infra.errors import Cancelled, WorkbenchError
-from workbench.infra.memory import heap_reuse
+from workbench.infra.memory import heap_reuse, release_freed_memory
 from workbench.model.data import CALIBRATION, evaluation_windows, token_stream
 from workbench.model.layout import LinearRef
 from workbench.recovery import lora
@@ -211,6 +211,7 @@ class Trainer:
                             save_checkpoint(checkpoint, spec, step, curve, params, optimizer)
                         raise Cancelled()
                     curve.loss.append(self.step(step, optimizer))
+                    release_freed_memory()  # what the step freed and did not reuse is not held into the next
                     tokens += spec.batch * spec.seqlen
                     done = step + 1
                     if done % spec.heldout_every == 0 or done == spec.steps:
