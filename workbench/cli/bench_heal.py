@@ -14,8 +14,8 @@ statistics) plus:
   float32 values per block (norm, attention and GLU inputs and outputs; with checkpointing one block's plus
   every block's input), plus three copies of the batch's logits (logits, their float copy, the softmax);
 - the heap's free blocks: the steps reuse heap blocks (`workbench.infra.memory.heap_reuse`), and what a
-  step frees and does not reuse stays resident until the step ends; a fifth of the activations and
-  formed weights (170 to 250 MiB was measured on the embedded model, with and without checkpointing).
+  step frees and does not reuse stays resident until it is reused (or, with checkpointing, until the step
+  ends); a fifth of the activations and formed weights (150 to 180 MiB was measured on the embedded model).
 """
 
 from __future__ import annotations

@@ -15,9 +15,11 @@ A training loop is the exception: each step allocates and frees the same few-MiB
 weights, activations, gradients), and a fresh mapping costs a page fault per 4 KiB touched: at 1 MiB a
 healing step on the embedded model took about a million faults and a third of its time. `heap_reuse`
 lets such a loop reuse heap blocks and puts the fixed threshold back after it. Blocks a step frees and
-does not reuse stay resident (the heap's free blocks: 150 to 250 MiB in a healing step on the embedded
-model), so the loop hands them back after each step (`release_freed_memory`): faults then come once per
-page a step, not once per tensor.
+does not reuse stay resident until reused (about 170 MiB over a healing step's peak on the embedded
+model). With gradient checkpointing they also pile up from step to step (490 MiB over 100 steps, more
+than the step's own activations), so that loop hands them back after each step (`release_freed_memory`:
+faults then come once per page a step, not once per tensor); without it a step frees nearly all it
+allocated, and the same trim only cost time (17 to 19% in the bench).
 """
 
 from __future__ import annotations

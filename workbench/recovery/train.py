@@ -211,7 +211,8 @@ class Trainer:
                             save_checkpoint(checkpoint, spec, step, curve, params, optimizer)
                         raise Cancelled()
                     curve.loss.append(self.step(step, optimizer))
-                    release_freed_memory()  # what the step freed and did not reuse is not held into the next
+                    if spec.checkpointing == "on":  # free blocks pile up from step to step (see infra.memory)
+                        release_freed_memory()
                     tokens += spec.batch * spec.seqlen
                     done = step + 1
                     if done % spec.heldout_every == 0 or done == spec.steps:
